@@ -1,0 +1,148 @@
+/* core/util.c: names, hex, time, random bytes and a growable string buffer. */
+#include "core.h"
+
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+bool core_name_valid(const char *name)
+{
+    if (!name) return false;
+    size_t n = strlen(name);
+    if (n == 0 || n > 64) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+        if (i > 0) ok = ok || c == '.' || c == '_' || c == '-';
+        if (!ok) return false;
+    }
+    return true;
+}
+
+void core_hex(char *out, const unsigned char *in, size_t n)
+{
+    static const char d[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = d[in[i] >> 4];
+        out[2 * i + 1] = d[in[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+bool core_is_hex(const char *s, size_t n)
+{
+    if (!s || strlen(s) != n) return false;
+    for (size_t i = 0; i < n; i++)
+        if (hexval(s[i]) < 0) return false;
+    return true;
+}
+
+int core_unhex(unsigned char *out, size_t n, const char *hex)
+{
+    if (!core_is_hex(hex, 2 * n)) return core_err_set(MLV_EINVAL, "not %zu hex bytes", n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (unsigned char)(hexval(hex[2 * i]) << 4 | hexval(hex[2 * i + 1]));
+    return 0;
+}
+
+void core_time_iso(char out[21])
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int core_random(void *out, size_t n)
+{
+    if (RAND_bytes(out, (int)n) != 1) return core_err_set(MLV_ECRYPTO, "RAND_bytes failed");
+    return 0;
+}
+
+void core_human_bytes(char *out, size_t outsz, uint64_t n)
+{
+    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
+    double v = (double)n;
+    int i = 0;
+    while (v >= 1000.0 && i < 4) {
+        v /= 1000.0;
+        i++;
+    }
+    if (i == 0) snprintf(out, outsz, "%llu B", (unsigned long long)n);
+    else snprintf(out, outsz, "%.1f %s", v, u[i]);
+}
+
+void core_buf_append(core_buf *b, const void *p, size_t n)
+{
+    if (b->failed) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d) {
+            b->failed = 1;
+            return;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+void core_buf_appendf(core_buf *b, const char *fmt, ...)
+{
+    char small[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        b->failed = 1;
+        return;
+    }
+    if ((size_t)n < sizeof small) {
+        core_buf_append(b, small, (size_t)n);
+        return;
+    }
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        b->failed = 1;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    core_buf_append(b, big, (size_t)n);
+    free(big);
+}
+
+char *core_buf_take(core_buf *b)
+{
+    char *d = NULL;
+    if (!b->failed) {
+        if (!b->data) core_buf_append(b, "", 0);
+        d = b->failed ? NULL : b->data;
+        b->data = NULL;
+    }
+    core_buf_free(b);
+    return d;
+}
+
+void core_buf_free(core_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->failed = 0;
+}
