@@ -27,7 +27,12 @@ int core_err_wrap(const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err_msg, sizeof old);
-    snprintf(err_msg, sizeof err_msg, "%s%s", prefix, old);
+    size_t pl = strlen(prefix);
+    memcpy(err_msg, prefix, pl);
+    size_t room = sizeof err_msg - pl - 1;
+    size_t ol = strnlen(old, room);
+    memcpy(err_msg + pl, old, ol);
+    err_msg[pl + ol] = 0;
     return err_code;
 }
 

@@ -1,6 +1,5 @@
 /* core/file.c: durable, atomic file writes and careful reads. The crash-safety rule
  * of the data home lives here: temp file, fsync, rename, fsync the directory. */
-#define _GNU_SOURCE
 #include "core.h"
 
 #include <errno.h>
