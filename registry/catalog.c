@@ -1,1 +1,339 @@
-/* placeholder: being written */
+/* registry/catalog.c: the data home and the SQLite catalog — creating a home, opening
+ * it (WAL, synchronous=FULL, busy timeout, foreign keys), the schema, transactions and
+ * the ledger queue that makes "SQLite first, then git" crash-safe. */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "registry/reg_internal.h"
+
+static const char *SCHEMA =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS users("
+    "  id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, role TEXT NOT NULL,"
+    "  token_hash TEXT UNIQUE NOT NULL, disabled INTEGER NOT NULL DEFAULT 0,"
+    "  created_at TEXT NOT NULL, created_by TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS artifacts("
+    "  id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,"
+    "  kind TEXT NOT NULL CHECK(kind IN ('model','dataset')), created_at TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS blobs("
+    "  sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, wrapped_dek TEXT NOT NULL,"
+    "  wrap TEXT NOT NULL DEFAULT 'aes-256-kw', created_at TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS versions("
+    "  id INTEGER PRIMARY KEY, artifact_id INTEGER NOT NULL REFERENCES artifacts(id),"
+    "  version INTEGER NOT NULL, manifest_digest TEXT UNIQUE NOT NULL,"
+    "  manifest TEXT NOT NULL, signature TEXT NOT NULL, size INTEGER NOT NULL,"
+    "  created_by TEXT NOT NULL, created_at TEXT NOT NULL, UNIQUE(artifact_id, version));"
+    "CREATE TABLE IF NOT EXISTS version_files("
+    "  version_id INTEGER NOT NULL REFERENCES versions(id), path TEXT NOT NULL,"
+    "  blob TEXT NOT NULL REFERENCES blobs(sha256), size INTEGER NOT NULL,"
+    "  PRIMARY KEY(version_id, path));"
+    "CREATE TABLE IF NOT EXISTS lineage("
+    "  child_id INTEGER NOT NULL REFERENCES versions(id),"
+    "  parent_id INTEGER NOT NULL REFERENCES versions(id), PRIMARY KEY(child_id, parent_id));"
+    "CREATE INDEX IF NOT EXISTS lineage_parent ON lineage(parent_id);"
+    "CREATE TABLE IF NOT EXISTS audit("
+    "  seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,"
+    "  target TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);"
+    "CREATE TRIGGER IF NOT EXISTS audit_append_only BEFORE UPDATE ON audit BEGIN"
+    "  SELECT RAISE(ABORT, 'audit rows are append-only'); END;"
+    "CREATE TRIGGER IF NOT EXISTS audit_keep_180_days BEFORE DELETE ON audit"
+    "  WHEN old.at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-180 days') BEGIN"
+    "  SELECT RAISE(ABORT, 'audit rows younger than 180 days cannot be deleted'); END;"
+    "CREATE TABLE IF NOT EXISTS ledger_queue("
+    "  id INTEGER PRIMARY KEY, author TEXT NOT NULL, message TEXT NOT NULL,"
+    "  changes TEXT NOT NULL, created_at TEXT NOT NULL);";
+
+int reg_db_err(reg_ctx *r, const char *what)
+{
+    int ec = sqlite3_errcode(r->db);
+    int code = (ec == SQLITE_BUSY || ec == SQLITE_LOCKED) ? MLV_EBUSY : MLV_EDB;
+    if (ec == SQLITE_FULL) code = MLV_EIO;
+    return core_err_set(code, "catalog: %s: %s", what, sqlite3_errmsg(r->db));
+}
+
+int reg_exec(reg_ctx *r, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(r->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        int ec = sqlite3_errcode(r->db);
+        int rc = core_err_set(ec == SQLITE_BUSY ? MLV_EBUSY : MLV_EDB, "catalog: %s",
+                              msg ? msg : sqlite3_errmsg(r->db));
+        sqlite3_free(msg);
+        return rc;
+    }
+    return 0;
+}
+
+int reg_begin(reg_ctx *r) { return reg_exec(r, "BEGIN IMMEDIATE"); }
+int reg_commit(reg_ctx *r) { return reg_exec(r, "COMMIT"); }
+void reg_rollback(reg_ctx *r)
+{
+    if (!sqlite3_get_autocommit(r->db)) sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static int db_open(reg_ctx *r, bool create)
+{
+    char *path = core_path_join(r->home, "mlvault.db");
+    if (!path) return core_err_set(MLV_ENOMEM, "out of memory");
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+    int rc = sqlite3_open_v2(path, &r->db, flags, NULL);
+    free(path);
+    if (rc != SQLITE_OK) {
+        rc = core_err_set(MLV_EDB, "catalog %s/mlvault.db: %s", r->home,
+                          r->db ? sqlite3_errmsg(r->db) : "cannot open");
+        return rc;
+    }
+    sqlite3_busy_timeout(r->db, 15000);
+    if ((rc = reg_exec(r, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                          " PRAGMA foreign_keys=ON;")) != 0)
+        return rc;
+    if (create) {
+        if ((rc = reg_exec(r, SCHEMA)) != 0) return rc;
+        rc = reg_exec(r, "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', '1')");
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ ledger queue --- */
+
+int reg_ledger_queue(reg_ctx *r, const char *author, const char *message,
+                     const repo_ledger_change *changes, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *c = json_pack("{s:s}", "path", changes[i].path);
+        if (!c) break;
+        json_object_set_new(c, "content", changes[i].content
+                                              ? json_stringn(changes[i].content, changes[i].len)
+                                              : json_null());
+        json_array_append_new(arr, c);
+    }
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    if (!text) return core_err_set(MLV_ENOMEM, "ledger queue: out of memory");
+    char at[21];
+    core_time_iso(at);
+    sqlite3_stmt *st = NULL;
+    int rc = 0;
+    if (sqlite3_prepare_v2(r->db,
+                           "INSERT INTO ledger_queue(author, message, changes, created_at)"
+                           " VALUES(?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = reg_db_err(r, "queue ledger entry");
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, author, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, message, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, at, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) rc = reg_db_err(r, "queue ledger entry");
+done:
+    sqlite3_finalize(st);
+    free(text);
+    return rc;
+}
+
+static int commit_entry(reg_ctx *r, const char *author, const char *message,
+                        const char *changes_json)
+{
+    json_error_t jerr;
+    json_t *arr = json_loads(changes_json, 0, &jerr);
+    if (!json_is_array(arr)) {
+        json_decref(arr);
+        return core_err_set(MLV_EINTEGRITY, "ledger queue: entry is not valid JSON");
+    }
+    size_t n = json_array_size(arr);
+    repo_ledger_change *ch = calloc(n ? n : 1, sizeof *ch);
+    if (!ch) {
+        json_decref(arr);
+        return core_err_set(MLV_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *c = json_array_get(arr, i);
+        json_t *content = json_object_get(c, "content");
+        ch[i].path = json_string_value(json_object_get(c, "path"));
+        ch[i].content = json_is_string(content) ? json_string_value(content) : NULL;
+        ch[i].len = json_is_string(content) ? json_string_length(content) : 0;
+        if (!ch[i].path) {
+            free(ch);
+            json_decref(arr);
+            return core_err_set(MLV_EINTEGRITY, "ledger queue: entry without a path");
+        }
+    }
+    int rc = repo_ledger_commit(r->home, author, message, ch, n, NULL);
+    free(ch);
+    json_decref(arr);
+    return rc;
+}
+
+int reg_ledger_flush(reg_ctx *r)
+{
+    for (;;) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(r->db,
+                               "SELECT id, author, message, changes FROM ledger_queue"
+                               " ORDER BY id LIMIT 1",
+                               -1, &st, NULL) != SQLITE_OK)
+            return reg_db_err(r, "read ledger queue");
+        int step = sqlite3_step(st);
+        if (step == SQLITE_DONE) {
+            sqlite3_finalize(st);
+            return 0;
+        }
+        if (step != SQLITE_ROW) {
+            sqlite3_finalize(st);
+            return reg_db_err(r, "read ledger queue");
+        }
+        int64_t id = sqlite3_column_int64(st, 0);
+        int rc = commit_entry(r, (const char *)sqlite3_column_text(st, 1),
+                              (const char *)sqlite3_column_text(st, 2),
+                              (const char *)sqlite3_column_text(st, 3));
+        sqlite3_finalize(st);
+        if (rc != 0) return core_err_wrap("ledger: ");
+        char sql[96];
+        snprintf(sql, sizeof sql, "DELETE FROM ledger_queue WHERE id = %lld", (long long)id);
+        if ((rc = reg_exec(r, sql)) != 0) return rc;
+    }
+}
+
+/* --------------------------------------------------------------------- home/open --- */
+
+static const char *CONFIG_INI =
+    "; mlvault settings. Command-line flags override these.\n"
+    "[server]\n"
+    "listen = 127.0.0.1:8080\n"
+    "; tls_cert = /path/cert.pem\n"
+    "; tls_key = /path/key.pem\n"
+    "\n[jobs]\n"
+    "workers = 1\n"
+    "\n[gate]\n"
+    "threshold = 2.0\n";
+
+static int make_dirs(const char *home)
+{
+    static const char *dirs[] = {"objects", "jobs", "tmp"};
+    int rc = core_mkdir_p(home, 0700);
+    for (size_t i = 0; rc == 0 && i < sizeof dirs / sizeof *dirs; i++) {
+        char *p = core_path_join(home, dirs[i]);
+        if (!p) return core_err_set(MLV_ENOMEM, "out of memory");
+        rc = core_mkdir_p(p, 0700);
+        free(p);
+    }
+    return rc;
+}
+
+int reg_user_create_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
+                           char token_out[REG_TOKEN_LEN + 1]);
+
+int reg_home_init(const char *home, char token_out[REG_TOKEN_LEN + 1])
+{
+    struct stat st;
+    char *db = core_path_join(home, "mlvault.db");
+    char *keys = core_path_join(home, "keys");
+    if (!db || !keys) {
+        free(db);
+        free(keys);
+        return core_err_set(MLV_ENOMEM, "out of memory");
+    }
+    bool exists = stat(db, &st) == 0 || stat(keys, &st) == 0;
+    free(db);
+    free(keys);
+    if (exists) return core_err_set(MLV_EEXISTS, "%s is already an mlvault home", home);
+    if (stat(home, &st) == 0 && !S_ISDIR(st.st_mode))
+        return core_err_set(MLV_EINVAL, "%s exists and is not a directory", home);
+
+    int rc = make_dirs(home);
+    if (rc == 0) rc = repo_keys_create(home);
+    if (rc == 0) rc = repo_ledger_init(home);
+    if (rc == 0) {
+        char *cfg = core_path_join(home, "config.ini"), *tmp = core_path_join(home, "tmp");
+        rc = (cfg && tmp) ? core_write_atomic(cfg, tmp, CONFIG_INI, strlen(CONFIG_INI), 0600)
+                          : core_err_set(MLV_ENOMEM, "out of memory");
+        free(cfg);
+        free(tmp);
+    }
+    if (rc != 0) return core_err_wrap("init %s: ", home);
+
+    reg_ctx r = {.home = (char *)home};
+    if ((rc = db_open(&r, true)) != 0) goto done;
+    if ((rc = reg_begin(&r)) != 0) goto done;
+    rc = reg_user_create_locked(&r, "admin", "admin", REG_ROLE_ADMIN, token_out);
+    if (rc == 0) rc = reg_commit(&r);
+    if (rc != 0) {
+        reg_rollback(&r);
+        goto done;
+    }
+    rc = reg_ledger_flush(&r);
+done:
+    sqlite3_close(r.db);
+    return rc;
+}
+
+/* Every open holds a shared lock on HOME/lock for its lifetime. Only a process that
+ * can take it exclusively — no other mlvault process uses this home — sweeps the temp
+ * files that interrupted operations left behind. */
+static int lock_and_sweep(reg_ctx *r)
+{
+    char *path = core_path_join(r->home, "lock");
+    if (!path) return core_err_set(MLV_ENOMEM, "out of memory");
+    r->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(path);
+    if (r->lock_fd < 0) return core_err_set(MLV_EIO, "%s/lock: %s", r->home, strerror(errno));
+    int rc = 0;
+    if (flock(r->lock_fd, LOCK_EX | LOCK_NB) == 0) rc = repo_tmp_sweep(r->home);
+    if (flock(r->lock_fd, LOCK_SH) != 0 && rc == 0)
+        rc = core_err_set(MLV_EIO, "%s/lock: %s", r->home, strerror(errno));
+    return rc;
+}
+
+int reg_open(reg_ctx **out, const char *home)
+{
+    *out = NULL;
+    struct stat st;
+    char *db = core_path_join(home, "mlvault.db");
+    if (!db) return core_err_set(MLV_ENOMEM, "out of memory");
+    int missing = stat(db, &st) != 0;
+    free(db);
+    if (missing)
+        return core_err_set(MLV_ENOTFOUND,
+                            "%s is not an mlvault home (run `mlvault init --home %s`)", home,
+                            home);
+    reg_ctx *r = calloc(1, sizeof *r);
+    if (!r) return core_err_set(MLV_ENOMEM, "out of memory");
+    r->lock_fd = -1;
+    r->home = strdup(home);
+    r->tmpdir = core_path_join(home, "tmp");
+    int rc = 0;
+    if (!r->home || !r->tmpdir) {
+        rc = core_err_set(MLV_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = repo_keys_open(&r->keys, home)) != 0) goto fail;
+    if ((rc = db_open(r, false)) != 0) goto fail;
+    if ((rc = lock_and_sweep(r)) != 0) goto fail;
+    if ((rc = reg_ledger_flush(r)) != 0) goto fail;
+    *out = r;
+    return 0;
+fail:
+    reg_close(r);
+    return rc;
+}
+
+void reg_close(reg_ctx *r)
+{
+    if (!r) return;
+    if (r->db) sqlite3_close(r->db);
+    repo_keys_free(r->keys);
+    if (r->lock_fd >= 0) close(r->lock_fd);
+    free(r->home);
+    free(r->tmpdir);
+    free(r);
+}
+
+const char *reg_home(const reg_ctx *r) { return r->home; }

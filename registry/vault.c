@@ -1,1 +1,655 @@
-/* placeholder: being written */
+/* registry/vault.c: the flows that move artifact bytes — push (stage blobs, manifest,
+ * signature, one transaction, ledger), export and verify (every check before any
+ * plaintext is trusted). Queries that only read rows live in query.c. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "registry/reg_internal.h"
+
+#define MAX_FILES 4096
+#define MAX_NOTE 4096
+
+typedef struct push_file {
+    char *rel;  /* path inside the version */
+    char *full; /* path on disk */
+    repo_staged_blob blob;
+    bool staged;
+} push_file;
+
+static int cmp_file(const void *a, const void *b)
+{
+    return strcmp(((const push_file *)a)->rel, ((const push_file *)b)->rel);
+}
+
+static bool has_suffix(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && !strcmp(s + n - m, suf);
+}
+
+static bool reserved_name(const char *n)
+{
+    return !strcmp(n, REG_MANIFEST_FILE) || !strcmp(n, REG_SIGNATURE_FILE);
+}
+
+static int add_file(push_file **fs, size_t *n, const char *rel, const char *full)
+{
+    if (*n >= MAX_FILES) return core_err_set(MLV_EINVAL, "more than %d files", MAX_FILES);
+    push_file *nf = realloc(*fs, (*n + 1) * sizeof *nf);
+    if (!nf) return core_err_set(MLV_ENOMEM, "out of memory");
+    *fs = nf;
+    memset(&nf[*n], 0, sizeof *nf);
+    nf[*n].rel = strdup(rel);
+    nf[*n].full = strdup(full);
+    (*n)++;
+    if (!nf[*n - 1].rel || !nf[*n - 1].full) return core_err_set(MLV_ENOMEM, "out of memory");
+    return 0;
+}
+
+/* A Hugging Face folder: its visible regular files, top level only. */
+static int collect_dir(const char *dir, push_file **fs, size_t *n)
+{
+    DIR *d = opendir(dir);
+    if (!d) return core_err_set(MLV_EIO, "%s: %s", dir, strerror(errno));
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue; /* ., .., .git, .gitattributes, ... */
+        char *full = core_path_join(dir, e->d_name);
+        if (!full) {
+            rc = core_err_set(MLV_ENOMEM, "out of memory");
+            break;
+        }
+        struct stat st;
+        if (lstat(full, &st) != 0) rc = core_err_set(MLV_EIO, "%s: %s", full, strerror(errno));
+        else if (S_ISLNK(st.st_mode))
+            rc = core_err_set(MLV_EINVAL, "%s is a symlink; copy the file itself into the folder",
+                              full);
+        else if (S_ISDIR(st.st_mode))
+            rc = core_err_set(MLV_EINVAL, "%s: nested folders are not supported", full);
+        else if (!S_ISREG(st.st_mode))
+            rc = core_err_set(MLV_EINVAL, "%s is not a regular file", full);
+        else if (!core_relpath_safe(e->d_name))
+            rc = core_err_set(MLV_EINVAL, "%s: file name not allowed", full);
+        else if (reserved_name(e->d_name))
+            rc = core_err_set(MLV_EINVAL, "%s: the name %s is reserved by mlvault", full,
+                              e->d_name);
+        else rc = add_file(fs, n, e->d_name, full);
+        free(full);
+    }
+    closedir(d);
+    if (rc == 0 && *n == 0) rc = core_err_set(MLV_EINVAL, "%s is an empty folder", dir);
+    return rc;
+}
+
+/* Decides what PATH is and describes it. */
+static int collect(const reg_push_opts *o, push_file **fs, size_t *n, eng_model_info *info)
+{
+    struct stat st;
+    if (stat(o->path, &st) != 0)
+        return core_err_set(errno == ENOENT ? MLV_ENOTFOUND : MLV_EIO, "%s: %s", o->path,
+                            strerror(errno));
+    char base[4096];
+    snprintf(base, sizeof base, "%s", o->path);
+    const char *bn = basename(base);
+    if (o->dataset) {
+        if (!S_ISREG(st.st_mode))
+            return core_err_set(MLV_EINVAL, "%s: a dataset must be a regular file", o->path);
+        if (!core_relpath_safe(bn) || reserved_name(bn))
+            return core_err_set(MLV_EINVAL, "%s: file name not allowed", o->path);
+        snprintf(info->format, sizeof info->format, "dataset");
+        return add_file(fs, n, bn, o->path);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        int rc = collect_dir(o->path, fs, n);
+        if (rc == 0) rc = eng_describe_hf_dir(o->path, info);
+        return rc;
+    }
+    if (!S_ISREG(st.st_mode) || !has_suffix(o->path, ".gguf"))
+        return core_err_set(MLV_EINVAL,
+                            "%s: a model is a .gguf file or a Hugging Face folder "
+                            "(config.json, *.safetensors, tokenizer.json)",
+                            o->path);
+    if (access(o->path, R_OK) != 0)
+        return core_err_set(MLV_EIO, "%s: %s", o->path, strerror(errno));
+    int rc = eng_describe_gguf(o->path, info);
+    if (rc) return core_err_wrap("%s: ", o->path);
+    if (!core_relpath_safe(bn) || reserved_name(bn))
+        return core_err_set(MLV_EINVAL, "%s: file name not allowed", o->path);
+    return add_file(fs, n, bn, o->path);
+}
+
+static int blob_known(reg_ctx *r, const char *sha, bool *known)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db, "SELECT 1 FROM blobs WHERE sha256 = ?", -1, &st, NULL) !=
+        SQLITE_OK)
+        return reg_db_err(r, "blobs");
+    sqlite3_bind_text(st, 1, sha, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    *known = step == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return (step == SQLITE_ROW || step == SQLITE_DONE) ? 0 : reg_db_err(r, "blobs");
+}
+
+/* Inside the transaction: moves new blobs into objects/ and records them. */
+static int store_blobs(reg_ctx *r, push_file *fs, size_t n, size_t *n_new)
+{
+    char at[21];
+    core_time_iso(at);
+    for (size_t i = 0; i < n; i++) {
+        bool known;
+        int rc = blob_known(r, fs[i].blob.sha256, &known);
+        if (rc) return rc;
+        if (known) {
+            repo_blob_discard(&fs[i].blob);
+            fs[i].staged = false;
+            continue;
+        }
+        if ((rc = repo_blob_commit(r->home, &fs[i].blob)) != 0) return rc;
+        fs[i].staged = false;
+        char wrapped[2 * REPO_WRAPPED_DEK_LEN + 1];
+        core_hex(wrapped, fs[i].blob.wrapped_dek, REPO_WRAPPED_DEK_LEN);
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(r->db,
+                               "INSERT INTO blobs(sha256, size, wrapped_dek, created_at)"
+                               " VALUES(?,?,?,?)",
+                               -1, &st, NULL) != SQLITE_OK)
+            return reg_db_err(r, "blobs");
+        sqlite3_bind_text(st, 1, fs[i].blob.sha256, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)fs[i].blob.size);
+        sqlite3_bind_text(st, 3, wrapped, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, at, -1, SQLITE_STATIC);
+        int step = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (step != SQLITE_DONE) return reg_db_err(r, "blobs");
+        (*n_new)++;
+    }
+    return 0;
+}
+
+static int artifact_id(reg_ctx *r, const char *name, const char *kind, int64_t *id)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = 0;
+    if (sqlite3_prepare_v2(r->db, "SELECT id, kind FROM artifacts WHERE name = ?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return reg_db_err(r, "artifacts");
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        *id = sqlite3_column_int64(st, 0);
+        const char *k = (const char *)sqlite3_column_text(st, 1);
+        if (strcmp(k, kind) != 0)
+            rc = core_err_set(MLV_EINVAL, "%s is a %s, not a %s", name, k, kind);
+        sqlite3_finalize(st);
+        return rc;
+    }
+    sqlite3_finalize(st);
+    if (step != SQLITE_DONE) return reg_db_err(r, "artifacts");
+    char at[21];
+    core_time_iso(at);
+    if (sqlite3_prepare_v2(r->db, "INSERT INTO artifacts(name, kind, created_at) VALUES(?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "artifacts");
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, at, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) rc = reg_db_err(r, "artifacts");
+    *id = sqlite3_last_insert_rowid(r->db);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int next_version(reg_ctx *r, int64_t art, int *v)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db, "SELECT COALESCE(MAX(version), 0) FROM versions"
+                                  " WHERE artifact_id = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "versions");
+    sqlite3_bind_int64(st, 1, art);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : reg_db_err(r, "versions");
+    *v = sqlite3_column_int(st, 0) + 1;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int insert_version(reg_ctx *r, int64_t art, const repo_manifest *m, const char *digest,
+                          const char *manifest, const char *sig, uint64_t size,
+                          const int64_t *parent_ids, const push_file *fs, int64_t *vid)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "INSERT INTO versions(artifact_id, version, manifest_digest, manifest,"
+                           " signature, size, created_by, created_at) VALUES(?,?,?,?,?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "versions");
+    sqlite3_bind_int64(st, 1, art);
+    sqlite3_bind_int(st, 2, m->version);
+    sqlite3_bind_text(st, 3, digest, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, manifest, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, sig, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)size);
+    sqlite3_bind_text(st, 7, m->creator, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, m->created_at, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (step == SQLITE_CONSTRAINT)
+        return core_err_set(MLV_EEXISTS, "an identical version (manifest %.12s) already exists",
+                            digest);
+    if (step != SQLITE_DONE) return reg_db_err(r, "versions");
+    *vid = sqlite3_last_insert_rowid(r->db);
+    for (size_t i = 0; i < m->n_files; i++) {
+        if (sqlite3_prepare_v2(r->db,
+                               "INSERT INTO version_files(version_id, path, blob, size)"
+                               " VALUES(?,?,?,?)",
+                               -1, &st, NULL) != SQLITE_OK)
+            return reg_db_err(r, "version files");
+        sqlite3_bind_int64(st, 1, *vid);
+        sqlite3_bind_text(st, 2, fs[i].rel, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, fs[i].blob.sha256, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)fs[i].blob.size);
+        step = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (step != SQLITE_DONE) return reg_db_err(r, "version files");
+    }
+    for (size_t i = 0; i < m->n_parents; i++) {
+        if (sqlite3_prepare_v2(r->db, "INSERT INTO lineage(child_id, parent_id) VALUES(?,?)", -1,
+                               &st, NULL) != SQLITE_OK)
+            return reg_db_err(r, "lineage");
+        sqlite3_bind_int64(st, 1, *vid);
+        sqlite3_bind_int64(st, 2, parent_ids[i]);
+        step = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (step != SQLITE_DONE) return reg_db_err(r, "lineage");
+    }
+    return 0;
+}
+
+/* Signs the files and the manifest itself, so the exported folder verifies as a whole. */
+static int sign_version(reg_ctx *r, const repo_manifest *m, const char *digest, char **sig)
+{
+    repo_sig_resource *res = calloc(m->n_files + 1, sizeof *res);
+    if (!res) return core_err_set(MLV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < m->n_files; i++) {
+        res[i].name = m->files[i].path;
+        memcpy(res[i].sha256, m->files[i].sha256, 65);
+    }
+    res[m->n_files].name = REG_MANIFEST_FILE;
+    memcpy(res[m->n_files].sha256, digest, 65);
+    int rc = repo_sign_resources(r->keys, m->name, res, m->n_files + 1, sig);
+    free(res);
+    return rc;
+}
+
+int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_pushed *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = reg_authorize(actor, REG_ACT_PUSH);
+    if (rc) return rc;
+    if (!core_name_valid(o->name))
+        return core_err_set(MLV_EINVAL, "invalid name '%s': use [a-z0-9][a-z0-9._-]{0,63}",
+                            o->name);
+    if (o->note && strlen(o->note) > MAX_NOTE)
+        return core_err_set(MLV_EINVAL, "note longer than %d bytes", MAX_NOTE);
+
+    push_file *fs = NULL;
+    size_t nf = 0;
+    eng_model_info info = {0};
+    repo_manifest m = {0};
+    repo_parent *parents = NULL;
+    int64_t *parent_ids = NULL;
+    repo_file *mfiles = NULL;
+    char *manifest = NULL, *sig = NULL;
+    bool in_tx = false;
+    const char *kind = o->dataset ? "dataset" : "model";
+
+    if ((rc = collect(o, &fs, &nf, &info)) != 0) goto done;
+    qsort(fs, nf, sizeof *fs, cmp_file);
+
+    parents = calloc(o->n_parents + 1, sizeof *parents);
+    parent_ids = calloc(o->n_parents + 1, sizeof *parent_ids);
+    mfiles = calloc(nf, sizeof *mfiles);
+    if (!parents || !parent_ids || !mfiles) {
+        rc = core_err_set(MLV_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < o->n_parents; i++) {
+        reg_version_row pv = {0};
+        if ((rc = reg_resolve(r, o->parents[i], &parent_ids[i], NULL, NULL)) != 0) {
+            core_err_wrap("parent: ");
+            goto done;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (parent_ids[j] == parent_ids[i]) {
+                rc = core_err_set(MLV_EINVAL, "parent %s given twice", o->parents[i]);
+                goto done;
+            }
+        if ((rc = reg_version_load(r, parent_ids[i], &pv)) != 0) goto done;
+        parents[i].name = strdup(pv.name);
+        parents[i].version = pv.version;
+        memcpy(parents[i].digest, pv.digest, 65);
+        reg_version_row_clear(&pv);
+        if (!parents[i].name) {
+            rc = core_err_set(MLV_ENOMEM, "out of memory");
+            goto done;
+        }
+    }
+
+    /* The heavy part, outside any transaction: hash and encrypt every file into tmp/. */
+    for (size_t i = 0; i < nf; i++) {
+        if ((rc = repo_blob_stage_file(r->home, r->keys, fs[i].full, &fs[i].blob)) != 0) goto done;
+        fs[i].staged = true;
+        mfiles[i].path = fs[i].rel;
+        mfiles[i].size = fs[i].blob.size;
+        memcpy(mfiles[i].sha256, fs[i].blob.sha256, 65);
+        out->size += fs[i].blob.size;
+    }
+
+    if ((rc = reg_begin(r)) != 0) goto done;
+    in_tx = true;
+    int64_t art, vid;
+    int version;
+    if ((rc = artifact_id(r, o->name, kind, &art)) != 0) goto done;
+    if ((rc = next_version(r, art, &version)) != 0) goto done;
+
+    char at[21];
+    core_time_iso(at);
+    m.kind = (char *)kind;
+    m.name = (char *)o->name;
+    m.version = version;
+    m.format = info.format;
+    m.architecture = info.architecture;
+    m.parameters = info.parameters;
+    m.tensor_types = info.tensor_types;
+    m.n_tensor_types = info.n_tensor_types;
+    m.files = mfiles;
+    m.n_files = nf;
+    m.parents = parents;
+    m.n_parents = o->n_parents;
+    m.job_kind = "push";
+    m.job_params = "{}";
+    m.creator = (char *)actor->name;
+    m.created_at = at;
+    m.note = (char *)(o->note ? o->note : "");
+    m.mlvault_version = MLV_VERSION;
+    size_t mlen;
+    if ((rc = repo_manifest_to_json(&m, &manifest, &mlen)) != 0) goto done;
+    repo_sha256_hex(out->digest, manifest, mlen);
+    if ((rc = sign_version(r, &m, out->digest, &sig)) != 0) goto done;
+    if ((rc = store_blobs(r, fs, nf, &out->n_new_blobs)) != 0) goto done;
+    if ((rc = insert_version(r, art, &m, out->digest, manifest, sig, out->size, parent_ids, fs,
+                             &vid)) != 0)
+        goto done;
+
+    char dir[160], mpath[200], spath[200], target[80], detail[160];
+    reg_version_ledger_dir(dir, sizeof dir, kind, o->name, version);
+    snprintf(mpath, sizeof mpath, "%s/manifest.json", dir);
+    snprintf(spath, sizeof spath, "%s/signature", dir);
+    snprintf(target, sizeof target, "%s:%d", o->name, version);
+    snprintf(detail, sizeof detail, "manifest %s", out->digest);
+    repo_ledger_change ch[2] = {{mpath, manifest, mlen}, {spath, sig, strlen(sig)}};
+    if ((rc = reg_audit_append(r, actor->name, o->dataset ? "dataset.push" : "push", target,
+                               detail, ch, 2)) != 0)
+        goto done;
+    if ((rc = reg_commit(r)) != 0) goto done;
+    in_tx = false;
+    snprintf(out->name, sizeof out->name, "%s", o->name);
+    out->version = version;
+    out->n_files = nf;
+    rc = reg_ledger_flush(r);
+done:
+    if (in_tx) reg_rollback(r);
+    for (size_t i = 0; i < nf; i++) {
+        if (fs[i].staged) repo_blob_discard(&fs[i].blob);
+        free(fs[i].rel);
+        free(fs[i].full);
+    }
+    free(fs);
+    for (size_t i = 0; parents && i < o->n_parents; i++) free(parents[i].name);
+    free(parents);
+    free(parent_ids);
+    free(mfiles);
+    free(manifest);
+    free(sig);
+    eng_model_info_clear(&info);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ read path --- */
+
+typedef struct checked_version {
+    reg_version_row row;
+    repo_manifest *m;
+    unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN]; /* one per manifest file */
+} checked_version;
+
+static void checked_clear(checked_version *c)
+{
+    reg_version_row_clear(&c->row);
+    repo_manifest_free(c->m);
+    free(c->wrapped);
+    memset(c, 0, sizeof *c);
+}
+
+static int load_wrapped(reg_ctx *r, checked_version *c)
+{
+    c->wrapped = calloc(c->m->n_files ? c->m->n_files : 1, sizeof *c->wrapped);
+    if (!c->wrapped) return core_err_set(MLV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < c->m->n_files; i++) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(r->db, "SELECT wrapped_dek FROM blobs WHERE sha256 = ?", -1, &st,
+                               NULL) != SQLITE_OK)
+            return reg_db_err(r, "blobs");
+        sqlite3_bind_text(st, 1, c->m->files[i].sha256, -1, SQLITE_STATIC);
+        int rc = 0;
+        if (sqlite3_step(st) != SQLITE_ROW)
+            rc = core_err_set(MLV_EINTEGRITY, "%s: no data key recorded for blob %s",
+                              c->m->files[i].path, c->m->files[i].sha256);
+        else if (core_unhex(c->wrapped[i], REPO_WRAPPED_DEK_LEN,
+                            (const char *)sqlite3_column_text(st, 0)) != 0)
+            rc = core_err_set(MLV_EINTEGRITY, "%s: data key record is corrupt",
+                              c->m->files[i].path);
+        sqlite3_finalize(st);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Everything short of decrypting blobs: the manifest's digest, the ledger's copy of the
+ * manifest and signature, the signature over files + manifest, the data keys. */
+static int check_version(reg_ctx *r, const char *ref, checked_version *c)
+{
+    memset(c, 0, sizeof *c);
+    int64_t id;
+    int rc = reg_resolve(r, ref, &id, NULL, NULL);
+    if (rc == 0) rc = reg_version_load(r, id, &c->row);
+    if (rc) return rc;
+    const char *label = ref;
+    char digest[65];
+    repo_sha256_hex(digest, c->row.manifest, strlen(c->row.manifest));
+    if (strcmp(digest, c->row.digest) != 0)
+        return core_err_set(MLV_EINTEGRITY, "%s: manifest was altered (digest %.12s, expected %.12s)",
+                            label, digest, c->row.digest);
+
+    char dir[160], path[200];
+    reg_version_ledger_dir(dir, sizeof dir, c->row.kind, c->row.name, c->row.version);
+    const char *what[2] = {"manifest.json", "signature"};
+    const char *mine[2] = {c->row.manifest, c->row.signature};
+    for (int i = 0; i < 2; i++) {
+        char *led = NULL;
+        size_t len;
+        snprintf(path, sizeof path, "%s/%s", dir, what[i]);
+        if ((rc = repo_ledger_read(r->home, path, &led, &len)) != 0)
+            return core_err_set(MLV_EINTEGRITY, "%s: the ledger has no %s", label, path);
+        bool same = len == strlen(mine[i]) && !memcmp(led, mine[i], len);
+        free(led);
+        if (!same)
+            return core_err_set(MLV_EINTEGRITY, "%s: catalog and ledger disagree on the %s",
+                                label, what[i]);
+    }
+    if ((rc = repo_manifest_parse(&c->m, c->row.manifest, strlen(c->row.manifest))) != 0)
+        return core_err_wrap("%s: manifest: ", label);
+    if (strcmp(c->m->name, c->row.name) != 0 || c->m->version != c->row.version)
+        return core_err_set(MLV_EINTEGRITY, "%s: manifest names %s:%d", label, c->m->name,
+                            c->m->version);
+
+    repo_sig_resource *res = calloc(c->m->n_files + 1, sizeof *res);
+    if (!res) return core_err_set(MLV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < c->m->n_files; i++) {
+        res[i].name = c->m->files[i].path;
+        memcpy(res[i].sha256, c->m->files[i].sha256, 65);
+    }
+    res[c->m->n_files].name = REG_MANIFEST_FILE;
+    memcpy(res[c->m->n_files].sha256, c->row.digest, 65);
+    rc = repo_sig_verify(c->row.signature, strlen(c->row.signature),
+                         repo_keys_public_pem(r->keys), res, c->m->n_files + 1);
+    free(res);
+    if (rc) return core_err_wrap("%s: signature: ", label);
+    return load_wrapped(r, c);
+}
+
+int reg_verify(reg_ctx *r, const reg_user *actor, const char *ref,
+               void (*report)(const char *line, void *ctx), void *ctx)
+{
+    int rc = reg_authorize(actor, REG_ACT_READ);
+    if (rc) return rc;
+    checked_version c;
+    if ((rc = check_version(r, ref, &c)) != 0) goto done;
+    char line[512];
+    if (report) {
+        snprintf(line, sizeof line, "ok  signature and manifest %s", c.row.digest);
+        report(line, ctx);
+    }
+    for (size_t i = 0; i < c.m->n_files; i++) {
+        const repo_file *f = &c.m->files[i];
+        if ((rc = repo_blob_decrypt(r->home, r->keys, f->sha256, f->size, c.wrapped[i], -1)) != 0) {
+            core_err_wrap("%s: %s: ", ref, f->path);
+            goto done;
+        }
+        if (report) {
+            snprintf(line, sizeof line, "ok  %s  %llu bytes  sha256 %s", f->path,
+                     (unsigned long long)f->size, f->sha256);
+            report(line, ctx);
+        }
+    }
+done:
+    checked_clear(&c);
+    return rc;
+}
+
+static int write_small(const char *dir, const char *name, const char *data)
+{
+    char *p = core_path_join(dir, name);
+    if (!p) return core_err_set(MLV_ENOMEM, "out of memory");
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int rc = fd < 0 ? core_err_set(MLV_EIO, "%s: %s", p, strerror(errno))
+                    : core_write_all(fd, data, strlen(data));
+    if (rc == 0 && fsync(fd) != 0) rc = core_err_set(MLV_EIO, "fsync %s: %s", p, strerror(errno));
+    if (fd >= 0) close(fd);
+    free(p);
+    return rc;
+}
+
+int reg_export(reg_ctx *r, const reg_user *actor, const char *ref, const char *outdir)
+{
+    int rc = reg_authorize(actor, REG_ACT_DOWNLOAD);
+    if (rc) return rc;
+    checked_version c = {0};
+    char staging[4096] = "", parent[4096], leaf[4096];
+    bool out_exists = false;
+
+    /* Decide where the files go before touching anything. */
+    struct stat st;
+    if (lstat(outdir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            return core_err_set(MLV_EEXISTS, "%s exists and is not a directory", outdir);
+        DIR *d = opendir(outdir);
+        if (!d) return core_err_set(MLV_EIO, "%s: %s", outdir, strerror(errno));
+        struct dirent *e;
+        bool empty = true;
+        while ((e = readdir(d)) != NULL)
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
+        closedir(d);
+        if (!empty) return core_err_set(MLV_EEXISTS, "%s exists and is not empty", outdir);
+        out_exists = true;
+    }
+    snprintf(parent, sizeof parent, "%s", outdir);
+    snprintf(leaf, sizeof leaf, "%s", outdir);
+    const char *pdir = dirname(parent), *lname = basename(leaf);
+    if (stat(pdir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return core_err_set(MLV_ENOTFOUND, "%s: parent folder %s does not exist", outdir, pdir);
+
+    if ((rc = check_version(r, ref, &c)) != 0) goto done;
+    if (snprintf(staging, sizeof staging, "%s/.%s.partial-XXXXXX", pdir, lname) >=
+        (int)sizeof staging) {
+        rc = core_err_set(MLV_EINVAL, "%s: path too long", outdir);
+        staging[0] = 0;
+        goto done;
+    }
+    if (!mkdtemp(staging)) {
+        rc = core_err_set(MLV_EIO, "create %s: %s", staging, strerror(errno));
+        staging[0] = 0;
+        goto done;
+    }
+    for (size_t i = 0; i < c.m->n_files; i++) {
+        const repo_file *f = &c.m->files[i];
+        char *p = core_path_join(staging, f->path);
+        if (!p) {
+            rc = core_err_set(MLV_ENOMEM, "out of memory");
+            goto done;
+        }
+        int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        free(p);
+        if (fd < 0) {
+            rc = core_err_set(MLV_EIO, "%s: %s", f->path, strerror(errno));
+            goto done;
+        }
+        rc = repo_blob_decrypt(r->home, r->keys, f->sha256, f->size, c.wrapped[i], fd);
+        if (rc == 0 && fsync(fd) != 0)
+            rc = core_err_set(MLV_EIO, "fsync %s: %s", f->path, strerror(errno));
+        close(fd);
+        if (rc) {
+            core_err_wrap("%s: %s: ", ref, f->path);
+            goto done;
+        }
+    }
+    if ((rc = write_small(staging, REG_MANIFEST_FILE, c.row.manifest)) != 0) goto done;
+    if ((rc = write_small(staging, REG_SIGNATURE_FILE, c.row.signature)) != 0) goto done;
+    if ((rc = core_fsync_dir(staging)) != 0) goto done;
+
+    /* Every check passed: record the download, then make the folder appear at once. */
+    char target[80];
+    snprintf(target, sizeof target, "%s:%d", c.row.name, c.row.version);
+    if ((rc = reg_begin(r)) != 0) goto done;
+    rc = reg_audit_append(r, actor->name, "export", target, "", NULL, 0);
+    if (rc == 0) rc = reg_commit(r);
+    if (rc) {
+        reg_rollback(r);
+        goto done;
+    }
+    if (out_exists && rmdir(outdir) != 0) {
+        rc = core_err_set(MLV_EIO, "%s: %s", outdir, strerror(errno));
+        goto done;
+    }
+    if (rename(staging, outdir) != 0) {
+        rc = core_err_set(MLV_EIO, "rename into %s: %s", outdir, strerror(errno));
+        goto done;
+    }
+    staging[0] = 0;
+    rc = core_fsync_dir(pdir);
+    if (rc == 0) rc = reg_ledger_flush(r);
+done:
+    if (staging[0]) core_rm_rf(staging);
+    checked_clear(&c);
+    return rc;
+}

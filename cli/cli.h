@@ -1,0 +1,60 @@
+/* cli internals: the parsed command line, shared helpers, and one entry point per
+ * command group (cli/cmd_*.c). Only cli/ decides exit codes (cli/main.c). */
+#ifndef MLV_CLI_H
+#define MLV_CLI_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "registry/registry.h"
+
+#define CLI_MAX_POS 8
+#define CLI_MAX_REPEAT 32
+
+typedef struct cli_opt_spec {
+    const char *name;  /* long name without dashes, e.g. "parent" */
+    char short_name;   /* e.g. 'o', or 0 */
+    bool takes_value;
+    bool repeat;
+} cli_opt_spec;
+
+typedef struct cli_args {
+    const char *pos[CLI_MAX_POS];
+    int npos;
+    /* values by spec index; repeated options collect into vals[i][0..nvals[i]) */
+    const char *vals[32][CLI_MAX_REPEAT];
+    int nvals[32];
+    const cli_opt_spec *spec;
+    int nspec;
+    /* common */
+    const char *home;
+    const char *token;
+    bool json;
+} cli_args;
+
+/* Parses argv against `spec` plus the common options (--home, --token, --json,
+ * --help). Returns 0, or MLV_EINVAL with a message. */
+int cli_parse(cli_args *a, int argc, char **argv, const cli_opt_spec *spec, int nspec);
+const char *cli_opt(const cli_args *a, const char *name);     /* last value or NULL */
+bool cli_flag(const cli_args *a, const char *name);           /* given at all */
+int cli_opt_all(const cli_args *a, const char *name, const char ***vals);
+
+/* Home: --home, $MLVAULT_HOME, ~/.mlvault. Borrowed or static. */
+const char *cli_home(const cli_args *a);
+/* Opens the home and authenticates the token (--token, $MLVAULT_TOKEN). */
+int cli_open_auth(const cli_args *a, reg_ctx **r, reg_user *u);
+/* Prints JSON to stdout (indent 2) and decrefs it. */
+void cli_print_json(json_t *j);
+
+int cmd_init(int argc, char **argv);
+int cmd_user(int argc, char **argv);
+int cmd_push(int argc, char **argv);
+int cmd_dataset(int argc, char **argv);
+int cmd_list(int argc, char **argv);
+int cmd_show(int argc, char **argv);
+int cmd_lineage(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_audit(int argc, char **argv);
+
+#endif

