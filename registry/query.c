@@ -313,17 +313,16 @@ static int add_node(reg_ctx *r, json_t *nodes, json_t *seen, int64_t id)
     return 1; /* newly added */
 }
 
-/* Walks up (parents) or down (children) from `start`, adding nodes and edges. */
-static int walk(reg_ctx *r, int64_t start, int up, json_t *nodes, json_t *edges, json_t *seen,
-                json_t *edge_seen)
+/* Walks up (parents) or down (children) from `start`, adding every version reached. */
+static int walk(reg_ctx *r, int64_t start, int up, json_t *nodes, json_t *seen)
 {
-    int64_t *queue = malloc(sizeof *queue * 1024);
-    size_t head = 0, tail = 0, cap = 1024;
+    size_t head = 0, tail = 0, cap = 64;
+    int64_t *queue = malloc(sizeof *queue * cap);
     if (!queue) return core_err_set(MLV_ENOMEM, "out of memory");
     queue[tail++] = start;
     int rc = 0;
-    const char *sql = up ? "SELECT parent_id, child_id FROM lineage WHERE child_id = ?"
-                         : "SELECT parent_id, child_id FROM lineage WHERE parent_id = ?";
+    const char *sql = up ? "SELECT parent_id FROM lineage WHERE child_id = ?"
+                         : "SELECT child_id FROM lineage WHERE parent_id = ?";
     while (rc == 0 && head < tail) {
         int64_t cur = queue[head++];
         sqlite3_stmt *st = NULL;
@@ -333,41 +332,49 @@ static int walk(reg_ctx *r, int64_t start, int up, json_t *nodes, json_t *edges,
         }
         sqlite3_bind_int64(st, 1, cur);
         while (rc == 0 && sqlite3_step(st) == SQLITE_ROW) {
-            int64_t p = sqlite3_column_int64(st, 0), c = sqlite3_column_int64(st, 1);
-            int64_t next = up ? p : c;
+            int64_t next = sqlite3_column_int64(st, 0);
             int added = add_node(r, nodes, seen, next);
-            if (added < 0) {
-                rc = added;
-                break;
-            }
-            char ek[64];
-            snprintf(ek, sizeof ek, "%lld>%lld", (long long)p, (long long)c);
-            if (!json_object_get(edge_seen, ek)) {
-                json_object_set_new(edge_seen, ek, json_true());
-                char pk[32], ck[32];
-                snprintf(pk, sizeof pk, "%lld", (long long)p);
-                snprintf(ck, sizeof ck, "%lld", (long long)c);
-                json_array_append_new(edges, json_pack("{s:O,s:O}", "from",
-                                                       json_object_get(seen, pk), "to",
-                                                       json_object_get(seen, ck)));
-            }
-            if (added == 1) {
-                if (tail == cap) {
-                    int64_t *nq = realloc(queue, sizeof *nq * cap * 2);
-                    if (!nq) {
-                        rc = core_err_set(MLV_ENOMEM, "out of memory");
-                        break;
-                    }
-                    queue = nq;
-                    cap *= 2;
+            if (added < 0) rc = added;
+            if (added != 1) continue;
+            if (tail == cap) {
+                int64_t *nq = realloc(queue, sizeof *nq * cap * 2);
+                if (!nq) {
+                    rc = core_err_set(MLV_ENOMEM, "out of memory");
+                    break;
                 }
-                queue[tail++] = next;
+                queue = nq;
+                cap *= 2;
             }
+            queue[tail++] = next;
         }
         sqlite3_finalize(st);
     }
     free(queue);
     return rc;
+}
+
+/* Every lineage edge whose two ends are both in the graph (`seen`: row id -> ref). */
+static int collect_edges(reg_ctx *r, json_t *seen, json_t *edges)
+{
+    const char *key;
+    json_t *ref;
+    json_object_foreach(seen, key, ref)
+    {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(r->db, "SELECT parent_id FROM lineage WHERE child_id = ?"
+                                      " ORDER BY parent_id",
+                               -1, &st, NULL) != SQLITE_OK)
+            return reg_db_err(r, "lineage");
+        sqlite3_bind_int64(st, 1, strtoll(key, NULL, 10));
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            char pk[32];
+            snprintf(pk, sizeof pk, "%lld", (long long)sqlite3_column_int64(st, 0));
+            json_t *from = json_object_get(seen, pk);
+            if (from) json_array_append_new(edges, json_pack("{s:O,s:O}", "from", from, "to", ref));
+        }
+        sqlite3_finalize(st);
+    }
+    return 0;
 }
 
 int reg_lineage(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out)
@@ -377,11 +384,11 @@ int reg_lineage(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out
     if (rc) return rc;
     int64_t id;
     if ((rc = reg_resolve(r, ref, &id, NULL, NULL)) != 0) return rc;
-    json_t *nodes = json_array(), *edges = json_array(), *seen = json_object(),
-           *edge_seen = json_object();
+    json_t *nodes = json_array(), *edges = json_array(), *seen = json_object();
     rc = add_node(r, nodes, seen, id);
-    if (rc >= 0) rc = walk(r, id, 1, nodes, edges, seen, edge_seen);
-    if (rc == 0) rc = walk(r, id, 0, nodes, edges, seen, edge_seen);
+    if (rc >= 0) rc = walk(r, id, 1, nodes, seen);
+    if (rc == 0) rc = walk(r, id, 0, nodes, seen);
+    if (rc == 0) rc = collect_edges(r, seen, edges);
     if (rc == 0) {
         char key[32];
         snprintf(key, sizeof key, "%lld", (long long)id);
@@ -393,6 +400,5 @@ int reg_lineage(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out
     json_decref(nodes);
     json_decref(edges);
     json_decref(seen);
-    json_decref(edge_seen);
     return rc;
 }

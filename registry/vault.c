@@ -130,6 +130,7 @@ static int collect(const reg_push_opts *o, push_file **fs, size_t *n, eng_model_
 static int blob_known(reg_ctx *r, const char *sha, bool *known)
 {
     sqlite3_stmt *st = NULL;
+    *known = false;
     if (sqlite3_prepare_v2(r->db, "SELECT 1 FROM blobs WHERE sha256 = ?", -1, &st, NULL) !=
         SQLITE_OK)
         return reg_db_err(r, "blobs");
@@ -146,7 +147,7 @@ static int store_blobs(reg_ctx *r, push_file *fs, size_t n, size_t *n_new)
     char at[21];
     core_time_iso(at);
     for (size_t i = 0; i < n; i++) {
-        bool known;
+        bool known = false;
         int rc = blob_known(r, fs[i].blob.sha256, &known);
         if (rc) return rc;
         if (known) {
@@ -357,8 +358,8 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
 
     if ((rc = reg_begin(r)) != 0) goto done;
     in_tx = true;
-    int64_t art, vid;
-    int version;
+    int64_t art = 0, vid = 0;
+    int version = 0;
     if ((rc = artifact_id(r, o->name, kind, &art)) != 0) goto done;
     if ((rc = next_version(r, art, &version)) != 0) goto done;
 

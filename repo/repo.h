@@ -124,7 +124,7 @@ int repo_blob_decrypt_mem(const char *home, const repo_keys *k, const char *sha2
                           uint64_t size, const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN],
                           void *out);
 
-/* Removes HOME/tmp/* left by an interrupted operation (called at open). */
+/* Removes the files in HOME/tmp left by an interrupted operation (called at open). */
 int repo_tmp_sweep(const char *home);
 
 /* ================================================================== manifests ====
