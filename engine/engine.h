@@ -57,6 +57,13 @@ int eng_gguf_get_int(const eng_gguf *g, const char *key, int64_t *out);
 int eng_gguf_get_f32(const eng_gguf *g, const char *key, float *out);
 int eng_gguf_arr_info(const eng_gguf *g, const char *key, int *elem_type, uint64_t *n);
 int eng_gguf_arr_str(const eng_gguf *g, const char *key, uint64_t i, const char **out);
+/* A bool value (MLV_EINVAL when the key holds another type). */
+int eng_gguf_get_bool(const eng_gguf *g, const char *key, bool *out);
+/* An array of numbers (any scalar element type, bool as one byte): *data points at
+ * *n elements in host layout (uint8_t, int16_t, float, double, ...), 8-byte aligned,
+ * borrowed while g lives. MLV_EINVAL for arrays of strings or arrays. */
+int eng_gguf_arr_data(const eng_gguf *g, const char *key, int *elem_type, uint64_t *n,
+                      const void **data);
 
 size_t eng_gguf_n_tensors(const eng_gguf *g);
 typedef struct eng_gguf_tensor {
@@ -69,6 +76,8 @@ typedef struct eng_gguf_tensor {
     uint64_t size;   /* bytes */
 } eng_gguf_tensor;
 int eng_gguf_tensor_info(const eng_gguf *g, size_t i, eng_gguf_tensor *out);
+/* Index of the tensor with that name, or -1. */
+int64_t eng_gguf_find_tensor(const eng_gguf *g, const char *name);
 
 /* ============================================================ describe ========
  * engine/describe.c: what a model artifact is, for its manifest. */
