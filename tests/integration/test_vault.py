@@ -95,22 +95,28 @@ class Vault:
 def plaintext_in(blob, plain, block=32):
     """True when any 64-byte window of `plain` occurs in `blob`. Every 64-byte window
     contains a whole 32-byte block aligned to 32 in `plain`, so it suffices to find those
-    blocks: candidates by their first 8 bytes (numpy over all 8 byte shifts), confirmed
-    by a full comparison."""
+    blocks: candidates by their first 8 bytes (numpy, over all 8 byte shifts of `blob`),
+    each confirmed by a full comparison."""
     n = len(plain) // block
     if n == 0 or len(blob) < block:
         return False
-    blocks = {}
-    for i in range(n):
-        b = plain[i * block:(i + 1) * block]
-        blocks.setdefault(b[:8], set()).add(b)
-    keys = np.frombuffer(b"".join(blocks.keys()), dtype="<u8")
+    heads = np.frombuffer(plain, dtype="<u8", count=n * block // 8)[::block // 8]
+    keys = np.unique(heads)
+    mask = np.uint64((1 << 27) - 1)
+    table = np.zeros(1 << 27, dtype=bool)  # a cheap prefilter on the low 27 bits
+    table[keys & mask] = True
     for shift in range(8):
         m = (len(blob) - shift) // 8
         words = np.frombuffer(blob, dtype="<u8", count=m, offset=shift)
-        for idx in np.nonzero(np.isin(words, keys))[0]:
+        maybe = np.nonzero(table[words & mask])[0]
+        pos = np.searchsorted(keys, words[maybe])
+        pos[pos == len(keys)] = 0
+        for idx in maybe[keys[pos] == words[maybe]]:
             off = shift + 8 * int(idx)
-            if blob[off:off + block] in blocks.get(blob[off:off + 8], ()):
+            cand = blob[off:off + block]
+            if len(cand) == block and plain.find(cand) >= 0 and any(
+                    plain[k * block:(k + 1) * block] == cand
+                    for k in np.nonzero(heads == words[idx])[0]):
                 return True
     return False
 
