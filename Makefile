@@ -7,6 +7,7 @@
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
 JOBS       ?= $(shell nproc)
+MAKEFLAGS  += --no-print-directory
 MODEL       = $(HOME)/.cache/mlvault/SmolLM2-135M-Instruct.Q4_1.gguf
 
 .PHONY: all deps build build-asan run test test-fast bench clean

@@ -33,14 +33,14 @@
 
 /* ============================================================== the hasher ====
  * The second stage of the pipeline: a thread that SHA-256s batches of plaintext in the
- * order they are posted, and writes each to out_fd (when ≥ 0) after hashing it.
+ * order they are posted, while the first stage encrypts or decrypts (and writes) the
+ * next one.
  * Two batches may be outstanding — the producer fills one buffer while the hasher reads
  * the other — so before reusing the buffer of batch i-2 the producer calls
  * hasher_wait(h, i - 1). With `threaded` false (blobs of one batch) posting hashes
  * inline: same code path, no thread. */
 typedef struct hasher {
     EVP_MD_CTX *md;
-    int out_fd;
     bool threaded;
     pthread_t thread;
     pthread_mutex_t mu;
@@ -56,10 +56,6 @@ typedef struct hasher {
 static int hasher_process(hasher *h, const unsigned char *p, size_t n)
 {
     if (EVP_DigestUpdate(h->md, p, n) != 1) return core_err_set(MLV_ECRYPTO, "SHA-256 failed");
-    if (h->out_fd >= 0) {
-        int rc = core_write_all(h->out_fd, p, n);
-        if (rc != 0) return core_err_wrap("writing the decrypted blob: ");
-    }
     return 0;
 }
 
@@ -92,10 +88,9 @@ static void *hasher_main(void *arg)
     return NULL;
 }
 
-static int hasher_start(hasher *h, int out_fd, bool threaded)
+static int hasher_start(hasher *h, bool threaded)
 {
     memset(h, 0, sizeof *h);
-    h->out_fd = out_fd;
     if (!(h->md = EVP_MD_CTX_new()) || EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1) {
         EVP_MD_CTX_free(h->md);
         h->md = NULL;
@@ -343,7 +338,7 @@ int repo_blob_stage_file(const char *home, const repo_keys *k, const char *path,
     }
     if ((rc = core_random(dek, sizeof dek)) != 0 ||
         (rc = repo_aead_enc_new(&enc, dek, cipher)) != 0 ||
-        (rc = hasher_start(&h, -1, nbatches > 1)) != 0)
+        (rc = hasher_start(&h, nbatches > 1)) != 0)
         goto done;
     hashing = true;
 
@@ -543,8 +538,9 @@ static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256
         rc = core_err_set(MLV_ENOMEM, "out of memory for blob buffers");
         goto done;
     }
-    if ((rc = hasher_start(&h, out_fd, nbatches > 1)) != 0) goto done;
+    if ((rc = hasher_start(&h, nbatches > 1)) != 0) goto done;
     hashing = true;
+    writeback wb = {.fd = out_fd};
 
     for (uint64_t i = 0; i < nbatches; i++) {
         size_t n = batch_len(size, i);
@@ -584,6 +580,14 @@ static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256
         if ((rc = hasher_post(&h, p, n)) != 0) {
             core_err_wrap("blob %s: ", sha256);
             goto done;
+        }
+        /* Authenticated plaintext goes out while the hasher reads the same buffer. */
+        if (out_fd >= 0) {
+            if ((rc = core_write_all(out_fd, p, n)) != 0) {
+                core_err_wrap("blob %s: writing the decrypted blob: ", sha256);
+                goto done;
+            }
+            writeback_advance(&wb, (off_t)n);
         }
     }
     hashing = false;

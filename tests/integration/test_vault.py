@@ -446,13 +446,20 @@ class VaultTest(unittest.TestCase):
                 self.assertEqual(r.returncode, code, f"{args}: {r.stderr}")
                 self.assertIn(msg, r.stderr, args)
                 self.assertTrue(r.stderr.startswith("mlvault: error: "), r.stderr)
-        if os.geteuid() != 0:  # root reads anything, so this case needs an ordinary user
-            locked = os.path.join(self.root, "locked.gguf")
-            shutil.copy(self.tiny, locked)
-            os.chmod(locked, 0)
-            r = v.run("push", "m", locked, token="alice")
-            self.assertNotEqual(r.returncode, 0)
-            self.assertIn("Permission denied", r.stderr)
+        # An unreadable file. Root reads anything, so as root the command runs without
+        # the capabilities that bypass file permissions (setpriv, util-linux).
+        locked = os.path.join(self.root, "locked.gguf")
+        shutil.copy(self.tiny, locked)
+        os.chmod(locked, 0)
+        prefix = []
+        if os.geteuid() == 0:
+            prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        e = dict(os.environ, MLVAULT_HOME=v.home, MLVAULT_TOKEN=v.tokens["alice"])
+        r = subprocess.run(prefix + [BIN, "push", "m", locked], capture_output=True, text=True,
+                           env=e)
+        self.assertEqual(r.returncode, 8, r.stderr)  # I/O
+        self.assertIn("Permission denied", r.stderr)
+        self.assertIn("locked.gguf", r.stderr)
         self.assertEqual(v.state(), before)
         self.assertFalse(os.path.exists(os.path.join(self.root, "nx")))
 
