@@ -12,8 +12,8 @@
 #define CLI_MAX_REPEAT 32
 
 typedef struct cli_opt_spec {
-    const char *name;  /* long name without dashes, e.g. "parent" */
-    char short_name;   /* e.g. 'o', or 0 */
+    const char *name; /* long name without dashes, e.g. "parent" */
+    char short_name;  /* e.g. 'o', or 0 */
     bool takes_value;
     bool repeat;
 } cli_opt_spec;
@@ -35,8 +35,8 @@ typedef struct cli_args {
 /* Parses argv against `spec` plus the common options (--home, --token, --json,
  * --help). Returns 0, or MLV_EINVAL with a message. */
 int cli_parse(cli_args *a, int argc, char **argv, const cli_opt_spec *spec, int nspec);
-const char *cli_opt(const cli_args *a, const char *name);     /* last value or NULL */
-bool cli_flag(const cli_args *a, const char *name);           /* given at all */
+const char *cli_opt(const cli_args *a, const char *name); /* last value or NULL */
+bool cli_flag(const cli_args *a, const char *name);       /* given at all */
 int cli_opt_all(const cli_args *a, const char *name, const char ***vals);
 
 /* Home: --home, $MLVAULT_HOME, ~/.mlvault. Borrowed or static. */

@@ -16,8 +16,10 @@ int cmd_audit(int argc, char **argv)
         rc = reg_audit_verify(r, &me, &rows);
         reg_close(r);
         if (rc) return rc;
-        if (a.json) cli_print_json(json_pack("{s:b,s:I}", "intact", 1, "rows", (json_int_t)rows));
-        else printf("audit chain intact: %lld rows, head matches the ledger\n", (long long)rows);
+        if (a.json)
+            cli_print_json(json_pack("{s:b,s:I}", "intact", 1, "rows", (json_int_t)rows));
+        else
+            printf("audit chain intact: %lld rows, head matches the ledger\n", (long long)rows);
         return 0;
     }
     json_t *arr;
@@ -30,8 +32,7 @@ int cmd_audit(int argc, char **argv)
     }
     size_t i;
     json_t *o;
-    printf("%-6s %-20s %-12s %-14s %-28s %s\n", "SEQ", "AT", "ACTOR", "ACTION", "TARGET",
-           "DETAIL");
+    printf("%-6s %-20s %-12s %-14s %-28s %s\n", "SEQ", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL");
     json_array_foreach(arr, i, o)
     {
         printf("%-6lld %-20s %-12s %-14s %-28s %s\n",

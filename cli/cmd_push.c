@@ -13,8 +13,12 @@ static int push(const cli_args *a, const char *name, const char *path, bool data
     if (rc) return rc;
     const char **parents = NULL;
     int np = cli_opt_all(a, "parent", &parents);
-    reg_push_opts o = {.name = name, .path = path, .dataset = dataset, .parents = parents,
-                       .n_parents = (size_t)np, .note = cli_opt(a, "note")};
+    reg_push_opts o = {.name = name,
+                       .path = path,
+                       .dataset = dataset,
+                       .parents = parents,
+                       .n_parents = (size_t)np,
+                       .note = cli_opt(a, "note")};
     reg_pushed p;
     rc = reg_push(r, &me, &o, &p);
     if (rc == 0) {

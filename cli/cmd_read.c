@@ -42,10 +42,11 @@ int cmd_list(int argc, char **argv)
     size_t i;
     json_t *o;
     char hb[32], types[256];
-    if (json_array_size(arr) == 0) printf("no models or datasets yet (mlvault push NAME PATH)\n");
+    if (json_array_size(arr) == 0)
+        printf("no models or datasets yet (mlvault push NAME PATH)\n");
     else if (a.npos)
-        printf("%-24s %-12s %-12s %-14s %-10s %s\n", "VERSION", "SIZE", "FORMAT", "TYPES",
-               "BY", "CREATED");
+        printf("%-24s %-12s %-12s %-14s %-10s %s\n", "VERSION", "SIZE", "FORMAT", "TYPES", "BY",
+               "CREATED");
     else
         printf("%-24s %-8s %-9s %-12s %-12s %-14s %s\n", "NAME", "KIND", "VERSIONS", "SIZE",
                "FORMAT", "ARCH", "LATEST");
@@ -96,7 +97,8 @@ int cmd_show(int argc, char **argv)
     printf("  format       %s\n", str(m, "format"));
     if (*str(m, "architecture")) printf("  architecture %s\n", str(m, "architecture"));
     if (json_integer_value(json_object_get(m, "parameters")))
-        printf("  parameters   %lld\n", (long long)json_integer_value(json_object_get(m, "parameters")));
+        printf("  parameters   %lld\n",
+               (long long)json_integer_value(json_object_get(m, "parameters")));
     if (*types) printf("  tensor types %s\n", types);
     printf("  size         %s\n", hb);
     printf("  created      %s by %s\n", str(o, "created_at"), str(o, "created_by"));
@@ -155,7 +157,8 @@ int cmd_lineage(int argc, char **argv)
                    str(x, "format"), str(json_object_get(x, "job"), "kind"), str(x, "digest"),
                    !strcmp(str(x, "id"), str(g, "root")) ? ", style=bold" : "");
         }
-        json_array_foreach(edges, i, x) printf("  \"%s\" -> \"%s\";\n", str(x, "from"), str(x, "to"));
+        json_array_foreach(edges, i, x)
+            printf("  \"%s\" -> \"%s\";\n", str(x, "from"), str(x, "to"));
         printf("}\n");
     } else {
         printf("lineage of %s: %zu version%s, %zu edge%s\n", str(g, "root"), json_array_size(nodes),
@@ -191,8 +194,10 @@ int cmd_verify(int argc, char **argv)
     rc = reg_verify(r, &me, a.pos[0], a.json ? NULL : print_line, NULL);
     reg_close(r);
     if (rc == 0) {
-        if (a.json) cli_print_json(json_pack("{s:s,s:b}", "ref", a.pos[0], "verified", 1));
-        else printf("verified %s\n", a.pos[0]);
+        if (a.json)
+            cli_print_json(json_pack("{s:s,s:b}", "ref", a.pos[0], "verified", 1));
+        else
+            printf("verified %s\n", a.pos[0]);
     }
     return rc;
 }
@@ -213,8 +218,9 @@ int cmd_export(int argc, char **argv)
     if (rc == 0) {
         if (a.json)
             cli_print_json(json_pack("{s:s,s:s}", "ref", a.pos[0], "dir", cli_opt(&a, "output")));
-        else printf("exported %s to %s (verified; signature in model.sig)\n", a.pos[0],
-                    cli_opt(&a, "output"));
+        else
+            printf("exported %s to %s (verified; signature in model.sig)\n", a.pos[0],
+                   cli_opt(&a, "output"));
     }
     return rc;
 }

@@ -9,7 +9,8 @@ static const char *USAGE =
     "usage: mlvault COMMAND [ARGS] [--home DIR] [--token TOKEN] [--json]\n"
     "\n"
     "  init [--home DIR]                          create a data home; prints the admin token\n"
-    "  user add NAME --role ROLE                  add a user (viewer|engineer|approver|admin|node)\n"
+    "  user add NAME --role ROLE                  add a user "
+    "(viewer|engineer|approver|admin|node)\n"
     "  user list | user disable NAME\n"
     "  push NAME PATH [--parent REF]... [--note TEXT]\n"
     "                                             store a .gguf file or a Hugging Face folder\n"
@@ -125,16 +126,22 @@ int cli_parse(cli_args *a, int argc, char **argv, const cli_opt_spec *spec, int 
         const cli_opt_spec *o = sp ? sp : common;
         const char *val = NULL;
         if (o->takes_value) {
-            if (inline_val) val = inline_val;
-            else if (i + 1 < argc) val = argv[++i];
-            else return core_err_set(MLV_EINVAL, "option --%s needs a value", name);
+            if (inline_val)
+                val = inline_val;
+            else if (i + 1 < argc)
+                val = argv[++i];
+            else
+                return core_err_set(MLV_EINVAL, "option --%s needs a value", name);
         } else if (inline_val) {
             return core_err_set(MLV_EINVAL, "option --%s takes no value", name);
         }
         if (common) {
-            if (!strcmp(name, "home")) a->home = val;
-            else if (!strcmp(name, "token")) a->token = val;
-            else a->json = true;
+            if (!strcmp(name, "home"))
+                a->home = val;
+            else if (!strcmp(name, "token"))
+                a->token = val;
+            else
+                a->json = true;
             continue;
         }
         if (a->nvals[idx] > 0 && !sp->repeat)

@@ -16,18 +16,18 @@
  * codes (cli/main.c) and the HTTP API to statuses, each in exactly one place. */
 enum {
     MLV_OK = 0,
-    MLV_EINVAL = -1,     /* bad input from the caller or the user */
-    MLV_ENOTFOUND = -2,  /* a name, version, file or row that does not exist */
-    MLV_EEXISTS = -3,    /* would overwrite something that already exists */
-    MLV_EAUTH = -4,      /* no token, an unknown token, or a disabled user */
-    MLV_EFORBIDDEN = -5, /* authenticated, but the role does not allow it */
-    MLV_EINTEGRITY = -6, /* a digest, tag, signature or chain does not verify */
-    MLV_EIO = -7,        /* the operating system refused a read or a write */
-    MLV_ENOMEM = -8,     /* allocation failed */
-    MLV_EGATE = -9,      /* the accuracy gate refused a promotion */
-    MLV_ECRYPTO = -10,   /* the crypto library failed (not a verification failure) */
-    MLV_EDB = -11,       /* the catalog (SQLite) failed */
-    MLV_EBUSY = -12,     /* locked by another process; try again */
+    MLV_EINVAL = -1,        /* bad input from the caller or the user */
+    MLV_ENOTFOUND = -2,     /* a name, version, file or row that does not exist */
+    MLV_EEXISTS = -3,       /* would overwrite something that already exists */
+    MLV_EAUTH = -4,         /* no token, an unknown token, or a disabled user */
+    MLV_EFORBIDDEN = -5,    /* authenticated, but the role does not allow it */
+    MLV_EINTEGRITY = -6,    /* a digest, tag, signature or chain does not verify */
+    MLV_EIO = -7,           /* the operating system refused a read or a write */
+    MLV_ENOMEM = -8,        /* allocation failed */
+    MLV_EGATE = -9,         /* the accuracy gate refused a promotion */
+    MLV_ECRYPTO = -10,      /* the crypto library failed (not a verification failure) */
+    MLV_EDB = -11,          /* the catalog (SQLite) failed */
+    MLV_EBUSY = -12,        /* locked by another process; try again */
     MLV_EUNSUPPORTED = -13, /* a valid request we do not implement (format, version) */
 };
 
@@ -74,9 +74,9 @@ bool core_relpath_safe(const char *p);
 /* ---- names, hex, time, random ---- */
 /* Artifact and user names: [a-z0-9][a-z0-9._-]{0,63}. */
 bool core_name_valid(const char *name);
-void core_hex(char *out, const unsigned char *in, size_t n); /* out: 2n+1 bytes */
+void core_hex(char *out, const unsigned char *in, size_t n);   /* out: 2n+1 bytes */
 int core_unhex(unsigned char *out, size_t n, const char *hex); /* exactly 2n hex chars */
-bool core_is_hex(const char *s, size_t n);                    /* n lowercase hex chars, then NUL */
+bool core_is_hex(const char *s, size_t n);                     /* n lowercase hex chars, then NUL */
 /* Current UTC time as RFC 3339 with seconds ("2026-11-29T07:48:12Z"); out: 21 bytes. */
 void core_time_iso(char out[21]);
 /* Cryptographically secure random bytes (OpenSSL RAND_bytes). */

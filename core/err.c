@@ -36,8 +36,14 @@ int core_err_wrap(const char *fmt, ...)
     return err_code;
 }
 
-const char *core_err_last(void) { return err_msg[0] ? err_msg : "unknown error"; }
-int core_err_code(void) { return err_code; }
+const char *core_err_last(void)
+{
+    return err_msg[0] ? err_msg : "unknown error";
+}
+int core_err_code(void)
+{
+    return err_code;
+}
 void core_err_clear(void)
 {
     err_code = 0;
@@ -72,9 +78,12 @@ static int log_level(void)
         const char *e = getenv("MLVAULT_LOG");
         cached = CORE_LOG_WARN;
         if (e) {
-            if (!strcmp(e, "error")) cached = CORE_LOG_ERROR;
-            else if (!strcmp(e, "info")) cached = CORE_LOG_INFO;
-            else if (!strcmp(e, "debug")) cached = CORE_LOG_DEBUG;
+            if (!strcmp(e, "error"))
+                cached = CORE_LOG_ERROR;
+            else if (!strcmp(e, "info"))
+                cached = CORE_LOG_INFO;
+            else if (!strcmp(e, "debug"))
+                cached = CORE_LOG_DEBUG;
         }
     }
     return cached;

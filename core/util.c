@@ -77,8 +77,10 @@ void core_human_bytes(char *out, size_t outsz, uint64_t n)
         v /= 1000.0;
         i++;
     }
-    if (i == 0) snprintf(out, outsz, "%llu B", (unsigned long long)n);
-    else snprintf(out, outsz, "%.1f %s", v, u[i]);
+    if (i == 0)
+        snprintf(out, outsz, "%llu B", (unsigned long long)n);
+    else
+        snprintf(out, outsz, "%.1f %s", v, u[i]);
 }
 
 void core_buf_append(core_buf *b, const void *p, size_t n)
@@ -86,7 +88,8 @@ void core_buf_append(core_buf *b, const void *p, size_t n)
     if (b->failed) return;
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
+        while (cap < b->len + n + 1)
+            cap *= 2;
         char *d = realloc(b->data, cap);
         if (!d) {
             b->failed = 1;

@@ -17,9 +17,21 @@
  * bytes actually available, known value and tensor types, dimensions whose product
  * does not overflow, tensor data inside the file, aligned and not overlapping. */
 enum eng_ggml_type {
-    ENG_F32 = 0, ENG_F16 = 1, ENG_Q4_0 = 2, ENG_Q4_1 = 3, ENG_Q5_0 = 6, ENG_Q5_1 = 7,
-    ENG_Q8_0 = 8, ENG_Q8_1 = 9, ENG_Q2_K = 10, ENG_Q3_K = 11, ENG_Q4_K = 12, ENG_Q5_K = 13,
-    ENG_Q6_K = 14, ENG_Q8_K = 15, ENG_BF16 = 30,
+    ENG_F32 = 0,
+    ENG_F16 = 1,
+    ENG_Q4_0 = 2,
+    ENG_Q4_1 = 3,
+    ENG_Q5_0 = 6,
+    ENG_Q5_1 = 7,
+    ENG_Q8_0 = 8,
+    ENG_Q8_1 = 9,
+    ENG_Q2_K = 10,
+    ENG_Q3_K = 11,
+    ENG_Q4_K = 12,
+    ENG_Q5_K = 13,
+    ENG_Q6_K = 14,
+    ENG_Q8_K = 15,
+    ENG_BF16 = 30,
 };
 /* "F32", "Q4_K", ... or NULL for an id we do not know. */
 const char *eng_type_name(int type);
@@ -29,9 +41,19 @@ int eng_type_block(int type, size_t *block_elems, size_t *block_bytes);
 typedef struct eng_gguf eng_gguf;
 
 enum eng_gguf_vtype {
-    ENG_GGUF_U8 = 0, ENG_GGUF_I8 = 1, ENG_GGUF_U16 = 2, ENG_GGUF_I16 = 3, ENG_GGUF_U32 = 4,
-    ENG_GGUF_I32 = 5, ENG_GGUF_F32 = 6, ENG_GGUF_BOOL = 7, ENG_GGUF_STRING = 8,
-    ENG_GGUF_ARRAY = 9, ENG_GGUF_U64 = 10, ENG_GGUF_I64 = 11, ENG_GGUF_F64 = 12,
+    ENG_GGUF_U8 = 0,
+    ENG_GGUF_I8 = 1,
+    ENG_GGUF_U16 = 2,
+    ENG_GGUF_I16 = 3,
+    ENG_GGUF_U32 = 4,
+    ENG_GGUF_I32 = 5,
+    ENG_GGUF_F32 = 6,
+    ENG_GGUF_BOOL = 7,
+    ENG_GGUF_STRING = 8,
+    ENG_GGUF_ARRAY = 9,
+    ENG_GGUF_U64 = 10,
+    ENG_GGUF_I64 = 11,
+    ENG_GGUF_F64 = 12,
 };
 
 /* Parses the header, metadata and tensor infos of a GGUF file (reads only what it
@@ -82,10 +104,10 @@ int64_t eng_gguf_find_tensor(const eng_gguf *g, const char *name);
 /* ============================================================ describe ========
  * engine/describe.c: what a model artifact is, for its manifest. */
 typedef struct eng_model_info {
-    char format[16];        /* "gguf" | "safetensors" */
-    char architecture[64];  /* general.architecture, or config.json model_type */
-    uint64_t parameters;    /* total elements over all tensors */
-    char **tensor_types;    /* sorted, unique type names; owned */
+    char format[16];       /* "gguf" | "safetensors" */
+    char architecture[64]; /* general.architecture, or config.json model_type */
+    uint64_t parameters;   /* total elements over all tensors */
+    char **tensor_types;   /* sorted, unique type names; owned */
     size_t n_tensor_types;
 } eng_model_info;
 

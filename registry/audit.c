@@ -13,15 +13,18 @@ static const char GENESIS[65] = "00000000000000000000000000000000000000000000000
 static char *row_json(int64_t seq, const char *at, const char *actor, const char *action,
                       const char *target, const char *detail, const char *prev)
 {
-    json_t *o = json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", (json_int_t)seq, "at", at,
-                          "actor", actor, "action", action, "target", target, "detail", detail,
-                          "prev", prev);
+    json_t *o =
+        json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", (json_int_t)seq, "at", at, "actor", actor,
+                  "action", action, "target", target, "detail", detail, "prev", prev);
     char *s = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(o);
     return s;
 }
 
-static void row_hash(char out[65], const char *json) { repo_sha256_hex(out, json, strlen(json)); }
+static void row_hash(char out[65], const char *json)
+{
+    repo_sha256_hex(out, json, strlen(json));
+}
 
 int reg_audit_append(reg_ctx *r, const char *actor, const char *action, const char *target,
                      const char *detail, const repo_ledger_change *extra, size_t n_extra)
@@ -30,8 +33,8 @@ int reg_audit_append(reg_ctx *r, const char *actor, const char *action, const ch
     int64_t seq = 1;
     char prev[65];
     memcpy(prev, GENESIS, sizeof prev);
-    if (sqlite3_prepare_v2(r->db, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", -1,
-                           &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(r->db, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", -1, &st,
+                           NULL) != SQLITE_OK)
         return reg_db_err(r, "audit");
     if (sqlite3_step(st) == SQLITE_ROW) {
         seq = sqlite3_column_int64(st, 0) + 1;
@@ -82,7 +85,8 @@ int reg_audit_append(reg_ctx *r, const char *actor, const char *action, const ch
     char rowpath[96], msg[512];
     snprintf(rowpath, sizeof rowpath, "audit/rows/%06lld/%010lld.json", (long long)(seq / 1000),
              (long long)seq);
-    for (size_t i = 0; i < n_extra; i++) ch[i] = extra[i];
+    for (size_t i = 0; i < n_extra; i++)
+        ch[i] = extra[i];
     ch[n_extra] = (repo_ledger_change){rowpath, mirror, strlen(mirror)};
     ch[n_extra + 1] = (repo_ledger_change){"audit/head.json", head, strlen(head)};
     snprintf(msg, sizeof msg, "%s %s%s%s\n\naudit seq %lld, hash %s\n", action, target,
@@ -111,20 +115,21 @@ int reg_audit_list(reg_ctx *r, const reg_user *actor, json_t **out)
     json_t *arr = json_array();
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        json_array_append_new(
-            arr, json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "seq",
-                           (json_int_t)sqlite3_column_int64(st, 0), "at",
-                           (const char *)sqlite3_column_text(st, 1), "actor",
-                           (const char *)sqlite3_column_text(st, 2), "action",
-                           (const char *)sqlite3_column_text(st, 3), "target",
-                           (const char *)sqlite3_column_text(st, 4), "detail",
-                           (const char *)sqlite3_column_text(st, 5), "hash",
-                           (const char *)sqlite3_column_text(st, 6)));
+        json_array_append_new(arr, json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "seq",
+                                             (json_int_t)sqlite3_column_int64(st, 0), "at",
+                                             (const char *)sqlite3_column_text(st, 1), "actor",
+                                             (const char *)sqlite3_column_text(st, 2), "action",
+                                             (const char *)sqlite3_column_text(st, 3), "target",
+                                             (const char *)sqlite3_column_text(st, 4), "detail",
+                                             (const char *)sqlite3_column_text(st, 5), "hash",
+                                             (const char *)sqlite3_column_text(st, 6)));
     }
     if (step != SQLITE_DONE) rc = reg_db_err(r, "audit");
     sqlite3_finalize(st);
-    if (rc) json_decref(arr);
-    else *out = arr;
+    if (rc)
+        json_decref(arr);
+    else
+        *out = arr;
     return rc;
 }
 
@@ -157,11 +162,10 @@ int reg_audit_verify(reg_ctx *r, const reg_user *actor, int64_t *rows_out)
                               (long long)seq);
             break;
         }
-        char *rj = row_json(seq, (const char *)sqlite3_column_text(st, 1),
-                            (const char *)sqlite3_column_text(st, 2),
-                            (const char *)sqlite3_column_text(st, 3),
-                            (const char *)sqlite3_column_text(st, 4),
-                            (const char *)sqlite3_column_text(st, 5), stored_prev);
+        char *rj = row_json(
+            seq, (const char *)sqlite3_column_text(st, 1), (const char *)sqlite3_column_text(st, 2),
+            (const char *)sqlite3_column_text(st, 3), (const char *)sqlite3_column_text(st, 4),
+            (const char *)sqlite3_column_text(st, 5), stored_prev);
         if (!rj) {
             rc = core_err_set(MLV_ENOMEM, "out of memory");
             break;

@@ -131,8 +131,8 @@ int reg_user_add(reg_ctx *r, const reg_user *actor, const char *name, reg_role r
     int rc = reg_authorize(actor, REG_ACT_ADMIN);
     if (rc) return rc;
     if (!core_name_valid(name))
-        return core_err_set(MLV_EINVAL,
-                            "invalid user name '%s': use [a-z0-9][a-z0-9._-]{0,63}", name);
+        return core_err_set(MLV_EINVAL, "invalid user name '%s': use [a-z0-9][a-z0-9._-]{0,63}",
+                            name);
     if ((rc = reg_begin(r)) != 0) return rc;
     rc = reg_user_create_locked(r, actor->name, name, role, token_out);
     if (rc == 0) rc = reg_commit(r);
@@ -148,8 +148,7 @@ int reg_user_disable(reg_ctx *r, const reg_user *actor, const char *name)
 {
     int rc = reg_authorize(actor, REG_ACT_ADMIN);
     if (rc) return rc;
-    if (!strcmp(actor->name, name))
-        return core_err_set(MLV_EINVAL, "you cannot disable yourself");
+    if (!strcmp(actor->name, name)) return core_err_set(MLV_EINVAL, "you cannot disable yourself");
     if ((rc = reg_begin(r)) != 0) return rc;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(r->db, "UPDATE users SET disabled = 1 WHERE name = ? AND disabled = 0",
@@ -158,7 +157,8 @@ int reg_user_disable(reg_ctx *r, const reg_user *actor, const char *name)
         goto done;
     }
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) rc = reg_db_err(r, "disable user");
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = reg_db_err(r, "disable user");
     else if (sqlite3_changes(r->db) == 0)
         rc = core_err_set(MLV_ENOTFOUND, "no enabled user named '%s'", name);
     if (rc == 0) rc = reg_audit_append(r, actor->name, "user.disable", name, "", NULL, 0);
@@ -179,8 +179,9 @@ int reg_user_list(reg_ctx *r, const reg_user *actor, reg_user **out, size_t *n)
     int rc = reg_authorize(actor, REG_ACT_ADMIN);
     if (rc) return rc;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db, "SELECT id, name, role, disabled, created_at FROM users"
-                                  " ORDER BY name",
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT id, name, role, disabled, created_at FROM users"
+                           " ORDER BY name",
                            -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "list users");
     size_t cap = 0;

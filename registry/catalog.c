@@ -70,8 +70,14 @@ int reg_exec(reg_ctx *r, const char *sql)
     return 0;
 }
 
-int reg_begin(reg_ctx *r) { return reg_exec(r, "BEGIN IMMEDIATE"); }
-int reg_commit(reg_ctx *r) { return reg_exec(r, "COMMIT"); }
+int reg_begin(reg_ctx *r)
+{
+    return reg_exec(r, "BEGIN IMMEDIATE");
+}
+int reg_commit(reg_ctx *r)
+{
+    return reg_exec(r, "COMMIT");
+}
 void reg_rollback(reg_ctx *r)
 {
     if (!sqlite3_get_autocommit(r->db)) sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
@@ -109,9 +115,9 @@ int reg_ledger_queue(reg_ctx *r, const char *author, const char *message,
     for (size_t i = 0; i < n; i++) {
         json_t *c = json_pack("{s:s}", "path", changes[i].path);
         if (!c) break;
-        json_object_set_new(c, "content", changes[i].content
-                                              ? json_stringn(changes[i].content, changes[i].len)
-                                              : json_null());
+        json_object_set_new(c, "content",
+                            changes[i].content ? json_stringn(changes[i].content, changes[i].len)
+                                               : json_null());
         json_array_append_new(arr, c);
     }
     char *text = json_dumps(arr, JSON_COMPACT);
@@ -204,16 +210,15 @@ int reg_ledger_flush(reg_ctx *r)
 
 /* --------------------------------------------------------------------- home/open --- */
 
-static const char *CONFIG_INI =
-    "; mlvault settings. Command-line flags override these.\n"
-    "[server]\n"
-    "listen = 127.0.0.1:8080\n"
-    "; tls_cert = /path/cert.pem\n"
-    "; tls_key = /path/key.pem\n"
-    "\n[jobs]\n"
-    "workers = 1\n"
-    "\n[gate]\n"
-    "threshold = 2.0\n";
+static const char *CONFIG_INI = "; mlvault settings. Command-line flags override these.\n"
+                                "[server]\n"
+                                "listen = 127.0.0.1:8080\n"
+                                "; tls_cert = /path/cert.pem\n"
+                                "; tls_key = /path/key.pem\n"
+                                "\n[jobs]\n"
+                                "workers = 1\n"
+                                "\n[gate]\n"
+                                "threshold = 2.0\n";
 
 static int make_dirs(const char *home)
 {
@@ -302,8 +307,7 @@ int reg_open(reg_ctx **out, const char *home)
     free(db);
     if (missing)
         return core_err_set(MLV_ENOTFOUND,
-                            "%s is not an mlvault home (run `mlvault init --home %s`)", home,
-                            home);
+                            "%s is not an mlvault home (run `mlvault init --home %s`)", home, home);
     reg_ctx *r = calloc(1, sizeof *r);
     if (!r) return core_err_set(MLV_ENOMEM, "out of memory");
     r->lock_fd = -1;
@@ -336,4 +340,7 @@ void reg_close(reg_ctx *r)
     free(r);
 }
 
-const char *reg_home(const reg_ctx *r) { return r->home; }
+const char *reg_home(const reg_ctx *r)
+{
+    return r->home;
+}

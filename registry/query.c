@@ -62,9 +62,9 @@ int reg_resolve(reg_ctx *r, const char *ref, int64_t *version_id, char name[65],
         if (name) snprintf(name, 65, "%s", p.name);
         rc = 0;
     } else if (step == SQLITE_DONE) {
-        rc = p.version ? core_err_set(MLV_ENOTFOUND, "%s: no version %d of %s", ref, p.version,
-                                      p.name)
-                       : core_err_set(MLV_ENOTFOUND, "%s: no such model or dataset", ref);
+        rc = p.version
+                 ? core_err_set(MLV_ENOTFOUND, "%s: no version %d of %s", ref, p.version, p.name)
+                 : core_err_set(MLV_ENOTFOUND, "%s: no such model or dataset", ref);
     } else {
         rc = reg_db_err(r, "resolve");
     }
@@ -137,8 +137,7 @@ int reg_list(reg_ctx *r, const reg_user *actor, const char *name, json_t **out)
     *out = NULL;
     int rc = reg_authorize(actor, REG_ACT_READ);
     if (rc) return rc;
-    if (name && !core_name_valid(name))
-        return core_err_set(MLV_EINVAL, "invalid name '%s'", name);
+    if (name && !core_name_valid(name)) return core_err_set(MLV_EINVAL, "invalid name '%s'", name);
     sqlite3_stmt *st = NULL;
     const char *sql =
         name ? "SELECT a.name, a.kind, v.version, v.manifest_digest, v.size, v.manifest,"
@@ -183,8 +182,10 @@ int reg_list(reg_ctx *r, const reg_user *actor, const char *name, json_t **out)
     sqlite3_finalize(st);
     if (rc == 0 && name && json_array_size(arr) == 0)
         rc = core_err_set(MLV_ENOTFOUND, "no model or dataset named %s", name);
-    if (rc) json_decref(arr);
-    else *out = arr;
+    if (rc)
+        json_decref(arr);
+    else
+        *out = arr;
     return rc;
 }
 
@@ -271,14 +272,14 @@ int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out)
     char *hint = key_hint(repo_keys_public_pem(r->keys));
     char vref[96];
     snprintf(vref, sizeof vref, "%s:%d", v.name, v.version);
-    json_t *o = json_pack("{s:s,s:s,s:i,s:s,s:s,s:I,s:O,s:O,s:{s:s,s:s,s:s,s:s},s:o,s:o,s:s,s:s}",
-                          "ref", vref, "name", v.name, "version", v.version, "kind", v.kind,
-                          "digest", v.digest, "size", (json_int_t)v.size, "manifest", m, "files",
-                          json_object_get(m, "files"), "signature", "state", state, "detail",
-                          detail, "format", "model-signing/v1.0 (sigstore bundle v0.3, ECDSA P-256)",
-                          "key_hint", hint ? hint : "", "parents", linked(r, id, 1), "children",
-                          linked(r, id, 0), "created_by", v.created_by, "created_at",
-                          v.created_at);
+    json_t *o =
+        json_pack("{s:s,s:s,s:i,s:s,s:s,s:I,s:O,s:O,s:{s:s,s:s,s:s,s:s},s:o,s:o,s:s,s:s}", "ref",
+                  vref, "name", v.name, "version", v.version, "kind", v.kind, "digest", v.digest,
+                  "size", (json_int_t)v.size, "manifest", m, "files", json_object_get(m, "files"),
+                  "signature", "state", state, "detail", detail, "format",
+                  "model-signing/v1.0 (sigstore bundle v0.3, ECDSA P-256)", "key_hint",
+                  hint ? hint : "", "parents", linked(r, id, 1), "children", linked(r, id, 0),
+                  "created_by", v.created_by, "created_at", v.created_at);
     free(hint);
     json_decref(m);
     reg_version_row_clear(&v);
@@ -361,8 +362,9 @@ static int collect_edges(reg_ctx *r, json_t *seen, json_t *edges)
     json_object_foreach(seen, key, ref)
     {
         sqlite3_stmt *st = NULL;
-        if (sqlite3_prepare_v2(r->db, "SELECT parent_id FROM lineage WHERE child_id = ?"
-                                      " ORDER BY parent_id",
+        if (sqlite3_prepare_v2(r->db,
+                               "SELECT parent_id FROM lineage WHERE child_id = ?"
+                               " ORDER BY parent_id",
                                -1, &st, NULL) != SQLITE_OK)
             return reg_db_err(r, "lineage");
         sqlite3_bind_int64(st, 1, strtoll(key, NULL, 10));

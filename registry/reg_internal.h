@@ -37,8 +37,7 @@ int reg_audit_append(reg_ctx *r, const char *actor, const char *action, const ch
                      const char *detail, const repo_ledger_change *extra, size_t n_extra);
 
 /* Resolves a reference to a version row id (MLV_ENOTFOUND with a clear message). */
-int reg_resolve(reg_ctx *r, const char *ref, int64_t *version_id, char name[65],
-                int *version);
+int reg_resolve(reg_ctx *r, const char *ref, int64_t *version_id, char name[65], int *version);
 
 /* Loads a version's stored manifest and signature (owned by the caller). */
 typedef struct reg_version_row {

@@ -32,7 +32,11 @@ const char *reg_home(const reg_ctx *r);
 
 /* ===================================================================== users ==== */
 typedef enum reg_role {
-    REG_ROLE_VIEWER, REG_ROLE_ENGINEER, REG_ROLE_APPROVER, REG_ROLE_ADMIN, REG_ROLE_NODE,
+    REG_ROLE_VIEWER,
+    REG_ROLE_ENGINEER,
+    REG_ROLE_APPROVER,
+    REG_ROLE_ADMIN,
+    REG_ROLE_NODE,
 } reg_role;
 const char *reg_role_name(reg_role r);
 int reg_role_parse(const char *s, reg_role *out); /* MLV_EINVAL when unknown */
@@ -50,11 +54,11 @@ typedef struct reg_user {
 int reg_authenticate(reg_ctx *r, const char *token, reg_user *out);
 
 typedef enum reg_action {
-    REG_ACT_READ,        /* list, show, lineage, verify */
-    REG_ACT_DOWNLOAD,    /* export */
-    REG_ACT_PUSH,        /* push models and datasets */
-    REG_ACT_ADMIN,       /* users, keys */
-    REG_ACT_AUDIT,       /* read the audit log */
+    REG_ACT_READ,     /* list, show, lineage, verify */
+    REG_ACT_DOWNLOAD, /* export */
+    REG_ACT_PUSH,     /* push models and datasets */
+    REG_ACT_ADMIN,    /* users, keys */
+    REG_ACT_AUDIT,    /* read the audit log */
 } reg_action;
 /* 0 when the user's role allows the action, else MLV_EFORBIDDEN with a message. */
 int reg_authorize(const reg_user *u, reg_action a);
@@ -69,27 +73,27 @@ int reg_user_list(reg_ctx *r, const reg_user *actor, reg_user **out, size_t *n);
 /* A parsed reference: NAME, NAME:VERSION, NAME@CHANNEL. */
 typedef struct reg_ref {
     char name[65];
-    int version;       /* 0 = latest */
-    char channel[65];  /* "" unless NAME@CHANNEL */
+    int version;      /* 0 = latest */
+    char channel[65]; /* "" unless NAME@CHANNEL */
 } reg_ref;
 int reg_ref_parse(const char *s, reg_ref *out);
 
 typedef struct reg_push_opts {
     const char *name;
     const char *path;
-    bool dataset;            /* dataset push: any regular file */
-    const char **parents;    /* refs */
+    bool dataset;         /* dataset push: any regular file */
+    const char **parents; /* refs */
     size_t n_parents;
-    const char *note;        /* may be NULL */
+    const char *note; /* may be NULL */
 } reg_push_opts;
 
 typedef struct reg_pushed {
     char name[65];
     int version;
-    char digest[65];     /* manifest SHA-256 */
-    uint64_t size;       /* plaintext bytes over all files */
+    char digest[65]; /* manifest SHA-256 */
+    uint64_t size;   /* plaintext bytes over all files */
     size_t n_files;
-    size_t n_new_blobs;  /* blobs that were not already stored */
+    size_t n_new_blobs; /* blobs that were not already stored */
 } reg_pushed;
 
 int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_pushed *out);

@@ -69,7 +69,8 @@ static int collect_dir(const char *dir, push_file **fs, size_t *n)
             break;
         }
         struct stat st;
-        if (lstat(full, &st) != 0) rc = core_err_set(MLV_EIO, "%s: %s", full, strerror(errno));
+        if (lstat(full, &st) != 0)
+            rc = core_err_set(MLV_EIO, "%s: %s", full, strerror(errno));
         else if (S_ISLNK(st.st_mode))
             rc = core_err_set(MLV_EINVAL, "%s is a symlink; copy the file itself into the folder",
                               full);
@@ -80,9 +81,10 @@ static int collect_dir(const char *dir, push_file **fs, size_t *n)
         else if (!core_relpath_safe(e->d_name))
             rc = core_err_set(MLV_EINVAL, "%s: file name not allowed", full);
         else if (reserved_name(e->d_name))
-            rc = core_err_set(MLV_EINVAL, "%s: the name %s is reserved by mlvault", full,
-                              e->d_name);
-        else rc = add_file(fs, n, e->d_name, full);
+            rc =
+                core_err_set(MLV_EINVAL, "%s: the name %s is reserved by mlvault", full, e->d_name);
+        else
+            rc = add_file(fs, n, e->d_name, full);
         free(full);
     }
     closedir(d);
@@ -181,8 +183,8 @@ static int artifact_id(reg_ctx *r, const char *name, const char *kind, int64_t *
 {
     sqlite3_stmt *st = NULL;
     int rc = 0;
-    if (sqlite3_prepare_v2(r->db, "SELECT id, kind FROM artifacts WHERE name = ?", -1, &st,
-                           NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(r->db, "SELECT id, kind FROM artifacts WHERE name = ?", -1, &st, NULL) !=
+        SQLITE_OK)
         return reg_db_err(r, "artifacts");
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
@@ -198,8 +200,8 @@ static int artifact_id(reg_ctx *r, const char *name, const char *kind, int64_t *
     if (step != SQLITE_DONE) return reg_db_err(r, "artifacts");
     char at[21];
     core_time_iso(at);
-    if (sqlite3_prepare_v2(r->db, "INSERT INTO artifacts(name, kind, created_at) VALUES(?,?,?)",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(r->db, "INSERT INTO artifacts(name, kind, created_at) VALUES(?,?,?)", -1,
+                           &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "artifacts");
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
@@ -213,8 +215,9 @@ static int artifact_id(reg_ctx *r, const char *name, const char *kind, int64_t *
 static int next_version(reg_ctx *r, int64_t art, int *v)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db, "SELECT COALESCE(MAX(version), 0) FROM versions"
-                                  " WHERE artifact_id = ?",
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT COALESCE(MAX(version), 0) FROM versions"
+                           " WHERE artifact_id = ?",
                            -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "versions");
     sqlite3_bind_int64(st, 1, art);
@@ -399,8 +402,8 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     snprintf(target, sizeof target, "%s:%d", o->name, version);
     snprintf(detail, sizeof detail, "manifest %s", out->digest);
     repo_ledger_change ch[2] = {{mpath, manifest, mlen}, {spath, sig, strlen(sig)}};
-    if ((rc = reg_audit_append(r, actor->name, o->dataset ? "dataset.push" : "push", target,
-                               detail, ch, 2)) != 0)
+    if ((rc = reg_audit_append(r, actor->name, o->dataset ? "dataset.push" : "push", target, detail,
+                               ch, 2)) != 0)
         goto done;
     if ((rc = reg_commit(r)) != 0) goto done;
     in_tx = false;
@@ -416,7 +419,8 @@ done:
         free(fs[i].full);
     }
     free(fs);
-    for (size_t i = 0; parents && i < o->n_parents; i++) free(parents[i].name);
+    for (size_t i = 0; parents && i < o->n_parents; i++)
+        free(parents[i].name);
     free(parents);
     free(parent_ids);
     free(mfiles);
@@ -458,8 +462,8 @@ static int load_wrapped(reg_ctx *r, checked_version *c)
                               c->m->files[i].path, c->m->files[i].sha256);
         else if (core_unhex(c->wrapped[i], REPO_WRAPPED_DEK_LEN,
                             (const char *)sqlite3_column_text(st, 0)) != 0)
-            rc = core_err_set(MLV_EINTEGRITY, "%s: data key record is corrupt",
-                              c->m->files[i].path);
+            rc =
+                core_err_set(MLV_EINTEGRITY, "%s: data key record is corrupt", c->m->files[i].path);
         sqlite3_finalize(st);
         if (rc) return rc;
     }
@@ -479,8 +483,9 @@ static int check_version(reg_ctx *r, const char *ref, checked_version *c)
     char digest[65];
     repo_sha256_hex(digest, c->row.manifest, strlen(c->row.manifest));
     if (strcmp(digest, c->row.digest) != 0)
-        return core_err_set(MLV_EINTEGRITY, "%s: manifest was altered (digest %.12s, expected %.12s)",
-                            label, digest, c->row.digest);
+        return core_err_set(MLV_EINTEGRITY,
+                            "%s: manifest was altered (digest %.12s, expected %.12s)", label,
+                            digest, c->row.digest);
 
     char dir[160], path[200];
     reg_version_ledger_dir(dir, sizeof dir, c->row.kind, c->row.name, c->row.version);
@@ -495,8 +500,8 @@ static int check_version(reg_ctx *r, const char *ref, checked_version *c)
         bool same = len == strlen(mine[i]) && !memcmp(led, mine[i], len);
         free(led);
         if (!same)
-            return core_err_set(MLV_EINTEGRITY, "%s: catalog and ledger disagree on the %s",
-                                label, what[i]);
+            return core_err_set(MLV_EINTEGRITY, "%s: catalog and ledger disagree on the %s", label,
+                                what[i]);
     }
     if ((rc = repo_manifest_parse(&c->m, c->row.manifest, strlen(c->row.manifest))) != 0)
         return core_err_wrap("%s: manifest: ", label);
@@ -512,8 +517,8 @@ static int check_version(reg_ctx *r, const char *ref, checked_version *c)
     }
     res[c->m->n_files].name = REG_MANIFEST_FILE;
     memcpy(res[c->m->n_files].sha256, c->row.digest, 65);
-    rc = repo_sig_verify(c->row.signature, strlen(c->row.signature),
-                         repo_keys_public_pem(r->keys), res, c->m->n_files + 1);
+    rc = repo_sig_verify(c->row.signature, strlen(c->row.signature), repo_keys_public_pem(r->keys),
+                         res, c->m->n_files + 1);
     free(res);
     if (rc) return core_err_wrap("%s: signature: ", label);
     return load_wrapped(r, c);

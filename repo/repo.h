@@ -115,14 +115,12 @@ bool repo_blob_exists(const char *home, const char *sha256);
  * renames it into place on success); with out_fd = -1 it only verifies. Errors name
  * the blob and the problem (MLV_EINTEGRITY for any tampering, MLV_ENOTFOUND when the
  * blob is missing). */
-int repo_blob_decrypt(const char *home, const repo_keys *k, const char *sha256,
-                      uint64_t size, const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN],
-                      int out_fd);
+int repo_blob_decrypt(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
+                      const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], int out_fd);
 /* The same into a caller-provided memory buffer of exactly `size` bytes (no plaintext
  * on disk; used by serving nodes and the engine). */
-int repo_blob_decrypt_mem(const char *home, const repo_keys *k, const char *sha256,
-                          uint64_t size, const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN],
-                          void *out);
+int repo_blob_decrypt_mem(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
+                          const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], void *out);
 
 /* Removes the files in HOME/tmp left by an interrupted operation (called at open). */
 int repo_tmp_sweep(const char *home);
@@ -156,8 +154,8 @@ typedef struct repo_manifest {
     size_t n_files;
     repo_parent *parents;
     size_t n_parents;
-    char *job_kind;    /* lineage: "push", "quantize", ... */
-    char *job_params;  /* lineage: canonical JSON object text, "{}" when none */
+    char *job_kind;         /* lineage: "push", "quantize", ... */
+    char *job_params;       /* lineage: canonical JSON object text, "{}" when none */
     char **dataset_digests; /* lineage: calibration/training datasets */
     size_t n_dataset_digests;
     char *creator;
@@ -191,8 +189,8 @@ typedef struct repo_sig_resource {
 } repo_sig_resource;
 
 /* Signs; *bundle_json owned by the caller (free()). */
-int repo_sign_resources(const repo_keys *k, const char *model_name,
-                        const repo_sig_resource *res, size_t n, char **bundle_json);
+int repo_sign_resources(const repo_keys *k, const char *model_name, const repo_sig_resource *res,
+                        size_t n, char **bundle_json);
 /* Verifies a bundle with a public key (PEM) and checks that its resources are exactly
  * `expect` (same names and digests, any order). MLV_EINTEGRITY with a message naming
  * what differs. */
@@ -219,7 +217,7 @@ int repo_ledger_commit(const char *home, const char *author, const char *message
  * absent. */
 int repo_ledger_read(const char *home, const char *path, char **out, size_t *len);
 /* Calls fn for each file path under `prefix` in main's head (e.g. "models/"). */
-int repo_ledger_list(const char *home, const char *prefix,
-                     int (*fn)(const char *path, void *ctx), void *ctx);
+int repo_ledger_list(const char *home, const char *prefix, int (*fn)(const char *path, void *ctx),
+                     void *ctx);
 
 #endif

@@ -127,7 +127,8 @@ static void t_buf(void **s)
 {
     (void)s;
     core_buf b = {0};
-    for (int i = 0; i < 1000; i++) core_buf_appendf(&b, "%d,", i);
+    for (int i = 0; i < 1000; i++)
+        core_buf_appendf(&b, "%d,", i);
     char *out = core_buf_take(&b);
     assert_non_null(out);
     assert_int_equal(strncmp(out, "0,1,2,", 6), 0);

@@ -47,8 +47,8 @@ static void t_refs(void **s)
     assert_int_equal(r.version, 7);
     assert_int_equal(reg_ref_parse("smollm2@production", &r), 0);
     assert_string_equal(r.channel, "production");
-    const char *bad[] = {"", "Upper", "a:0", "a:-1", "a:01", "a:1x", "a:", "a@", "a@B",
-                         "a:1@b", "../x", "a:99999999999"};
+    const char *bad[] = {"",   "Upper", "a:0", "a:-1",  "a:01", "a:1x",
+                         "a:", "a@",    "a@B", "a:1@b", "../x", "a:99999999999"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         assert_int_equal(reg_ref_parse(bad[i], &r), MLV_EINVAL);
 }
@@ -144,7 +144,7 @@ static void t_ledger_replay(void **s)
 
     char *mid = NULL;
     assert_int_equal(repo_ledger_read(home, "audit/head.json", &mid, &len), 0);
-    assert_string_equal(before, mid); /* git does not have it yet */
+    assert_string_equal(before, mid);        /* git does not have it yet */
     assert_int_equal(reg_open(&r, home), 0); /* replays the queue */
     char *after = NULL;
     assert_int_equal(repo_ledger_read(home, "audit/head.json", &after, &len), 0);
@@ -177,8 +177,10 @@ static void t_home_refused_twice(void **s)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_refs),          cmocka_unit_test(t_roles),
-        cmocka_unit_test(t_tokens),        cmocka_unit_test(t_ledger_replay),
+        cmocka_unit_test(t_refs),
+        cmocka_unit_test(t_roles),
+        cmocka_unit_test(t_tokens),
+        cmocka_unit_test(t_ledger_replay),
         cmocka_unit_test(t_home_refused_twice),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
