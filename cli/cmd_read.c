@@ -107,7 +107,7 @@ int cmd_show(int argc, char **argv)
     printf("               %s, key sha256:%.16s…\n", str(sig, "format"), str(sig, "key_hint"));
     json_t *job = json_object_get(lin, "job");
     printf("  lineage      job %s", str(job, "kind"));
-    char *params = json_dumps(json_object_get(job, "params"), JSON_COMPACT | JSON_SORT_KEYS);
+    char *params = core_json_dumps(json_object_get(job, "params"), JSON_COMPACT | JSON_SORT_KEYS);
     if (params && strcmp(params, "{}")) printf(" %s", params);
     free(params);
     printf(", mlvault %s\n", str(lin, "mlvault_version"));

@@ -205,7 +205,7 @@ int cli_open_auth(const cli_args *a, reg_ctx **r, reg_user *u)
 
 void cli_print_json(json_t *j)
 {
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    char *s = core_json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     if (s) puts(s);
     free(s);
     json_decref(j);

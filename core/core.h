@@ -58,6 +58,10 @@ int core_fsync_dir(const char *dir);
  * file mode (e.g. 0600). Nothing is visible at `path` unless all of it is. */
 int core_write_atomic(const char *path, const char *tmpdir, const void *data, size_t len,
                       unsigned mode);
+/* Opens an existing regular file read-only; a FIFO or device is refused rather than
+ * waited on. MLV_ENOTFOUND / MLV_EIO ("PATH: <strerror>") or MLV_EINVAL ("PATH is not a
+ * regular file"). *fd_out is the caller's to close; size may be NULL. */
+int core_open_regular(const char *path, int *fd_out, uint64_t *size);
 /* Reads a whole regular file, at most `max` bytes (MLV_EINVAL beyond). *out is owned
  * by the caller (free()), NUL-terminated for convenience; *len excludes the NUL. */
 int core_read_file(const char *path, size_t max, char **out, size_t *len);

@@ -95,30 +95,43 @@ fail:
     return rc;
 }
 
+int core_open_regular(const char *path, int *fd_out, uint64_t *size)
+{
+    *fd_out = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return core_err_set(errno == ENOENT || errno == ENOTDIR ? MLV_ENOTFOUND : MLV_EIO,
+                            "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return core_err_set(MLV_EIO, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return core_err_set(MLV_EINVAL, "%s is not a regular file", path);
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *fd_out = fd;
+    if (size) *size = (uint64_t)st.st_size;
+    return 0;
+}
+
 int core_read_file(const char *path, size_t max, char **out, size_t *len)
 {
     *out = NULL;
     if (len) *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return core_err_set(errno == ENOENT ? MLV_ENOTFOUND : MLV_EIO, "%s: %s", path,
-                            strerror(errno));
-    int rc = 0;
+    int fd;
+    uint64_t fsize;
+    int rc = core_open_regular(path, &fd, &fsize);
+    if (rc) return rc;
     char *buf = NULL;
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        rc = core_err_set(MLV_EIO, "%s: %s", path, strerror(errno));
-        goto done;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = core_err_set(MLV_EINVAL, "%s: not a regular file", path);
-        goto done;
-    }
-    if ((uint64_t)st.st_size > max) {
+    if (fsize > max) {
         rc = core_err_set(MLV_EINVAL, "%s: larger than the limit of %zu bytes", path, max);
         goto done;
     }
-    size_t n = (size_t)st.st_size, got = 0;
+    size_t n = (size_t)fsize, got = 0;
     buf = malloc(n + 1);
     if (!buf) {
         rc = core_err_set(MLV_ENOMEM, "%s: out of memory", path);

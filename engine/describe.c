@@ -160,18 +160,9 @@ static int describe_safetensors(const char *path, eng_model_info *m)
     char *hdr = NULL;
     json_t *root = NULL;
     st_range *ranges = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return core_err_set(MLV_EIO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        rc = core_err_set(MLV_EIO, "%s: %s", path, strerror(errno));
-        goto done;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = core_err_set(MLV_EINVAL, "%s: not a regular file", path);
-        goto done;
-    }
-    uint64_t fsize = (uint64_t)st.st_size;
+    int fd;
+    uint64_t fsize;
+    if ((rc = core_open_regular(path, &fd, &fsize)) != 0) return rc;
     if (fsize < 8) {
         rc =
             core_err_set(MLV_EINVAL, "safetensors %s: shorter than its 8-byte header length", path);

@@ -683,26 +683,15 @@ int eng_gguf_open_mem(eng_gguf **out, const void *data, size_t len)
 int eng_gguf_open_file(eng_gguf **out, const char *path)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return core_err_set(errno == ENOENT ? MLV_ENOTFOUND : MLV_EIO, "%s: %s", path,
-                            strerror(errno));
-    int rc;
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        rc = core_err_set(MLV_EIO, "%s: %s", path, strerror(errno));
-        goto done;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = core_err_set(MLV_EINVAL, "%s: not a regular file", path);
-        goto done;
-    }
+    int fd;
+    uint64_t size;
+    int rc = core_open_regular(path, &fd, &size);
+    if (rc) return rc;
     parser p;
     memset(&p, 0, sizeof p);
     p.r.fd = fd;
-    p.r.size = (uint64_t)st.st_size;
+    p.r.size = size;
     if ((rc = open_common(out, &p))) core_err_wrap("%s: ", path);
-done:
     close(fd);
     return rc;
 }

@@ -16,7 +16,7 @@ static char *row_json(int64_t seq, const char *at, const char *actor, const char
     json_t *o =
         json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "seq", (json_int_t)seq, "at", at, "actor", actor,
                   "action", action, "target", target, "detail", detail, "prev", prev);
-    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    char *s = o ? core_json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(o);
     return s;
 }

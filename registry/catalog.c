@@ -120,7 +120,7 @@ int reg_ledger_queue(reg_ctx *r, const char *author, const char *message,
                                                : json_null());
         json_array_append_new(arr, c);
     }
-    char *text = json_dumps(arr, JSON_COMPACT);
+    char *text = core_json_dumps(arr, JSON_COMPACT);
     json_decref(arr);
     if (!text) return core_err_set(MLV_ENOMEM, "ledger queue: out of memory");
     char at[21];

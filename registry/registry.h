@@ -9,12 +9,12 @@
 #ifndef MLV_REGISTRY_H
 #define MLV_REGISTRY_H
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "core/core.h"
+#include "core/core_json.h"
 
 typedef struct reg_ctx reg_ctx;
 

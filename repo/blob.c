@@ -267,34 +267,17 @@ bool repo_blob_exists(const char *home, const char *sha256)
 
 /* ================================================================= staging ==== */
 
-/* Opens the file to store: it must exist, be readable and be a regular file. O_NONBLOCK
- * so that a FIFO is refused rather than waited on. */
+/* Opens the file to store: it must exist, be readable and be a regular file. */
 static int open_input(const char *path, int *fd_out, uint64_t *size)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) {
-        if (errno == ENOENT || errno == ENOTDIR)
-            return core_err_set(MLV_ENOTFOUND, "%s: no such file", path);
-        return core_err_set(MLV_EIO, "%s: cannot open: %s", path, strerror(errno));
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return core_err_set(MLV_EIO, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return core_err_set(MLV_EINVAL, "%s is not a regular file", path);
-    }
-    if ((uint64_t)st.st_size > BLOB_MAX) {
-        close(fd);
+    int rc = core_open_regular(path, fd_out, size);
+    if (rc) return rc;
+    if (*size > BLOB_MAX) {
+        close(*fd_out);
+        *fd_out = -1;
         return core_err_set(MLV_EINVAL, "%s is too large", path);
     }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    *fd_out = fd;
-    *size = (uint64_t)st.st_size;
+    posix_fadvise(*fd_out, 0, 0, POSIX_FADV_SEQUENTIAL);
     return 0;
 }
 

@@ -15,7 +15,7 @@
  * where manifests are stored (registry, ledger). */
 #include "repo.h"
 
-#include <jansson.h>
+#include "core/core_json.h"
 #include <limits.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -43,26 +43,6 @@ void repo_sha256_hex(char out[65], const void *data, size_t len)
     core_hex(out, d, 32);
 }
 
-/* json_dumps, except that a failed allocation is never silent: jansson (2.14) ignores
- * the result of writing an object key, so under memory pressure json_dumps can return
- * a document with a key missing. Here the text goes to our own buffer, whose failure
- * is sticky. Caller frees; NULL on failure. */
-static int dump_to_buf(const char *text, size_t n, void *data)
-{
-    core_buf *b = data;
-    core_buf_append(b, text, n);
-    return b->failed ? -1 : 0;
-}
-
-static char *dump_json(const json_t *j, size_t flags)
-{
-    core_buf b = {0};
-    if (json_dump_callback(j, dump_to_buf, &b, flags) != 0 || b.failed) {
-        core_buf_free(&b);
-        return NULL;
-    }
-    return core_buf_take(&b);
-}
 
 /* ------------------------------------------------------------------ validation -- */
 
@@ -356,7 +336,7 @@ int repo_manifest_to_json(const repo_manifest *m, char **out, size_t *len)
     if (rc) return rc;
     json_t *root = NULL;
     if ((rc = build(m, &root))) return rc;
-    char *s = dump_json(root, JSON_FLAGS);
+    char *s = core_json_dumps(root, JSON_FLAGS);
     json_decref(root);
     if (!s) return core_err_set(MLV_ENOMEM, "manifest: out of memory");
     *out = s;
@@ -566,7 +546,7 @@ static int read_doc(repo_manifest *m, const json_t *root)
     const json_t *params = json_object_get(job, "params");
     if (!json_is_object(params))
         return core_err_set(MLV_EINVAL, "manifest: lineage.job.params is not an object");
-    if (!(m->job_params = dump_json(params, JSON_FLAGS)))
+    if (!(m->job_params = core_json_dumps(params, JSON_FLAGS)))
         return core_err_set(MLV_ENOMEM, "manifest: out of memory");
     if ((rc = get_str_array(lin, "lineage", "datasets", &m->dataset_digests,
                             &m->n_dataset_digests)) ||

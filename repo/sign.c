@@ -28,7 +28,7 @@
 #include "repo.h"
 #include "repo/repo_internal.h"
 
-#include <jansson.h>
+#include "core/core_json.h"
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
@@ -47,26 +47,6 @@
 
 /* ------------------------------------------------------------------- helpers -- */
 
-/* json_dumps, except that a failed allocation is never silent: jansson (2.14) ignores
- * the result of writing an object key, so under memory pressure json_dumps can return
- * a document with a key missing. Here the text goes to our own buffer, whose failure
- * is sticky. Caller frees; NULL on failure. */
-static int dump_to_buf(const char *text, size_t n, void *data)
-{
-    core_buf *b = data;
-    core_buf_append(b, text, n);
-    return b->failed ? -1 : 0;
-}
-
-static char *dump_json(const json_t *j, size_t flags)
-{
-    core_buf b = {0};
-    if (json_dump_callback(j, dump_to_buf, &b, flags) != 0 || b.failed) {
-        core_buf_free(&b);
-        return NULL;
-    }
-    return core_buf_take(&b);
-}
 
 /* Standard base64 with padding; caller frees. */
 static char *b64_encode(const unsigned char *in, size_t n)
@@ -260,7 +240,7 @@ static int build_statement(const char *model_name, const repo_sig_resource *cons
         (rc = put(digest, "sha256", json_string(root_hex))))
         goto done;
 
-    if (!(*out = dump_json(st, JSON_SORT_KEYS | JSON_COMPACT)))
+    if (!(*out = core_json_dumps(st, JSON_SORT_KEYS | JSON_COMPACT)))
         rc = core_err_set(MLV_ENOMEM, "signature: out of memory");
 done:
     EVP_MD_CTX_free(h);
@@ -355,7 +335,7 @@ int repo_sign_resources(const repo_keys *k, const char *model_name, const repo_s
     }
     if ((rc = put(sig1, "sig", json_string(sig_b64))) || (rc = put(sig1, "keyid", json_string(""))))
         goto done;
-    if (!(*bundle_json = dump_json(bundle, JSON_COMPACT | JSON_PRESERVE_ORDER)))
+    if (!(*bundle_json = core_json_dumps(bundle, JSON_COMPACT | JSON_PRESERVE_ORDER)))
         rc = core_err_set(MLV_ENOMEM, "signature: out of memory");
 done:
     json_decref(bundle);
