@@ -141,7 +141,7 @@ int reg_user_add(reg_ctx *r, const reg_user *actor, const char *name, reg_role r
         memset(token_out, 0, REG_TOKEN_LEN + 1);
         return rc;
     }
-    return reg_ledger_flush(r);
+    return reg_ledger_settle(r);
 }
 
 int reg_user_disable(reg_ctx *r, const reg_user *actor, const char *name)
@@ -169,7 +169,7 @@ done:
         reg_rollback(r);
         return rc;
     }
-    return reg_ledger_flush(r);
+    return reg_ledger_settle(r);
 }
 
 int reg_user_list(reg_ctx *r, const reg_user *actor, reg_user **out, size_t *n)

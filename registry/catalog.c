@@ -178,7 +178,36 @@ static int commit_entry(reg_ctx *r, const char *author, const char *message,
     return rc;
 }
 
+static int flush_locked(reg_ctx *r);
+
+/* Commits the queue under an exclusive lock on HOME/ledger.lock, so processes sharing
+ * a home take turns instead of racing for git's main ref. */
 int reg_ledger_flush(reg_ctx *r)
+{
+    char *path = core_path_join(r->home, "ledger.lock");
+    if (!path) return core_err_set(MLV_ENOMEM, "out of memory");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(path);
+    if (fd < 0) return core_err_set(MLV_EIO, "%s/ledger.lock: %s", r->home, strerror(errno));
+    int rc;
+    while ((rc = flock(fd, LOCK_EX)) != 0 && errno == EINTR) {
+    }
+    rc = rc != 0 ? core_err_set(MLV_EIO, "%s/ledger.lock: %s", r->home, strerror(errno))
+                 : flush_locked(r);
+    close(fd);
+    return rc;
+}
+
+int reg_ledger_settle(reg_ctx *r)
+{
+    if (reg_ledger_flush(r) != 0)
+        core_log(CORE_LOG_WARN, "the change is saved; its ledger commit is pending (%s) and "
+                                "will be made at the next start", core_err_last());
+    core_err_clear();
+    return 0;
+}
+
+static int flush_locked(reg_ctx *r)
 {
     for (;;) {
         sqlite3_stmt *st = NULL;

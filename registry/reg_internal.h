@@ -29,6 +29,9 @@ int reg_ledger_queue(reg_ctx *r, const char *author, const char *message,
                      const repo_ledger_change *changes, size_t n);
 /* Commits every queued entry to git in order, deleting each once committed. */
 int reg_ledger_flush(reg_ctx *r);
+/* After a committed state change: flushes, and when git fails only warns (the change
+ * is saved; reg_open commits the entry later). Always returns 0. */
+int reg_ledger_settle(reg_ctx *r);
 
 /* Appends an audit row inside the current transaction and queues its ledger commit
  * (the row itself under audit/, the chain head in audit/head.json, plus `extra`

@@ -410,7 +410,7 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     snprintf(out->name, sizeof out->name, "%s", o->name);
     out->version = version;
     out->n_files = nf;
-    rc = reg_ledger_flush(r);
+    rc = reg_ledger_settle(r);
 done:
     if (in_tx) reg_rollback(r);
     for (size_t i = 0; i < nf; i++) {
@@ -653,7 +653,7 @@ int reg_export(reg_ctx *r, const reg_user *actor, const char *ref, const char *o
     }
     staging[0] = 0;
     rc = core_fsync_dir(pdir);
-    if (rc == 0) rc = reg_ledger_flush(r);
+    if (rc == 0) rc = reg_ledger_settle(r);
 done:
     if (staging[0]) core_rm_rf(staging);
     checked_clear(&c);

@@ -474,6 +474,26 @@ class VaultTest(unittest.TestCase):
         self.assertEqual(r.returncode, EXIT["EEXISTS"], r.stderr)
         self.assertEqual(os.listdir(out), ["keep.txt"])
 
+    # several processes pushing at once: every push succeeds, versions are distinct,
+    # and the ledger has one commit per change
+    def test_concurrent_pushes(self):
+        v = self.fresh_vault("concurrent")
+        files = [fixtures.tiny_gguf(os.path.join(v.home, "..", f"c{i}.gguf"), seed=10 + i)
+                 for i in range(6)]
+        e = dict(os.environ, MLVAULT_HOME=v.home, MLVAULT_TOKEN=v.tokens["alice"])
+        procs = [subprocess.Popen([BIN, "push", "m", f, "--json"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=e) for f in files]
+        outs = [p.communicate() for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            self.assertEqual(p.returncode, 0, err)
+            self.assertEqual(err, "")
+        self.assertEqual(sorted(json.loads(o)["version"] for o, _ in outs), [1, 2, 3, 4, 5, 6])
+        audit = v.json("audit")
+        self.assertEqual(len(v.git("log", "--format=%H", "main").split()), len(audit))
+        v.ok("audit", "--verify")
+        for n in range(1, 7):
+            v.ok("verify", f"m:{n}")
+
     # lineage: parents recorded, children found, graph in JSON and DOT
     def test_lineage(self):
         v = self.fresh_vault("lineage")
