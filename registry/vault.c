@@ -495,8 +495,11 @@ static int check_version(reg_ctx *r, const char *ref, checked_version *c)
         char *led = NULL;
         size_t len;
         snprintf(path, sizeof path, "%s/%s", dir, what[i]);
-        if ((rc = repo_ledger_read(r->home, path, &led, &len)) != 0)
-            return core_err_set(MLV_EINTEGRITY, "%s: the ledger has no %s", label, path);
+        rc = repo_ledger_read(r->home, path, &led, &len);
+        /* A change another process saved a moment ago may still be queued for git. */
+        if (rc == MLV_ENOTFOUND && reg_ledger_flush(r) == 0)
+            rc = repo_ledger_read(r->home, path, &led, &len);
+        if (rc != 0) return core_err_set(MLV_EINTEGRITY, "%s: the ledger has no %s", label, path);
         bool same = len == strlen(mine[i]) && !memcmp(led, mine[i], len);
         free(led);
         if (!same)
