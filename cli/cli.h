@@ -56,5 +56,8 @@ int cmd_lineage(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
+int cmd_bundle(int argc, char **argv);
+int cmd_keys(int argc, char **argv);
+int cmd_fsck(int argc, char **argv);
 
 #endif

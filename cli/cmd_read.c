@@ -103,6 +103,7 @@ int cmd_show(int argc, char **argv)
     printf("  size         %s\n", hb);
     printf("  created      %s by %s\n", str(o, "created_at"), str(o, "created_by"));
     if (*str(m, "note")) printf("  note         %s\n", str(m, "note"));
+    printf("  origin       %s\n", str(o, "origin"));
     printf("  signature    %s — %s\n", str(sig, "state"), str(sig, "detail"));
     printf("               %s, key sha256:%.16s…\n", str(sig, "format"), str(sig, "key_hint"));
     json_t *job = json_object_get(lin, "job");

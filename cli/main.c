@@ -52,7 +52,8 @@ static const command COMMANDS[] = {
     {"init", cmd_init},       {"user", cmd_user},     {"push", cmd_push},
     {"dataset", cmd_dataset}, {"list", cmd_list},     {"show", cmd_show},
     {"lineage", cmd_lineage}, {"export", cmd_export}, {"verify", cmd_verify},
-    {"audit", cmd_audit},
+    {"audit", cmd_audit},     {"bundle", cmd_bundle}, {"keys", cmd_keys},
+    {"fsck", cmd_fsck},
 };
 
 int main(int argc, char **argv)

@@ -12,6 +12,8 @@
 
 #include "registry/reg_internal.h"
 
+#define SCHEMA_VERSION "2"
+
 static const char *SCHEMA =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS users("
@@ -28,7 +30,8 @@ static const char *SCHEMA =
     "  id INTEGER PRIMARY KEY, artifact_id INTEGER NOT NULL REFERENCES artifacts(id),"
     "  version INTEGER NOT NULL, manifest_digest TEXT UNIQUE NOT NULL,"
     "  manifest TEXT NOT NULL, signature TEXT NOT NULL, size INTEGER NOT NULL,"
-    "  created_by TEXT NOT NULL, created_at TEXT NOT NULL, UNIQUE(artifact_id, version));"
+    "  created_by TEXT NOT NULL, created_at TEXT NOT NULL, signer TEXT NOT NULL,"
+    "  origin TEXT NOT NULL DEFAULT '', UNIQUE(artifact_id, version));"
     "CREATE TABLE IF NOT EXISTS version_files("
     "  version_id INTEGER NOT NULL REFERENCES versions(id), path TEXT NOT NULL,"
     "  blob TEXT NOT NULL REFERENCES blobs(sha256), size INTEGER NOT NULL,"
@@ -45,6 +48,10 @@ static const char *SCHEMA =
     "CREATE TRIGGER IF NOT EXISTS audit_keep_180_days BEFORE DELETE ON audit"
     "  WHEN old.at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-180 days') BEGIN"
     "  SELECT RAISE(ABORT, 'audit rows younger than 180 days cannot be deleted'); END;"
+    "CREATE TABLE IF NOT EXISTS blob_intents(sha256 TEXT PRIMARY KEY, created_at TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS trusted_keys("
+    "  hint TEXT PRIMARY KEY, pem TEXT NOT NULL, name TEXT NOT NULL, self INTEGER NOT NULL,"
+    "  added_by TEXT NOT NULL, added_at TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS ledger_queue("
     "  id INTEGER PRIMARY KEY, author TEXT NOT NULL, message TEXT NOT NULL,"
     "  changes TEXT NOT NULL, created_at TEXT NOT NULL);";
@@ -101,8 +108,18 @@ static int db_open(reg_ctx *r, bool create)
         return rc;
     if (create) {
         if ((rc = reg_exec(r, SCHEMA)) != 0) return rc;
-        rc = reg_exec(r, "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', '1')");
+        return reg_exec(r, "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', '" SCHEMA_VERSION "')");
     }
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db, "SELECT value FROM meta WHERE key = 'schema'", -1, &st, NULL) !=
+        SQLITE_OK)
+        return reg_db_err(r, "schema");
+    const char *v = sqlite3_step(st) == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : "";
+    if (strcmp(v, SCHEMA_VERSION) != 0)
+        rc = core_err_set(MLV_EUNSUPPORTED,
+                          "%s/mlvault.db has catalog schema '%s'; this mlvault reads schema %s",
+                          r->home, v, SCHEMA_VERSION);
+    sqlite3_finalize(st);
     return rc;
 }
 
@@ -264,6 +281,7 @@ static int make_dirs(const char *home)
 
 int reg_user_create_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
                            char token_out[REG_TOKEN_LEN + 1]);
+int reg_trust_self_locked(reg_ctx *r, const char *pem);
 
 int reg_home_init(const char *home, char token_out[REG_TOKEN_LEN + 1])
 {
@@ -297,7 +315,11 @@ int reg_home_init(const char *home, char token_out[REG_TOKEN_LEN + 1])
     reg_ctx r = {.home = (char *)home};
     if ((rc = db_open(&r, true)) != 0) goto done;
     if ((rc = reg_begin(&r)) != 0) goto done;
-    rc = reg_user_create_locked(&r, "admin", "admin", REG_ROLE_ADMIN, token_out);
+    repo_keys *own = NULL;
+    rc = repo_keys_open(&own, home);
+    if (rc == 0) rc = reg_user_create_locked(&r, "admin", "admin", REG_ROLE_ADMIN, token_out);
+    if (rc == 0) rc = reg_trust_self_locked(&r, repo_keys_public_pem(own));
+    repo_keys_free(own);
     if (rc == 0) rc = reg_commit(&r);
     if (rc != 0) {
         reg_rollback(&r);
@@ -306,6 +328,33 @@ int reg_home_init(const char *home, char token_out[REG_TOKEN_LEN + 1])
     rc = reg_ledger_flush(&r);
 done:
     sqlite3_close(r.db);
+    return rc;
+}
+
+/* Objects moved into objects/ by a transaction that never committed: their intent is
+ * recorded, their blobs row is not. Only called with the home to ourselves. */
+static int drop_orphan_blobs(reg_ctx *r)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT i.sha256 FROM blob_intents i LEFT JOIN blobs b"
+                           " ON b.sha256 = i.sha256 WHERE b.sha256 IS NULL",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "blob intents");
+    int rc = 0;
+    while (rc == 0 && sqlite3_step(st) == SQLITE_ROW) {
+        char *path = repo_blob_path(r->home, (const char *)sqlite3_column_text(st, 0));
+        if (!path) {
+            rc = core_err_code();
+            break;
+        }
+        if (unlink(path) != 0 && errno != ENOENT)
+            rc = core_err_set(MLV_EIO, "remove orphan blob %s: %s", path, strerror(errno));
+        else core_log(CORE_LOG_INFO, "removed %s, left by an interrupted operation", path);
+        free(path);
+    }
+    sqlite3_finalize(st);
+    if (rc == 0) rc = reg_exec(r, "DELETE FROM blob_intents");
     return rc;
 }
 
@@ -320,7 +369,10 @@ static int lock_and_sweep(reg_ctx *r)
     free(path);
     if (r->lock_fd < 0) return core_err_set(MLV_EIO, "%s/lock: %s", r->home, strerror(errno));
     int rc = 0;
-    if (flock(r->lock_fd, LOCK_EX | LOCK_NB) == 0) rc = repo_tmp_sweep(r->home);
+    if (flock(r->lock_fd, LOCK_EX | LOCK_NB) == 0) {
+        rc = repo_tmp_sweep(r->home);
+        if (rc == 0) rc = drop_orphan_blobs(r);
+    }
     if (flock(r->lock_fd, LOCK_SH) != 0 && rc == 0)
         rc = core_err_set(MLV_EIO, "%s/lock: %s", r->home, strerror(errno));
     return rc;

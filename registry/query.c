@@ -84,7 +84,8 @@ int reg_version_load(reg_ctx *r, int64_t id, reg_version_row *out)
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(r->db,
                            "SELECT v.id, a.name, a.kind, v.version, v.manifest_digest, v.manifest,"
-                           " v.signature, v.created_by, v.created_at, v.size FROM versions v"
+                           " v.signature, v.created_by, v.created_at, v.size, v.signer, v.origin"
+                           " FROM versions v"
                            " JOIN artifacts a ON a.id = v.artifact_id WHERE v.id = ?",
                            -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "load version");
@@ -103,7 +104,10 @@ int reg_version_load(reg_ctx *r, int64_t id, reg_version_row *out)
         snprintf(out->created_at, sizeof out->created_at, "%s",
                  (const char *)sqlite3_column_text(st, 8));
         out->size = (uint64_t)sqlite3_column_int64(st, 9);
-        if (!out->manifest || !out->signature) rc = core_err_set(MLV_ENOMEM, "out of memory");
+        snprintf(out->signer, sizeof out->signer, "%s", (const char *)sqlite3_column_text(st, 10));
+        out->origin = dup_col(st, 11);
+        if (!out->manifest || !out->signature || !out->origin)
+            rc = core_err_set(MLV_ENOMEM, "out of memory");
     } else {
         rc = core_err_set(MLV_ENOTFOUND, "version row %lld not found", (long long)id);
     }
@@ -116,7 +120,8 @@ void reg_version_row_clear(reg_version_row *v)
 {
     free(v->manifest);
     free(v->signature);
-    v->manifest = v->signature = NULL;
+    free(v->origin);
+    v->manifest = v->signature = v->origin = NULL;
 }
 
 void reg_version_ledger_dir(char *out, size_t n, const char *kind, const char *name, int v)
@@ -214,11 +219,18 @@ static json_t *linked(reg_ctx *r, int64_t id, int parents)
     return arr;
 }
 
-static char *key_hint(const char *pem)
+/* The signer's name as this registry knows it ("self" for its own key). */
+static void signer_name(reg_ctx *r, const char *hint, char *out, size_t n)
 {
-    char *h = malloc(65);
-    if (h) repo_sha256_hex(h, pem, strlen(pem));
-    return h;
+    sqlite3_stmt *st = NULL;
+    snprintf(out, n, "an unknown key");
+    if (sqlite3_prepare_v2(r->db, "SELECT name FROM trusted_keys WHERE hint = ?", -1, &st, NULL) !=
+        SQLITE_OK)
+        return;
+    sqlite3_bind_text(st, 1, hint, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
 }
 
 int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out)
@@ -237,50 +249,34 @@ int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out)
         reg_version_row_clear(&v);
         return core_err_set(MLV_EINTEGRITY, "%s: stored manifest is not JSON", ref);
     }
-    /* Signature state: the bundle against the manifest's own file list and digest. */
+    /* Signature state: the bundle against the manifest's own file list and digest, with
+     * the key that signed it. */
     repo_manifest *pm = NULL;
-    const char *state = "valid", *detail = "signed by this registry's key";
-    char dbuf[600];
+    char signer[80], detail[700];
+    signer_name(r, v.signer, signer, sizeof signer);
+    const char *state = "valid";
+    snprintf(detail, sizeof detail, "signed by %s's key", signer);
     char mdigest[65];
     repo_sha256_hex(mdigest, v.manifest, strlen(v.manifest));
     if (strcmp(mdigest, v.digest) != 0) {
         state = "invalid";
-        detail = "manifest digest does not match";
-    } else if (repo_manifest_parse(&pm, v.manifest, strlen(v.manifest)) != 0) {
+        snprintf(detail, sizeof detail, "manifest digest does not match");
+    } else if (repo_manifest_parse(&pm, v.manifest, strlen(v.manifest)) != 0 ||
+               reg_signature_check(r, v.signer, pm, v.digest, v.signature) != 0) {
         state = "invalid";
-        snprintf(dbuf, sizeof dbuf, "manifest: %s", core_err_last());
-        detail = dbuf;
-    } else {
-        repo_sig_resource *res = calloc(pm->n_files + 1, sizeof *res);
-        if (res) {
-            for (size_t i = 0; i < pm->n_files; i++) {
-                res[i].name = pm->files[i].path;
-                memcpy(res[i].sha256, pm->files[i].sha256, 65);
-            }
-            res[pm->n_files].name = REG_MANIFEST_FILE;
-            memcpy(res[pm->n_files].sha256, v.digest, 65);
-            if (repo_sig_verify(v.signature, strlen(v.signature), repo_keys_public_pem(r->keys),
-                                res, pm->n_files + 1) != 0) {
-                state = "invalid";
-                snprintf(dbuf, sizeof dbuf, "%s", core_err_last());
-                detail = dbuf;
-            }
-            free(res);
-        }
+        snprintf(detail, sizeof detail, "%s", core_err_last());
     }
     repo_manifest_free(pm);
-    char *hint = key_hint(repo_keys_public_pem(r->keys));
     char vref[96];
     snprintf(vref, sizeof vref, "%s:%d", v.name, v.version);
-    json_t *o =
-        json_pack("{s:s,s:s,s:i,s:s,s:s,s:I,s:O,s:O,s:{s:s,s:s,s:s,s:s},s:o,s:o,s:s,s:s}", "ref",
-                  vref, "name", v.name, "version", v.version, "kind", v.kind, "digest", v.digest,
-                  "size", (json_int_t)v.size, "manifest", m, "files", json_object_get(m, "files"),
-                  "signature", "state", state, "detail", detail, "format",
-                  "model-signing/v1.0 (sigstore bundle v0.3, ECDSA P-256)", "key_hint",
-                  hint ? hint : "", "parents", linked(r, id, 1), "children", linked(r, id, 0),
-                  "created_by", v.created_by, "created_at", v.created_at);
-    free(hint);
+    json_t *o = json_pack(
+        "{s:s,s:s,s:i,s:s,s:s,s:I,s:O,s:O,s:{s:s,s:s,s:s,s:s,s:s},s:o,s:o,s:s,s:s,s:s}", "ref",
+        vref, "name", v.name, "version", v.version, "kind", v.kind, "digest", v.digest, "size",
+        (json_int_t)v.size, "manifest", m, "files", json_object_get(m, "files"), "signature",
+        "state", state, "detail", detail, "format",
+        "model-signing/v1.0 (sigstore bundle v0.3, ECDSA P-256)", "key_hint", v.signer, "signer",
+        signer, "parents", linked(r, id, 1), "children", linked(r, id, 0), "created_by",
+        v.created_by, "created_at", v.created_at, "origin", v.origin[0] ? v.origin : "local");
     json_decref(m);
     reg_version_row_clear(&v);
     if (!o) return core_err_set(MLV_ENOMEM, "out of memory");

@@ -54,11 +54,53 @@ typedef struct reg_version_row {
     char created_by[65];
     char created_at[21];
     uint64_t size;
+    char signer[65]; /* hint of the signing key */
+    char *origin;    /* "" or where an imported version came from */
 } reg_version_row;
 int reg_version_load(reg_ctx *r, int64_t id, reg_version_row *out);
 void reg_version_row_clear(reg_version_row *v);
 /* The ledger directory of a version: "models/NAME/V" or "datasets/NAME/V". */
 void reg_version_ledger_dir(char *out, size_t n, const char *kind, const char *name, int v);
+
+/* ---- shared by push (vault.c) and bundle import (bundle.c) ---- */
+
+/* Before a transaction moves staged blobs into objects/, their digests are recorded as
+ * intents (in their own committed transaction). A crash between the move and the
+ * commit then leaves no stray: reg_open, when it has the home to itself, deletes each
+ * object whose intent has no blobs row, and the intents. */
+int reg_blob_intents_add(reg_ctx *r, repo_staged_blob *const *blobs, size_t n);
+/* Inside a transaction: each staged blob is discarded when its digest is already
+ * stored, else moved into objects/ and recorded with its wrapped DEK. Clears the
+ * intents of these digests. *n_new counts the blobs moved. */
+int reg_blobs_store(reg_ctx *r, repo_staged_blob *const *blobs, size_t n, size_t *n_new);
+/* Inside a transaction: the artifact's id, created when new; MLV_EINVAL when the name
+ * is of the other kind (model vs dataset). */
+int reg_artifact_id(reg_ctx *r, const char *name, const char *kind, int64_t *id);
+
+typedef struct reg_new_version {
+    int64_t artifact_id;
+    const repo_manifest *m; /* version number, files (path -> blob sha256), parents */
+    const char *digest;     /* SHA-256 of `manifest` */
+    const char *manifest;   /* canonical JSON */
+    const char *signature;  /* the model-signing bundle */
+    const char *signer;     /* hint (hex SHA-256 of the PEM) of the key that signed */
+    const char *origin;     /* "" for local versions; "bundle ..." when imported */
+    uint64_t size;          /* plaintext bytes over all files */
+    const int64_t *parent_ids; /* m->n_parents version row ids, in manifest order */
+} reg_new_version;
+/* Inside a transaction: the version row, its files and lineage edges. MLV_EEXISTS when
+ * the name already has that version number or the manifest digest is stored. */
+int reg_version_insert(reg_ctx *r, const reg_new_version *nv, int64_t *vid);
+
+/* The PEM of a trusted signing key by hint (this registry's own key is trusted as
+ * "self"); *pem owned by the caller. MLV_ENOTFOUND for an unknown key. */
+int reg_trusted_pem(reg_ctx *r, const char *hint, char **pem);
+/* Verifies a version's signature: signed by the trusted key `signer`, covering exactly
+ * the manifest's files and the manifest itself (REG_MANIFEST_FILE, by `digest`). */
+int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m,
+                        const char *digest, const char *signature);
+/* Hint of a public key PEM: hex SHA-256 of the PEM text (as model-signing's hint). */
+void reg_key_hint(char out[65], const char *pem);
 
 #define REG_MANIFEST_FILE "mlvault-manifest.json"
 #define REG_SIGNATURE_FILE "model.sig"

@@ -122,6 +122,15 @@ int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out);
  *  edges:[{from:"parent", to:"child"}]} over all ancestors and descendants. */
 int reg_lineage(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out);
 
+/* ======================================================================= keys ==== */
+/* Trusts another site's signing public key (PEM, ECDSA P-256) so that its bundles
+ * import; admin only; audited. hint_out: hex SHA-256 of the PEM. Trusting a key twice
+ * is MLV_EEXISTS. */
+int reg_key_trust(reg_ctx *r, const reg_user *actor, const char *pem, const char *name,
+                  char hint_out[65]);
+/* [{hint, name, added_by, added_at, self}] */
+int reg_key_list(reg_ctx *r, const reg_user *actor, json_t **out);
+
 /* ====================================================================== audit ==== */
 /* [{seq, at, actor, action, target, detail, hash}] oldest first. */
 int reg_audit_list(reg_ctx *r, const reg_user *actor, json_t **out);

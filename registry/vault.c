@@ -21,7 +21,6 @@ typedef struct push_file {
     char *rel;  /* path inside the version */
     char *full; /* path on disk */
     repo_staged_blob blob;
-    bool staged;
 } push_file;
 
 static int cmp_file(const void *a, const void *b)
@@ -143,43 +142,71 @@ static int blob_known(reg_ctx *r, const char *sha, bool *known)
     return (step == SQLITE_ROW || step == SQLITE_DONE) ? 0 : reg_db_err(r, "blobs");
 }
 
-/* Inside the transaction: moves new blobs into objects/ and records them. */
-static int store_blobs(reg_ctx *r, push_file *fs, size_t n, size_t *n_new)
+int reg_blob_intents_add(reg_ctx *r, repo_staged_blob *const *blobs, size_t n)
+{
+    char at[21];
+    core_time_iso(at);
+    int rc = reg_begin(r);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(r->db,
+                               "INSERT OR IGNORE INTO blob_intents(sha256, created_at) VALUES(?,?)",
+                               -1, &st, NULL) != SQLITE_OK) {
+            rc = reg_db_err(r, "blob intents");
+            break;
+        }
+        sqlite3_bind_text(st, 1, blobs[i]->sha256, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, at, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = reg_db_err(r, "blob intents");
+        sqlite3_finalize(st);
+    }
+    if (rc == 0) rc = reg_commit(r);
+    if (rc) reg_rollback(r);
+    return rc;
+}
+
+int reg_blobs_store(reg_ctx *r, repo_staged_blob *const *blobs, size_t n, size_t *n_new)
 {
     char at[21];
     core_time_iso(at);
     for (size_t i = 0; i < n; i++) {
+        repo_staged_blob *b = blobs[i];
         bool known = false;
-        int rc = blob_known(r, fs[i].blob.sha256, &known);
+        int rc = blob_known(r, b->sha256, &known);
         if (rc) return rc;
         if (known) {
-            repo_blob_discard(&fs[i].blob);
-            fs[i].staged = false;
+            repo_blob_discard(b);
             continue;
         }
-        if ((rc = repo_blob_commit(r->home, &fs[i].blob)) != 0) return rc;
-        fs[i].staged = false;
+        if ((rc = repo_blob_commit(r->home, b)) != 0) return rc;
         char wrapped[2 * REPO_WRAPPED_DEK_LEN + 1];
-        core_hex(wrapped, fs[i].blob.wrapped_dek, REPO_WRAPPED_DEK_LEN);
+        core_hex(wrapped, b->wrapped_dek, REPO_WRAPPED_DEK_LEN);
         sqlite3_stmt *st = NULL;
         if (sqlite3_prepare_v2(r->db,
                                "INSERT INTO blobs(sha256, size, wrapped_dek, created_at)"
                                " VALUES(?,?,?,?)",
                                -1, &st, NULL) != SQLITE_OK)
             return reg_db_err(r, "blobs");
-        sqlite3_bind_text(st, 1, fs[i].blob.sha256, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)fs[i].blob.size);
+        sqlite3_bind_text(st, 1, b->sha256, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)b->size);
         sqlite3_bind_text(st, 3, wrapped, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 4, at, -1, SQLITE_STATIC);
         int step = sqlite3_step(st);
         sqlite3_finalize(st);
         if (step != SQLITE_DONE) return reg_db_err(r, "blobs");
+        if (sqlite3_prepare_v2(r->db, "DELETE FROM blob_intents WHERE sha256 = ?", -1, &st,
+                               NULL) != SQLITE_OK)
+            return reg_db_err(r, "blob intents");
+        sqlite3_bind_text(st, 1, b->sha256, -1, SQLITE_STATIC);
+        step = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (step != SQLITE_DONE) return reg_db_err(r, "blob intents");
         (*n_new)++;
     }
     return 0;
 }
 
-static int artifact_id(reg_ctx *r, const char *name, const char *kind, int64_t *id)
+int reg_artifact_id(reg_ctx *r, const char *name, const char *kind, int64_t *id)
 {
     sqlite3_stmt *st = NULL;
     int rc = 0;
@@ -227,41 +254,44 @@ static int next_version(reg_ctx *r, int64_t art, int *v)
     return rc;
 }
 
-static int insert_version(reg_ctx *r, int64_t art, const repo_manifest *m, const char *digest,
-                          const char *manifest, const char *sig, uint64_t size,
-                          const int64_t *parent_ids, const push_file *fs, int64_t *vid)
+int reg_version_insert(reg_ctx *r, const reg_new_version *nv, int64_t *vid)
 {
+    const repo_manifest *m = nv->m;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(r->db,
                            "INSERT INTO versions(artifact_id, version, manifest_digest, manifest,"
-                           " signature, size, created_by, created_at) VALUES(?,?,?,?,?,?,?,?)",
+                           " signature, size, created_by, created_at, signer, origin)"
+                           " VALUES(?,?,?,?,?,?,?,?,?,?)",
                            -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "versions");
-    sqlite3_bind_int64(st, 1, art);
+    sqlite3_bind_int64(st, 1, nv->artifact_id);
     sqlite3_bind_int(st, 2, m->version);
-    sqlite3_bind_text(st, 3, digest, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, manifest, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, sig, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)size);
+    sqlite3_bind_text(st, 3, nv->digest, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, nv->manifest, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, nv->signature, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)nv->size);
     sqlite3_bind_text(st, 7, m->creator, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 8, m->created_at, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, nv->signer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, nv->origin ? nv->origin : "", -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
     sqlite3_finalize(st);
     if (step == SQLITE_CONSTRAINT)
-        return core_err_set(MLV_EEXISTS, "an identical version (manifest %.12s) already exists",
-                            digest);
+        return core_err_set(MLV_EEXISTS, "%s:%d or manifest %.12s already exists", m->name,
+                            m->version, nv->digest);
     if (step != SQLITE_DONE) return reg_db_err(r, "versions");
     *vid = sqlite3_last_insert_rowid(r->db);
     for (size_t i = 0; i < m->n_files; i++) {
+        const repo_file *f = &m->files[i];
         if (sqlite3_prepare_v2(r->db,
                                "INSERT INTO version_files(version_id, path, blob, size)"
                                " VALUES(?,?,?,?)",
                                -1, &st, NULL) != SQLITE_OK)
             return reg_db_err(r, "version files");
         sqlite3_bind_int64(st, 1, *vid);
-        sqlite3_bind_text(st, 2, fs[i].rel, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, fs[i].blob.sha256, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 4, (sqlite3_int64)fs[i].blob.size);
+        sqlite3_bind_text(st, 2, f->path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, f->sha256, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)f->size);
         step = sqlite3_step(st);
         sqlite3_finalize(st);
         if (step != SQLITE_DONE) return reg_db_err(r, "version files");
@@ -271,7 +301,7 @@ static int insert_version(reg_ctx *r, int64_t art, const repo_manifest *m, const
                                &st, NULL) != SQLITE_OK)
             return reg_db_err(r, "lineage");
         sqlite3_bind_int64(st, 1, *vid);
-        sqlite3_bind_int64(st, 2, parent_ids[i]);
+        sqlite3_bind_int64(st, 2, nv->parent_ids[i]);
         step = sqlite3_step(st);
         sqlite3_finalize(st);
         if (step != SQLITE_DONE) return reg_db_err(r, "lineage");
@@ -313,6 +343,7 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     repo_parent *parents = NULL;
     int64_t *parent_ids = NULL;
     repo_file *mfiles = NULL;
+    repo_staged_blob **staged = NULL;
     char *manifest = NULL, *sig = NULL;
     bool in_tx = false;
     const char *kind = o->dataset ? "dataset" : "model";
@@ -323,7 +354,8 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     parents = calloc(o->n_parents + 1, sizeof *parents);
     parent_ids = calloc(o->n_parents + 1, sizeof *parent_ids);
     mfiles = calloc(nf, sizeof *mfiles);
-    if (!parents || !parent_ids || !mfiles) {
+    staged = calloc(nf, sizeof *staged);
+    if (!parents || !parent_ids || !mfiles || !staged) {
         rc = core_err_set(MLV_ENOMEM, "out of memory");
         goto done;
     }
@@ -352,18 +384,19 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     /* The heavy part, outside any transaction: hash and encrypt every file into tmp/. */
     for (size_t i = 0; i < nf; i++) {
         if ((rc = repo_blob_stage_file(r->home, r->keys, fs[i].full, &fs[i].blob)) != 0) goto done;
-        fs[i].staged = true;
+        staged[i] = &fs[i].blob;
         mfiles[i].path = fs[i].rel;
         mfiles[i].size = fs[i].blob.size;
         memcpy(mfiles[i].sha256, fs[i].blob.sha256, 65);
         out->size += fs[i].blob.size;
     }
 
+    if ((rc = reg_blob_intents_add(r, staged, nf)) != 0) goto done;
     if ((rc = reg_begin(r)) != 0) goto done;
     in_tx = true;
     int64_t art = 0, vid = 0;
     int version = 0;
-    if ((rc = artifact_id(r, o->name, kind, &art)) != 0) goto done;
+    if ((rc = reg_artifact_id(r, o->name, kind, &art)) != 0) goto done;
     if ((rc = next_version(r, art, &version)) != 0) goto done;
 
     char at[21];
@@ -390,10 +423,13 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     if ((rc = repo_manifest_to_json(&m, &manifest, &mlen)) != 0) goto done;
     repo_sha256_hex(out->digest, manifest, mlen);
     if ((rc = sign_version(r, &m, out->digest, &sig)) != 0) goto done;
-    if ((rc = store_blobs(r, fs, nf, &out->n_new_blobs)) != 0) goto done;
-    if ((rc = insert_version(r, art, &m, out->digest, manifest, sig, out->size, parent_ids, fs,
-                             &vid)) != 0)
-        goto done;
+    if ((rc = reg_blobs_store(r, staged, nf, &out->n_new_blobs)) != 0) goto done;
+    char signer[65];
+    reg_key_hint(signer, repo_keys_public_pem(r->keys));
+    reg_new_version nv = {.artifact_id = art, .m = &m, .digest = out->digest,
+                          .manifest = manifest, .signature = sig, .signer = signer,
+                          .origin = "", .size = out->size, .parent_ids = parent_ids};
+    if ((rc = reg_version_insert(r, &nv, &vid)) != 0) goto done;
 
     char dir[160], mpath[200], spath[200], target[80], detail[160];
     reg_version_ledger_dir(dir, sizeof dir, kind, o->name, version);
@@ -414,7 +450,7 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
 done:
     if (in_tx) reg_rollback(r);
     for (size_t i = 0; i < nf; i++) {
-        if (fs[i].staged) repo_blob_discard(&fs[i].blob);
+        repo_blob_discard(&fs[i].blob);
         free(fs[i].rel);
         free(fs[i].full);
     }
@@ -424,6 +460,7 @@ done:
     free(parents);
     free(parent_ids);
     free(mfiles);
+    free(staged);
     free(manifest);
     free(sig);
     eng_model_info_clear(&info);
@@ -512,17 +549,7 @@ static int check_version(reg_ctx *r, const char *ref, checked_version *c)
         return core_err_set(MLV_EINTEGRITY, "%s: manifest names %s:%d", label, c->m->name,
                             c->m->version);
 
-    repo_sig_resource *res = calloc(c->m->n_files + 1, sizeof *res);
-    if (!res) return core_err_set(MLV_ENOMEM, "out of memory");
-    for (size_t i = 0; i < c->m->n_files; i++) {
-        res[i].name = c->m->files[i].path;
-        memcpy(res[i].sha256, c->m->files[i].sha256, 65);
-    }
-    res[c->m->n_files].name = REG_MANIFEST_FILE;
-    memcpy(res[c->m->n_files].sha256, c->row.digest, 65);
-    rc = repo_sig_verify(c->row.signature, strlen(c->row.signature), repo_keys_public_pem(r->keys),
-                         res, c->m->n_files + 1);
-    free(res);
+    rc = reg_signature_check(r, c->row.signer, c->m, c->row.digest, c->row.signature);
     if (rc) return core_err_wrap("%s: signature: ", label);
     return load_wrapped(r, c);
 }

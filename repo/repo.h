@@ -197,6 +197,11 @@ int repo_sign_resources(const repo_keys *k, const char *model_name, const repo_s
 int repo_sig_verify(const char *bundle_json, size_t len, const char *public_pem,
                     const repo_sig_resource *expect, size_t n_expect);
 
+/* Parses a PEM public key (ECDSA P-256/384/521) and re-encodes it as SubjectPublicKeyInfo
+ * PEM, the form whose SHA-256 is the key's model-signing hint. *canon_pem owned by the
+ * caller (free()). MLV_EINVAL for anything else. */
+int repo_pubkey_canonical(const char *pem, char **canon_pem, char hint[65]);
+
 /* ===================================================================== ledger ====
  * repo/ledger.c (libgit2). HOME/ledger.git is a bare repository; each state change is
  * one commit on refs/heads/main that writes or removes files in the tree, authored by

@@ -620,3 +620,25 @@ done:
     BIO_free(bio);
     return rc;
 }
+
+int repo_pubkey_canonical(const char *pem, char **canon_pem, char hint[65])
+{
+    *canon_pem = NULL;
+    BIO *in = BIO_new_mem_buf(pem, -1), *out = NULL;
+    EVP_PKEY *key = in ? PEM_read_bio_PUBKEY(in, NULL, NULL, NULL) : NULL;
+    int rc = 0;
+    char *data;
+    long n;
+    if (!key) rc = core_err_set(MLV_EINVAL, "not a PEM public key");
+    else if (!key_digest(key)) rc = core_err_set(MLV_EINVAL, "not an ECDSA P-256/384/521 key");
+    else if (!(out = BIO_new(BIO_s_mem())) || PEM_write_bio_PUBKEY(out, key) != 1 ||
+             (n = BIO_get_mem_data(out, &data)) <= 0)
+        rc = core_err_set(MLV_ECRYPTO, "cannot encode the public key");
+    else if (!(*canon_pem = strndup(data, (size_t)n)))
+        rc = core_err_set(MLV_ENOMEM, "out of memory");
+    else repo_sha256_hex(hint, *canon_pem, (size_t)n);
+    EVP_PKEY_free(key);
+    BIO_free(in);
+    BIO_free(out);
+    return rc;
+}

@@ -164,6 +164,38 @@ static void t_ledger_replay(void **s)
     free(again);
 }
 
+/* A push that died after moving its blob into objects/ and before its transaction
+ * committed: the next open with the home to itself removes the orphan. */
+static void t_orphan_blob_removed(void **s)
+{
+    (void)s;
+    reg_ctx *r;
+    assert_int_equal(reg_open(&r, home), 0);
+    char src[600];
+    snprintf(src, sizeof src, "%s/../orphan.bin", home);
+    FILE *f = fopen(src, "w");
+    assert_non_null(f);
+    fputs("bytes of a push that never committed\n", f);
+    fclose(f);
+    repo_staged_blob b, *bp = &b;
+    assert_int_equal(repo_blob_stage_file(home, r->keys, src, &b), 0);
+    assert_int_equal(reg_blob_intents_add(r, &bp, 1), 0);
+    assert_int_equal(repo_blob_commit(home, &b), 0);
+    assert_true(repo_blob_exists(home, b.sha256));
+    reg_close(r); /* "crash": no transaction recorded the blob */
+
+    reg_ctx *other;
+    assert_int_equal(reg_open(&other, home), 0); /* holds the home: no recovery by r2 */
+    reg_ctx *r2;
+    assert_int_equal(reg_open(&r2, home), 0);
+    reg_close(r2);
+    assert_true(repo_blob_exists(home, b.sha256));
+    reg_close(other);
+    assert_int_equal(reg_open(&r2, home), 0); /* alone now: recovers */
+    assert_false(repo_blob_exists(home, b.sha256));
+    reg_close(r2);
+}
+
 static void t_home_refused_twice(void **s)
 {
     (void)s;
@@ -181,7 +213,7 @@ int main(void)
         cmocka_unit_test(t_roles),
         cmocka_unit_test(t_tokens),
         cmocka_unit_test(t_ledger_replay),
-        cmocka_unit_test(t_home_refused_twice),
+        cmocka_unit_test(t_orphan_blob_removed), cmocka_unit_test(t_home_refused_twice),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
