@@ -169,8 +169,9 @@ static void t_ledger_replay(void **s)
 static void t_orphan_blob_removed(void **s)
 {
     (void)s;
-    reg_ctx *r;
+    reg_ctx *r, *other;
     assert_int_equal(reg_open(&r, home), 0);
+    assert_int_equal(reg_open(&other, home), 0); /* a second live process */
     char src[600];
     snprintf(src, sizeof src, "%s/../orphan.bin", home);
     FILE *f = fopen(src, "w");
@@ -184,9 +185,7 @@ static void t_orphan_blob_removed(void **s)
     assert_true(repo_blob_exists(home, b.sha256));
     reg_close(r); /* "crash": no transaction recorded the blob */
 
-    reg_ctx *other;
-    assert_int_equal(reg_open(&other, home), 0); /* holds the home: no recovery by r2 */
-    reg_ctx *r2;
+    reg_ctx *r2; /* `other` still uses the home: no recovery yet */
     assert_int_equal(reg_open(&r2, home), 0);
     reg_close(r2);
     assert_true(repo_blob_exists(home, b.sha256));
