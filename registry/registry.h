@@ -122,6 +122,13 @@ int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out);
  *  edges:[{from:"parent", to:"child"}]} over all ancestors and descendants. */
 int reg_lineage(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out);
 
+/* ======================================================================= fsck ==== */
+/* Checks catalog, ledger, blobs and audit chain agree (admin). *out owned by the caller:
+ * {ok, problems:["..."], removed:[paths], checked:{versions, blobs, audit_rows}}. With
+ * prune, stray files in objects/ are removed (and audited) instead of reported. Returns
+ * 0 when the check ran, whatever it found. */
+int reg_fsck(reg_ctx *r, const reg_user *actor, bool prune, json_t **out);
+
 /* ======================================================================= keys ==== */
 /* Trusts another site's signing public key (PEM, ECDSA P-256) so that its bundles
  * import; admin only; audited. hint_out: hex SHA-256 of the PEM. Trusting a key twice

@@ -557,6 +557,66 @@ class VaultTest(unittest.TestCase):
             con.execute("UPDATE audit SET actor = 'x' WHERE seq = 1")
         con.close()
 
+    # fsck: passes on a healthy store, and names each kind of damage
+    def test_fsck(self):
+        def damaged(name, damage, expect):
+            v = self.fresh_vault("fsck-" + name)
+            v.json("push", "m", self.tiny, token="alice")
+            v.json("push", "n", self.tiny2, "--parent", "m", token="alice")
+            r = v.run("fsck")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("fsck: ok", r.stdout)
+            damage(v)
+            r = v.run("fsck")
+            self.assertEqual(r.returncode, EXIT["EINTEGRITY"], f"{name}: {r.stdout}{r.stderr}")
+            self.assertIn(expect, r.stdout, name)
+            rep = json.loads(v.run("fsck", "--json").stdout)
+            self.assertFalse(rep["ok"])
+            self.assertTrue(any(expect in p for p in rep["problems"]), rep)
+            return v
+
+        damaged("removed-blob", lambda v: os.unlink(self.blob_of(v, self.tiny)),
+                f"blob {sha256(self.tiny)} is missing")
+        damaged("flipped-blob", lambda v: self.flip(self.blob_of(v, self.tiny), 70000),
+                f"blob {sha256(self.tiny)}")
+
+        def row_without_ledger(v):
+            con = v.db()
+            con.execute("INSERT INTO versions(artifact_id, version, manifest_digest, manifest,"
+                        " signature, size, created_by, created_at, signer, origin)"
+                        " SELECT artifact_id, 99, 'f' || substr(manifest_digest, 2), manifest,"
+                        " signature, size, created_by, created_at, signer, origin FROM versions"
+                        " WHERE id = 1")
+            con.commit()
+            con.close()
+        damaged("row-without-ledger", row_without_ledger, "version m:99")
+
+        def ledger_without_row(v):
+            con = v.db()
+            con.execute("DELETE FROM lineage")
+            con.execute("DELETE FROM version_files WHERE version_id = 2")
+            con.execute("DELETE FROM versions WHERE id = 2")
+            con.commit()
+            con.close()
+        damaged("ledger-without-row", ledger_without_row,
+                "ledger records n:1 (models/n/1/manifest.json) but the catalog has no such version")
+
+        def edited_audit(v):
+            con = v.db()
+            con.execute("DROP TRIGGER audit_append_only")
+            con.execute("UPDATE audit SET detail = 'nothing to see' WHERE seq = 2")
+            con.commit()
+            con.close()
+        damaged("audit", edited_audit, "audit: audit chain broken at row 2")
+
+        def stray(v):
+            with open(os.path.join(v.home, "objects", "zz"), "w") as f:
+                f.write("junk")
+        v = damaged("stray", stray, "stray file in the blob store")
+        r = v.run("fsck", "--prune")
+        self.assertIn("removed", r.stdout)
+        self.assertEqual(v.run("fsck").returncode, 0)
+
     def test_key_permissions_enforced(self):
         v = self.fresh_vault("perms")
         keys = os.path.join(v.home, "keys")
