@@ -21,6 +21,12 @@ static const char *USAGE =
     "  export REF -o DIR                          verify, decrypt and write files + model.sig\n"
     "  verify REF                                 the same checks, writing nothing\n"
     "  audit [--verify]                           the hash-chained audit log\n"
+    "  fsck [--prune]                             check catalog, ledger, blobs and audit agree\n"
+    "  keys export-import-key [-o FILE]           this site's public key for incoming bundles\n"
+    "  keys trust FILE.pub [--name NAME] | keys list\n"
+    "                                             trust another site's signing key\n"
+    "  bundle export REF... [--with-ancestors] --to IMPORTKEY.pub -o FILE.tar.zst\n"
+    "  bundle import FILE.tar.zst                 move versions between air-gapped sites\n"
     "\n"
     "REF is NAME (latest), NAME:VERSION or NAME@CHANNEL. The home is --home, else\n"
     "$MLVAULT_HOME, else ~/.mlvault; the token is --token, else $MLVAULT_TOKEN.\n";

@@ -58,21 +58,22 @@ static const char *SCHEMA =
 
 int reg_db_err(reg_ctx *r, const char *what)
 {
-    int ec = sqlite3_errcode(r->db);
+    int ec = sqlite3_errcode(r->db), sys = sqlite3_system_errno(r->db);
     int code = (ec == SQLITE_BUSY || ec == SQLITE_LOCKED) ? MLV_EBUSY : MLV_EDB;
-    if (ec == SQLITE_FULL) code = MLV_EIO;
+    if (ec == SQLITE_FULL || ec == SQLITE_IOERR) code = MLV_EIO;
+    /* SQLite's "disk I/O error" hides the cause; the OS error names it. */
+    if (sys && (ec == SQLITE_FULL || ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN))
+        return core_err_set(code, "catalog: %s: %s (%s)", what, sqlite3_errmsg(r->db),
+                            strerror(sys));
     return core_err_set(code, "catalog: %s: %s", what, sqlite3_errmsg(r->db));
 }
 
 int reg_exec(reg_ctx *r, const char *sql)
 {
-    char *msg = NULL;
-    if (sqlite3_exec(r->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        int ec = sqlite3_errcode(r->db);
-        int rc = core_err_set(ec == SQLITE_BUSY ? MLV_EBUSY : MLV_EDB, "catalog: %s",
-                              msg ? msg : sqlite3_errmsg(r->db));
-        sqlite3_free(msg);
-        return rc;
+    if (sqlite3_exec(r->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        char what[64];
+        snprintf(what, sizeof what, "%.40s%s", sql, strlen(sql) > 40 ? "…" : "");
+        return reg_db_err(r, what);
     }
     return 0;
 }

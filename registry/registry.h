@@ -145,4 +145,34 @@ int reg_audit_list(reg_ctx *r, const reg_user *actor, json_t **out);
  * MLV_EINTEGRITY naming the first bad row. rows_out may be NULL. */
 int reg_audit_verify(reg_ctx *r, const reg_user *actor, int64_t *rows_out);
 
+/* ==================================================================== bundles ==== */
+/* Air-gap bundles between sites (DESIGN.md, Bundles; the format is in repo/repo.h).
+ * Export and import both need the engineer or admin role (REG_ACT_PUSH): a bundle
+ * carries whole models off-site, and an import adds versions. */
+typedef struct reg_bundle_export_opts {
+    const char *const *refs; /* the versions to send */
+    size_t n_refs;
+    bool with_ancestors;       /* and every ancestor of each (lineage) */
+    const char *recipient_pem; /* the receiving site's import key (keys export-import-key) */
+    const char *path;          /* FILE.tar.zst; must not exist */
+} reg_bundle_export_opts;
+/* Verifies every version it sends as `verify` does, adds the datasets their lineage
+ * names when stored here, wraps each blob's data key for the recipient, and writes the
+ * bundle to a temp file beside `path`, renamed into place at the end (nothing at path on
+ * failure). Audited as "bundle.export". *out (caller's, json_decref): {file, sha256,
+ * bytes, recipient, versions:[{ref, kind, digest}], blobs}. */
+int reg_bundle_export(reg_ctx *r, const reg_user *actor, const reg_bundle_export_opts *o,
+                      json_t **out);
+/* Checks everything before it changes anything — bundle.sig by a trusted key, the
+ * entries, each blob (decrypted with this site's import key), each manifest and its
+ * model signature by its signer's trusted key, the lineage (every parent in the bundle
+ * or stored here with the same digest), no conflicting name:version — then imports the
+ * new versions in one transaction, audited as "bundle.import", or nothing. Versions
+ * already here with the same digest are skipped; when all are, nothing changes (no
+ * audit row). *out (caller's): {file, sha256, sender, changed, versions:[{ref, kind,
+ * digest, status:"imported"|"present"}], imported, present, new_blobs}. */
+int reg_bundle_import(reg_ctx *r, const reg_user *actor, const char *path, json_t **out);
+/* This site's import public key (PEM) and its hint; *pem owned by the caller. */
+int reg_import_key(reg_ctx *r, const reg_user *actor, char **pem, char hint[65]);
+
 #endif

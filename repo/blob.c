@@ -461,28 +461,18 @@ void repo_blob_discard(repo_staged_blob *b)
 
 /* ============================================================== decryption ==== */
 
-/* Decrypts into out_fd (≥ 0), into mem (non-NULL), or only verifies. */
-static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
-                        const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], int out_fd,
-                        unsigned char *mem)
+/* Decrypts the ciphertext open on `fd` (named `sha256` in messages) with a raw DEK, into
+ * out_fd (≥ 0), into mem (non-NULL), or only verifies; checks size and digest. */
+static int decrypt_fd(int fd, const char *sha256, uint64_t size,
+                      const unsigned char dek[REPO_KEY_LEN], int out_fd, unsigned char *mem)
 {
-    if (!core_is_hex(sha256, 64))
-        return core_err_set(MLV_EINVAL, "not a SHA-256 digest: '%.80s'", sha256 ? sha256 : "");
-    if (size > BLOB_MAX) return core_err_set(MLV_EINVAL, "blob %s: size out of range", sha256);
-    int rc = 0, fd = -1;
-    unsigned char dek[REPO_KEY_LEN], header[REPO_BLOB_HEADER], digest[32];
+    int rc = 0;
+    unsigned char header[REPO_BLOB_HEADER], digest[32];
     unsigned char *plain[2] = {NULL, NULL}, *cipher = NULL;
     repo_aead_dec *dec = NULL;
     hasher h;
-    bool hashing = false, have_dek = false;
-    char *path = repo_blob_path(home, sha256);
-    if (!path) return core_err_code();
+    bool hashing = false;
 
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0) {
-        rc = errno == ENOENT ? core_err_set(MLV_ENOTFOUND, "blob %s is missing", sha256)
-                             : core_err_set(MLV_EIO, "blob %s: %s", sha256, strerror(errno));
-        goto done;
-    }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         rc = core_err_set(MLV_EIO, "blob %s: %s", sha256, strerror(errno));
@@ -497,11 +487,6 @@ static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256
         goto done;
     }
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    if ((rc = repo_keys_unwrap_dek(k, wrapped_dek, dek)) != 0) {
-        core_err_wrap("blob %s: ", sha256);
-        goto done;
-    }
-    have_dek = true;
     ssize_t r = read_full(fd, header, sizeof header);
     if (r != (ssize_t)sizeof header) {
         rc = r < 0 ? core_err_set(MLV_EIO, "blob %s: read: %s", sha256, strerror(errno))
@@ -512,7 +497,6 @@ static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256
         core_err_wrap("blob %s: ", sha256);
         goto done;
     }
-
     uint64_t nbatches = size / PLAIN_BATCH + 1;
     size_t plain_cap = size < PLAIN_BATCH ? (size_t)size : PLAIN_BATCH;
     size_t cipher_cap = size < PLAIN_BATCH ? (size_t)repo_aead_ciphertext_size(size) : CIPHER_BATCH;
@@ -584,7 +568,6 @@ static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256
         rc = core_err_set(MLV_EINTEGRITY, "blob %s: digest mismatch", sha256);
 done:
     if (hashing) hasher_finish(&h, NULL);
-    if (have_dek) OPENSSL_cleanse(dek, sizeof dek);
     repo_aead_dec_free(dec);
     if (plain[0]) OPENSSL_cleanse(plain[0], size < PLAIN_BATCH ? (size_t)size : PLAIN_BATCH);
     if (plain[1]) OPENSSL_cleanse(plain[1], PLAIN_BATCH);
@@ -593,8 +576,53 @@ done:
     free(cipher);
     /* Never hand back plaintext that failed a check. */
     if (rc != 0 && mem && size) OPENSSL_cleanse(mem, (size_t)size);
+    return rc;
+}
+
+/* Decrypts blob `sha256` of the store, its DEK unwrapped with the master key. */
+static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
+                        const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], int out_fd,
+                        unsigned char *mem)
+{
+    if (!core_is_hex(sha256, 64))
+        return core_err_set(MLV_EINVAL, "not a SHA-256 digest: '%.80s'", sha256 ? sha256 : "");
+    if (size > BLOB_MAX) return core_err_set(MLV_EINVAL, "blob %s: size out of range", sha256);
+    int rc = 0, fd = -1;
+    unsigned char dek[REPO_KEY_LEN];
+    bool have_dek = false;
+    char *path = repo_blob_path(home, sha256);
+    if (!path) return core_err_code();
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0) {
+        rc = errno == ENOENT ? core_err_set(MLV_ENOTFOUND, "blob %s is missing", sha256)
+                             : core_err_set(MLV_EIO, "blob %s: %s", sha256, strerror(errno));
+        goto done;
+    }
+    if ((rc = repo_keys_unwrap_dek(k, wrapped_dek, dek)) != 0) {
+        core_err_wrap("blob %s: ", sha256);
+        goto done;
+    }
+    have_dek = true;
+    rc = decrypt_fd(fd, sha256, size, dek, out_fd, mem);
+done:
+    if (have_dek) OPENSSL_cleanse(dek, sizeof dek);
+    if (rc != 0 && mem && size) OPENSSL_cleanse(mem, (size_t)size);
     if (fd >= 0) close(fd);
     free(path);
+    return rc;
+}
+
+int repo_blob_verify_file(const char *path, const char *sha256, uint64_t size,
+                          const unsigned char dek[REPO_KEY_LEN])
+{
+    if (!core_is_hex(sha256, 64))
+        return core_err_set(MLV_EINVAL, "not a SHA-256 digest: '%.80s'", sha256 ? sha256 : "");
+    if (size > BLOB_MAX) return core_err_set(MLV_EINVAL, "blob %s: size out of range", sha256);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+    if (fd < 0)
+        return core_err_set(errno == ENOENT ? MLV_ENOTFOUND : MLV_EIO, "blob %s: %s: %s", sha256,
+                            path, strerror(errno));
+    int rc = decrypt_fd(fd, sha256, size, dek, -1, NULL);
+    close(fd);
     return rc;
 }
 

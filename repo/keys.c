@@ -1,7 +1,8 @@
 /* repo/keys.c: the data home's keys — the master key that wraps every blob's data key
- * (AES-256 key wrap, RFC 3394) and the ECDSA P-256 signing key pair. Creates, checks
- * (ownership-only modes, regular files, sizes) and loads them. It does not sign
- * (sign.c) nor encrypt blobs (aead.c, blob.c). */
+ * (AES-256 key wrap, RFC 3394), the ECDSA P-256 signing key pair, and the X25519 import
+ * key pair that other sites wrap bundle data keys for (ECIES: X25519 + HKDF-SHA256 +
+ * AES-256 key wrap). Creates, checks (ownership-only modes, regular files, sizes) and
+ * loads them. It does not sign (sign.c) nor encrypt blobs (aead.c, blob.c). */
 #include "repo/repo_internal.h"
 
 #include <errno.h>
@@ -9,6 +10,7 @@
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,9 +24,18 @@ struct repo_keys {
     unsigned char master[REPO_KEY_LEN];
     EVP_PKEY *signing;
     char *public_pem;
+    EVP_PKEY *import; /* X25519 */
+    char *import_pem; /* its public key, SubjectPublicKeyInfo PEM */
+    char import_hint[65];
 };
 
-static const char *const key_files[] = {"master.key", "signing.key", "signing.pub"};
+static const char *const key_files[] = {"master.key", "signing.key", "signing.pub", "import.key",
+                                        "import.pub"};
+#define N_KEY_FILES 5
+#define IMPORT_KEY 3
+#define IMPORT_PUB 4
+
+static int import_key_create(const char *home, const char *dir);
 
 /* The PEM text of a BIO as a fresh NUL-terminated string (caller frees). */
 static char *bio_take_string(BIO *b)
@@ -67,7 +78,7 @@ done:
         if (*priv) cleanse_free(*priv, strlen(*priv));
         free(*pub);
         *priv = *pub = NULL;
-        return core_err_set(rc, "encoding the signing key failed");
+        return core_err_set(rc, "encoding a key pair failed");
     }
     return 0;
 }
@@ -76,7 +87,7 @@ int repo_keys_create(const char *home)
 {
     int rc = 0;
     char *dir = core_path_join(home, "keys"), *tmp = core_path_join(home, "tmp");
-    char *paths[3] = {NULL, NULL, NULL};
+    char *paths[N_KEY_FILES] = {NULL};
     unsigned char master[REPO_KEY_LEN];
     EVP_PKEY *pk = NULL;
     char *priv = NULL, *pub = NULL;
@@ -85,7 +96,7 @@ int repo_keys_create(const char *home)
         rc = core_err_set(MLV_ENOMEM, "out of memory");
         goto done;
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < N_KEY_FILES; i++) {
         if (!(paths[i] = core_path_join(dir, key_files[i]))) {
             rc = core_err_set(MLV_ENOMEM, "out of memory");
             goto done;
@@ -114,12 +125,13 @@ int repo_keys_create(const char *home)
         (rc = core_write_atomic(paths[1], tmp, priv, priv_len, 0600)) != 0 ||
         (rc = core_write_atomic(paths[2], tmp, pub, strlen(pub), 0644)) != 0)
         goto done;
+    rc = import_key_create(home, dir);
 done:
     OPENSSL_cleanse(master, sizeof master);
     cleanse_free(priv, priv_len);
     free(pub);
     EVP_PKEY_free(pk);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < N_KEY_FILES; i++)
         free(paths[i]);
     free(dir);
     free(tmp);
@@ -202,6 +214,128 @@ static void secret_free(char *p, size_t len)
     if (p) OPENSSL_secure_clear_free(p, len + 1);
 }
 
+/* ---------------------------------------------------------------- import key --- */
+
+/* The public half of an X25519 key as canonical PEM, and its hint (hex SHA-256 of that
+ * PEM, as for signing keys). *pem is the caller's to free. */
+static int x25519_public_pem(EVP_PKEY *pk, char **pem, char hint[65])
+{
+    *pem = NULL;
+    BIO *b = BIO_new(BIO_s_mem());
+    if (!b || PEM_write_bio_PUBKEY(b, pk) != 1 || !(*pem = bio_take_string(b))) {
+        BIO_free(b);
+        return core_err_set(MLV_ECRYPTO, "encoding an X25519 public key failed");
+    }
+    BIO_free(b);
+    repo_sha256_hex(hint, *pem, strlen(*pem));
+    return 0;
+}
+
+/* Creates keys/import.key (and import.pub) unless import.key exists. The private key is
+ * written to HOME/tmp, fsync'd, then linked into place: link(2) never replaces, so two
+ * processes opening an older home at once agree on one key (the loser's is dropped). */
+static int import_key_create(const char *home, const char *dir)
+{
+    int rc = 0, fd = -1;
+    EVP_PKEY *pk = NULL;
+    char *priv = NULL, *pub = NULL, *tmpdir = core_path_join(home, "tmp");
+    char *kpath = core_path_join(dir, key_files[IMPORT_KEY]);
+    char *ppath = core_path_join(dir, key_files[IMPORT_PUB]);
+    char tmpl[4096] = "";
+    size_t priv_len = 0;
+    bool won = false;
+    if (!tmpdir || !kpath || !ppath) {
+        rc = core_err_set(MLV_ENOMEM, "out of memory");
+        goto done;
+    }
+    if (!(pk = EVP_PKEY_Q_keygen(NULL, NULL, "X25519"))) {
+        rc = core_err_set(MLV_ECRYPTO, "generating the X25519 import key failed");
+        goto done;
+    }
+    if ((rc = pem_encode(pk, &priv, &priv_len, &pub)) != 0) goto done;
+    if ((rc = core_mkdir_p(tmpdir, 0700)) != 0) goto done;
+    if (snprintf(tmpl, sizeof tmpl, "%s/.import-key-XXXXXX", tmpdir) >= (int)sizeof tmpl) {
+        tmpl[0] = 0;
+        rc = core_err_set(MLV_EINVAL, "path too long: %s", tmpdir);
+        goto done;
+    }
+    if ((fd = mkostemp(tmpl, O_CLOEXEC)) < 0) {
+        tmpl[0] = 0;
+        rc = core_err_set(MLV_EIO, "create temp in %s: %s", tmpdir, strerror(errno));
+        goto done;
+    }
+    if (fchmod(fd, 0600) != 0 || (rc = core_write_all(fd, priv, priv_len)) != 0 || fsync(fd) != 0) {
+        if (rc == 0) rc = core_err_set(MLV_EIO, "%s: %s", tmpl, strerror(errno));
+        goto done;
+    }
+    close(fd);
+    fd = -1;
+    if (link(tmpl, kpath) == 0) {
+        won = true;
+        if ((rc = core_fsync_dir(dir)) != 0) goto done;
+    } else if (errno != EEXIST) {
+        rc = core_err_set(MLV_EIO, "create %s: %s", kpath, strerror(errno));
+        goto done;
+    }
+    /* The public key after the private one, as for the signing key. */
+    if (won) rc = core_write_atomic(ppath, tmpdir, pub, strlen(pub), 0644);
+done:
+    if (fd >= 0) close(fd);
+    if (tmpl[0]) unlink(tmpl);
+    cleanse_free(priv, priv_len);
+    free(pub);
+    EVP_PKEY_free(pk);
+    free(tmpdir);
+    free(kpath);
+    free(ppath);
+    return rc;
+}
+
+/* Loads keys/import.key, creating the pair first in a home made before import keys
+ * existed. import.pub is rewritten from the private key when it is missing. */
+static int import_key_load(repo_keys *k, const char *home, const char *dir)
+{
+    char *kpath = core_path_join(dir, key_files[IMPORT_KEY]);
+    char *ppath = core_path_join(dir, key_files[IMPORT_PUB]);
+    char *buf = NULL;
+    size_t len = 0;
+    BIO *bio = NULL;
+    int rc = 0;
+    if (!kpath || !ppath) {
+        rc = core_err_set(MLV_ENOMEM, "out of memory");
+        goto done;
+    }
+    rc = read_secret_file(kpath, &buf, &len);
+    if (rc == MLV_ENOTFOUND) {
+        if ((rc = import_key_create(home, dir)) != 0) {
+            core_err_wrap("creating the import key of an older home: ");
+            goto done;
+        }
+        rc = read_secret_file(kpath, &buf, &len);
+    }
+    if (rc != 0) goto done;
+    if (!(bio = BIO_new_mem_buf(buf, (int)len)) ||
+        !(k->import = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) ||
+        !EVP_PKEY_is_a(k->import, "X25519")) {
+        rc = core_err_set(MLV_EINVAL, "key file %s is not a PEM X25519 private key", kpath);
+        goto done;
+    }
+    if ((rc = x25519_public_pem(k->import, &k->import_pem, k->import_hint)) != 0) goto done;
+    struct stat st;
+    if (lstat(ppath, &st) != 0 && errno == ENOENT) {
+        char *tmpdir = core_path_join(home, "tmp");
+        rc = tmpdir ? core_write_atomic(ppath, tmpdir, k->import_pem, strlen(k->import_pem), 0644)
+                    : core_err_set(MLV_ENOMEM, "out of memory");
+        free(tmpdir);
+    }
+done:
+    BIO_free(bio);
+    secret_free(buf, len);
+    free(kpath);
+    free(ppath);
+    return rc;
+}
+
 int repo_keys_open(repo_keys **out, const char *home)
 {
     *out = NULL;
@@ -248,6 +382,7 @@ int repo_keys_open(repo_keys **out, const char *home)
         goto done;
     }
     BIO_free(pb);
+    if ((rc = import_key_load(k, home, dir)) != 0) goto done;
     *out = k;
     k = NULL;
 done:
@@ -267,28 +402,28 @@ void repo_keys_free(repo_keys *k)
     OPENSSL_cleanse(k->master, sizeof k->master);
     EVP_PKEY_free(k->signing);
     free(k->public_pem);
+    EVP_PKEY_free(k->import);
+    free(k->import_pem);
     free(k);
 }
 
-/* One AES-256 key wrap (RFC 3394, default IV) in either direction. The output of a
- * failed unwrap is cleansed. */
-static int keywrap(const repo_keys *k, bool wrap, const unsigned char *in, size_t in_len,
-                   unsigned char *out, size_t out_len)
+/* One AES-256 key wrap (RFC 3394, default IV) in either direction under `kek`. A failed
+ * unwrap is MLV_EINTEGRITY with `unwrap_msg`, and its output is cleansed. */
+static int keywrap(const unsigned char kek[REPO_KEY_LEN], bool wrap, const unsigned char *in,
+                   size_t in_len, unsigned char *out, size_t out_len, const char *unwrap_msg)
 {
     int rc = 0, n = 0, fin = 0;
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     if (!ctx) return core_err_set(MLV_ENOMEM, "out of memory");
     EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
-    if (EVP_CipherInit_ex(ctx, EVP_aes_256_wrap(), NULL, k->master, NULL, wrap ? 1 : 0) != 1) {
+    if (EVP_CipherInit_ex(ctx, EVP_aes_256_wrap(), NULL, kek, NULL, wrap ? 1 : 0) != 1) {
         rc = core_err_set(MLV_ECRYPTO, "AES key wrap: initialisation failed");
         goto done;
     }
     if (EVP_CipherUpdate(ctx, out, &n, in, (int)in_len) != 1 || n < 0 || (size_t)n > out_len ||
         EVP_CipherFinal_ex(ctx, out + n, &fin) != 1 || (size_t)(n + fin) != out_len) {
         rc = wrap ? core_err_set(MLV_ECRYPTO, "AES key wrap failed")
-                  : core_err_set(MLV_EINTEGRITY,
-                                 "wrapped data key does not unwrap with this master key "
-                                 "(altered, or wrapped by another key)");
+                  : core_err_set(MLV_EINTEGRITY, "%s", unwrap_msg);
         OPENSSL_cleanse(out, out_len);
     }
 done:
@@ -296,16 +431,176 @@ done:
     return rc;
 }
 
+static const char MASTER_UNWRAP_MSG[] = "wrapped data key does not unwrap with this master key "
+                                        "(altered, or wrapped by another key)";
+
 int repo_keys_wrap_dek(const repo_keys *k, const unsigned char dek[REPO_KEY_LEN],
                        unsigned char out[REPO_WRAPPED_DEK_LEN])
 {
-    return keywrap(k, true, dek, REPO_KEY_LEN, out, REPO_WRAPPED_DEK_LEN);
+    return keywrap(k->master, true, dek, REPO_KEY_LEN, out, REPO_WRAPPED_DEK_LEN, "");
 }
 
 int repo_keys_unwrap_dek(const repo_keys *k, const unsigned char wrapped[REPO_WRAPPED_DEK_LEN],
                          unsigned char dek[REPO_KEY_LEN])
 {
-    return keywrap(k, false, wrapped, REPO_WRAPPED_DEK_LEN, dek, REPO_KEY_LEN);
+    return keywrap(k->master, false, wrapped, REPO_WRAPPED_DEK_LEN, dek, REPO_KEY_LEN,
+                   MASTER_UNWRAP_MSG);
+}
+
+/* ------------------------------------------------- data keys for another site --- */
+
+#define BUNDLE_WRAP_INFO "mlvault bundle dek wrap v1"
+
+/* KEK = HKDF-SHA256(ikm = X25519(priv, peer), salt = eph_pub || recipient_pub,
+ *                   info = "mlvault bundle dek wrap v1"). `receiving` only picks the
+ * error class: on the receiving side a key that does not agree is the bundle's fault. */
+static int bundle_kek(EVP_PKEY *priv, EVP_PKEY *peer, const unsigned char eph[REPO_X25519_LEN],
+                      const unsigned char rcpt[REPO_X25519_LEN], bool receiving,
+                      unsigned char kek[REPO_KEY_LEN])
+{
+    int rc = 0;
+    unsigned char shared[REPO_X25519_LEN], salt[2 * REPO_X25519_LEN];
+    size_t slen = sizeof shared;
+    EVP_PKEY_CTX *dctx = EVP_PKEY_CTX_new_from_pkey(NULL, priv, NULL);
+    EVP_KDF *kdf = NULL;
+    EVP_KDF_CTX *kctx = NULL;
+    /* OpenSSL refuses an all-zero shared secret (a small-order peer key). */
+    if (!dctx || EVP_PKEY_derive_init(dctx) != 1 || EVP_PKEY_derive_set_peer(dctx, peer) != 1 ||
+        EVP_PKEY_derive(dctx, shared, &slen) != 1 || slen != sizeof shared) {
+        rc = receiving ? core_err_set(MLV_EINTEGRITY, "the bundle's ephemeral key is not a "
+                                                      "usable X25519 public key")
+                       : core_err_set(MLV_EINVAL, "the recipient's import key is not a usable "
+                                                  "X25519 public key");
+        goto done;
+    }
+    memcpy(salt, eph, REPO_X25519_LEN);
+    memcpy(salt + REPO_X25519_LEN, rcpt, REPO_X25519_LEN);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, shared, sizeof shared),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, salt, sizeof salt),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (char *)BUNDLE_WRAP_INFO,
+                                          strlen(BUNDLE_WRAP_INFO)),
+        OSSL_PARAM_construct_end(),
+    };
+    if (!(kdf = EVP_KDF_fetch(NULL, "HKDF", NULL)) || !(kctx = EVP_KDF_CTX_new(kdf)) ||
+        EVP_KDF_derive(kctx, kek, REPO_KEY_LEN, params) != 1)
+        rc = core_err_set(MLV_ECRYPTO, "HKDF-SHA256 failed");
+done:
+    OPENSSL_cleanse(shared, sizeof shared);
+    EVP_KDF_CTX_free(kctx);
+    EVP_KDF_free(kdf);
+    EVP_PKEY_CTX_free(dctx);
+    return rc;
+}
+
+int repo_import_key_parse(const char *pem, unsigned char raw[REPO_X25519_LEN], char hint[65])
+{
+    BIO *bio = pem ? BIO_new_mem_buf(pem, -1) : NULL;
+    EVP_PKEY *pk = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+    char *canon = NULL;
+    size_t n = REPO_X25519_LEN;
+    int rc = 0;
+    if (!pk || !EVP_PKEY_is_a(pk, "X25519"))
+        rc = core_err_set(MLV_EINVAL, "not an mlvault import key (a PEM X25519 public key, "
+                                      "as `mlvault keys export-import-key` prints)");
+    else if (EVP_PKEY_get_raw_public_key(pk, raw, &n) != 1 || n != REPO_X25519_LEN)
+        rc = core_err_set(MLV_ECRYPTO, "reading an X25519 public key failed");
+    else
+        rc = x25519_public_pem(pk, &canon, hint);
+    free(canon);
+    EVP_PKEY_free(pk);
+    BIO_free(bio);
+    return rc;
+}
+
+int repo_keys_wrap_for_recipient(const unsigned char recipient[REPO_X25519_LEN],
+                                 const unsigned char (*deks)[REPO_KEY_LEN], size_t n,
+                                 unsigned char eph_pub[REPO_X25519_LEN],
+                                 unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
+{
+    int rc = 0;
+    unsigned char kek[REPO_KEY_LEN];
+    size_t len = REPO_X25519_LEN;
+    EVP_PKEY *eph = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
+    EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, recipient, REPO_X25519_LEN);
+    if (!eph || !peer || EVP_PKEY_get_raw_public_key(eph, eph_pub, &len) != 1 ||
+        len != REPO_X25519_LEN) {
+        rc = core_err_set(MLV_ECRYPTO, "generating an ephemeral X25519 key failed");
+        goto done;
+    }
+    if ((rc = bundle_kek(eph, peer, eph_pub, recipient, false, kek)) != 0) goto done;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = keywrap(kek, true, deks[i], REPO_KEY_LEN, wrapped[i], REPO_WRAPPED_DEK_LEN, "");
+done:
+    OPENSSL_cleanse(kek, sizeof kek);
+    EVP_PKEY_free(eph); /* the ephemeral private key is never stored */
+    EVP_PKEY_free(peer);
+    return rc;
+}
+
+int repo_keys_unwrap_for_import(const repo_keys *k, const unsigned char eph_pub[REPO_X25519_LEN],
+                                const unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
+                                unsigned char (*deks)[REPO_KEY_LEN])
+{
+    int rc = 0;
+    unsigned char kek[REPO_KEY_LEN], mine[REPO_X25519_LEN];
+    size_t len = sizeof mine;
+    EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, eph_pub, REPO_X25519_LEN);
+    if (!peer) {
+        rc = core_err_set(MLV_EINTEGRITY, "the bundle's ephemeral key is not an X25519 key");
+        goto done;
+    }
+    if (EVP_PKEY_get_raw_public_key(k->import, mine, &len) != 1 || len != sizeof mine) {
+        rc = core_err_set(MLV_ECRYPTO, "reading this site's import key failed");
+        goto done;
+    }
+    if ((rc = bundle_kek(k->import, peer, eph_pub, mine, true, kek)) != 0) goto done;
+    for (size_t i = 0; i < n; i++) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "data key %zu does not unwrap with this site's import key (altered, or "
+                 "wrapped for another site)",
+                 i);
+        if ((rc = keywrap(kek, false, wrapped[i], REPO_WRAPPED_DEK_LEN, deks[i], REPO_KEY_LEN,
+                          msg)) != 0) {
+            OPENSSL_cleanse(deks, i * sizeof *deks);
+            break;
+        }
+    }
+done:
+    OPENSSL_cleanse(kek, sizeof kek);
+    EVP_PKEY_free(peer);
+    return rc;
+}
+
+int repo_keys_rewrap_for_recipient(const repo_keys *k,
+                                   const unsigned char recipient[REPO_X25519_LEN],
+                                   const unsigned char (*master_wrapped)[REPO_WRAPPED_DEK_LEN],
+                                   size_t n, unsigned char eph_pub[REPO_X25519_LEN],
+                                   unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
+{
+    unsigned char(*deks)[REPO_KEY_LEN] = OPENSSL_secure_malloc(n ? n * sizeof *deks : 1);
+    if (!deks) return core_err_set(MLV_ENOMEM, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        if ((rc = repo_keys_unwrap_dek(k, master_wrapped[i], deks[i])) != 0)
+            core_err_wrap("data key %zu: ", i);
+    if (rc == 0)
+        rc = repo_keys_wrap_for_recipient(recipient, (const unsigned char(*)[REPO_KEY_LEN])deks, n,
+                                          eph_pub, wrapped);
+    OPENSSL_secure_clear_free(deks, n ? n * sizeof *deks : 1);
+    return rc;
+}
+
+const char *repo_keys_import_pem(const repo_keys *k)
+{
+    return k->import_pem;
+}
+
+const char *repo_keys_import_hint(const repo_keys *k)
+{
+    return k->import_hint;
 }
 
 const char *repo_keys_public_pem(const repo_keys *k)

@@ -20,7 +20,11 @@
  *   keys/master.key   32 random bytes (mode 0600): wraps every blob's data key
  *   keys/signing.key  ECDSA P-256 private key, PEM (mode 0600)
  *   keys/signing.pub  its public key, PEM (SubjectPublicKeyInfo)
- * Opening refuses key files that are readable or writable by group or others. */
+ *   keys/import.key   X25519 private key, PEM PKCS#8 (mode 0600): unwraps the data keys
+ *                     of bundles other sites export for this one
+ *   keys/import.pub   its public key, PEM: what `keys export-import-key` hands out
+ * Opening refuses key files that are readable or writable by group or others, and
+ * creates the import pair in a home made before it existed. */
 #define REPO_KEY_LEN 32
 #define REPO_WRAPPED_DEK_LEN 40 /* AES-256 key wrap (RFC 3394) of a 32-byte DEK */
 
@@ -39,6 +43,37 @@ int repo_keys_unwrap_dek(const repo_keys *k, const unsigned char wrapped[REPO_WR
                          unsigned char dek[REPO_KEY_LEN]);
 /* The signing public key as PEM (borrowed, valid while k lives). */
 const char *repo_keys_public_pem(const repo_keys *k);
+
+/* Data keys for another site (bundles), ECIES-style: one ephemeral X25519 key per bundle;
+ *   shared = X25519(eph, recipient)
+ *   KEK    = HKDF-SHA256(shared, salt = eph_pub || recipient_pub,
+ *                        info = "mlvault bundle dek wrap v1")
+ * and each DEK is wrapped under KEK with AES-256 key wrap (RFC 3394). */
+#define REPO_X25519_LEN 32
+/* The import public key as PEM, and its hint (hex SHA-256 of that PEM); borrowed, valid
+ * while k lives. */
+const char *repo_keys_import_pem(const repo_keys *k);
+const char *repo_keys_import_hint(const repo_keys *k);
+/* Parses an import public key (PEM X25519) into its raw bytes and hint. MLV_EINVAL for
+ * anything else (an ECDSA key, garbage). */
+int repo_import_key_parse(const char *pem, unsigned char raw[REPO_X25519_LEN], char hint[65]);
+/* Wraps n DEKs for `recipient` under a fresh ephemeral key, whose public half goes to
+ * eph_pub (the private half is discarded). */
+int repo_keys_wrap_for_recipient(const unsigned char recipient[REPO_X25519_LEN],
+                                 const unsigned char (*deks)[REPO_KEY_LEN], size_t n,
+                                 unsigned char eph_pub[REPO_X25519_LEN],
+                                 unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN]);
+/* The same from DEKs wrapped by k's master key, so plaintext DEKs stay inside repo. */
+int repo_keys_rewrap_for_recipient(const repo_keys *k,
+                                   const unsigned char recipient[REPO_X25519_LEN],
+                                   const unsigned char (*master_wrapped)[REPO_WRAPPED_DEK_LEN],
+                                   size_t n, unsigned char eph_pub[REPO_X25519_LEN],
+                                   unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN]);
+/* The receiving side: unwraps with k's import key. MLV_EINTEGRITY when a wrapped key
+ * was altered or wrapped for another site (deks is then cleansed). */
+int repo_keys_unwrap_for_import(const repo_keys *k, const unsigned char eph_pub[REPO_X25519_LEN],
+                                const unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
+                                unsigned char (*deks)[REPO_KEY_LEN]);
 
 /* ================================================================ AEAD stream ====
  * repo/aead.c. The blob format (DESIGN.md, Encryption at rest), in the style of age's
@@ -224,5 +259,111 @@ int repo_ledger_read(const char *home, const char *path, char **out, size_t *len
 /* Calls fn for each file path under `prefix` in main's head (e.g. "models/"). */
 int repo_ledger_list(const char *home, const char *prefix, int (*fn)(const char *path, void *ctx),
                      void *ctx);
+
+/* ==================================================================== bundles ====
+ * repo/bundle.c (libarchive for tar, libzstd for the compression). A bundle carries
+ * versions from one site to another (DESIGN.md, Bundles): one tar, compressed as a
+ * single zstd frame with its content checksum, holding in this order
+ *
+ *   bundle.json   canonical JSON (sorted keys, no spaces):
+ *                 {"schema":"mlvault.bundle/v1", "created_at":RFC3339,
+ *                  "sender":{"public_key":PEM, "hint":HEX}, "recipient":HINT,
+ *                  "ephemeral_key":HEX(raw X25519 public key),
+ *                  "versions":[{"kind","name","version","digest","signer",
+ *                               "manifest_size","signature_size","signature_sha256"}],
+ *                  "blobs":[{"sha256","size","stored","wrapped_dek"}],
+ *                  "total_bytes":N}
+ *                 `size` is plaintext bytes, `stored` the ciphertext bytes
+ *                 (repo_aead_ciphertext_size(size)), wrapped_dek the blob's data key
+ *                 wrapped for the recipient (keys, "Data keys for another site"), and
+ *                 total_bytes the sum of the sizes of every entry after bundle.sig.
+ *   bundle.sig    base64 of the DER ECDSA-P256-SHA256 signature of the sender's signing
+ *                 key over the exact bytes of bundle.json
+ *   ledger/models/NAME/V/manifest.json and .../signature (datasets under
+ *                 ledger/datasets/), for each version
+ *   blobs/SHA256  each encrypted blob as stored, byte for byte
+ *
+ * and after the zstd frame, a zstd skippable frame (magic 0x184D2A5B, 40 bytes) holding
+ * "MLVB1SUM" and the SHA-256 of every byte before it: standard tools skip it, and with
+ * it every flipped byte of the file is caught, not only those that change what the
+ * frame expands to.
+ *
+ * The reader trusts nothing before bundle.sig verifies with a key the caller trusts;
+ * every entry must be a regular file at a declared path with its declared size; the
+ * bytes it expands to are bounded by what bundle.json declares; any flipped byte fails
+ * the trailer's digest, and most fail earlier (zstd, tar, a digest, an AEAD tag). */
+#define REPO_BUNDLE_SCHEMA "mlvault.bundle/v1"
+#define REPO_BUNDLE_JSON_MAX ((size_t)16 << 20)
+#define REPO_BUNDLE_MAX_VERSIONS 4096
+#define REPO_BUNDLE_MAX_BLOBS 65536
+
+typedef struct repo_bundle_version {
+    char kind[16]; /* "model" | "dataset" */
+    char name[65];
+    int version;
+    char digest[65]; /* SHA-256 of the manifest */
+    char signer[65]; /* hint of the key that signed the version */
+    char *manifest;  /* canonical JSON (writer: borrowed from the caller; reader: owned) */
+    size_t manifest_len;
+    char *signature; /* the model-signing bundle (same ownership as manifest) */
+    size_t signature_len;
+    char signature_sha256[65];
+} repo_bundle_version;
+
+typedef struct repo_bundle_blob {
+    char sha256[65];                                 /* of the plaintext */
+    uint64_t size;                                   /* plaintext bytes */
+    uint64_t stored;                                 /* ciphertext bytes */
+    unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN]; /* for the recipient */
+    /* Reader: the verified ciphertext, staged in HOME/tmp with its DEK re-wrapped by
+     * this home's master key, ready for repo_blob_commit (or discard). */
+    repo_staged_blob staged;
+} repo_bundle_blob;
+
+typedef struct repo_bundle {
+    char created_at[21];
+    char *sender_pem; /* the sender's signing public key (canonical PEM) */
+    char sender_hint[65];
+    char recipient_hint[65]; /* hint of the recipient's import key */
+    unsigned char ephemeral_key[REPO_X25519_LEN];
+    repo_bundle_version *versions;
+    size_t n_versions;
+    repo_bundle_blob *blobs;
+    size_t n_blobs;
+    uint64_t total_bytes;
+    char file_sha256[65]; /* SHA-256 of the whole bundle file */
+    uint64_t file_size;
+} repo_bundle;
+
+/* Writer. The caller fills recipient_hint, ephemeral_key, versions (manifest and
+ * signature texts with their lengths) and blobs (sha256, size, wrapped_dek);
+ * repo_bundle_write sets the rest (created_at, sender — sender_pem borrowed from k —,
+ * signature_sha256, stored, total_bytes, file_sha256, file_size), signs bundle.json with
+ * k's signing key, writes the bundle to fd, copying each blob from HOME/objects (its
+ * size checked against `stored`), and fsyncs fd. The caller owns fd and b. */
+int repo_bundle_write(int fd, const char *home, const repo_keys *k, repo_bundle *b);
+
+/* Reader. Asks trusted_pem for the PEM of the sender's key by hint (MLV_ENOTFOUND when
+ * not trusted; *pem freed by repo); refuses bundles for another import key than k's;
+ * stages each blob into HOME/tmp (fsync'd), decrypts it with its DEK to check size and
+ * digest, and re-wraps the DEK with k's master key. Checks each manifest's SHA-256 and
+ * each signature's against bundle.json; what they say is the caller's to check.
+ * *out owned by the caller (repo_bundle_free, which discards staged blobs not
+ * committed). On any failure nothing is left in HOME/tmp and the message names the
+ * entry. */
+typedef int (*repo_trusted_pem_fn)(void *ctx, const char *hint, char **pem);
+int repo_bundle_read(repo_bundle **out, const char *path, const char *home, const repo_keys *k,
+                     repo_trusted_pem_fn trusted_pem, void *ctx);
+/* Frees a bundle from repo_bundle_read (and discards staged blobs); NULL is a no-op. */
+void repo_bundle_free(repo_bundle *b);
+/* The path of a version's ledger entry inside a bundle, e.g.
+ * "ledger/models/NAME/3/manifest.json" (`what`: "manifest.json" or "signature"). */
+void repo_bundle_ledger_path(char *out, size_t n, const char *kind, const char *name, int version,
+                             const char *what);
+
+/* Verifies a ciphertext file at `path` (blob.c): decrypts it with a raw DEK and checks
+ * its size and SHA-256, writing nothing. Errors as repo_blob_decrypt's. */
+int repo_blob_verify_file(const char *path, const char *sha256, uint64_t size,
+                          const unsigned char dek[REPO_KEY_LEN]);
 
 #endif
