@@ -2,6 +2,7 @@
  * it (WAL, synchronous=FULL, busy timeout, foreign keys), the schema, transactions and
  * the ledger queue that makes "SQLite first, then git" crash-safe. */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <stdio.h>
@@ -56,16 +57,43 @@ static const char *SCHEMA =
     "  id INTEGER PRIMARY KEY, author TEXT NOT NULL, message TEXT NOT NULL,"
     "  changes TEXT NOT NULL, created_at TEXT NOT NULL);";
 
+/* SQLite tells the failing system call and its errno only to its error log, at the
+ * moment of failure: sqlite3_system_errno() reads errno later, after the rollback's own
+ * calls (0 for a failed fsync here), and SQLITE_FULL keeps none at all. So keep the last
+ * unix VFS line per thread ("os_unix.c:LINE: (ERRNO) CALL(PATH) - ...") and say it. */
+static _Thread_local char db_last_os[256];
+
+static void db_log(void *arg, int code, const char *msg)
+{
+    (void)arg;
+    int line, err, off = 0;
+    if ((code & 0xff) != SQLITE_IOERR && (code & 0xff) != SQLITE_CANTOPEN) return;
+    if (sscanf(msg, "os_unix.c:%d: (%d) %n", &line, &err, &off) != 2 || !off) return;
+    const char *call = msg + off, *end = strstr(call, ") - ");
+    int n = end ? (int)(end - call + 1) : (int)strlen(call);
+    snprintf(db_last_os, sizeof db_last_os, "%.*s: %s", n, call, strerror(err));
+}
+
+static pthread_once_t db_log_once = PTHREAD_ONCE_INIT;
+static void db_log_install(void)
+{
+    sqlite3_config(SQLITE_CONFIG_LOG, db_log, NULL);
+}
+
 int reg_db_err(reg_ctx *r, const char *what)
 {
     int ec = sqlite3_errcode(r->db), sys = sqlite3_system_errno(r->db);
     int code = (ec == SQLITE_BUSY || ec == SQLITE_LOCKED) ? MLV_EBUSY : MLV_EDB;
     if (ec == SQLITE_FULL || ec == SQLITE_IOERR) code = MLV_EIO;
-    /* SQLite's "disk I/O error" hides the cause; the OS error names it. */
-    if (sys && (ec == SQLITE_FULL || ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN))
-        return core_err_set(code, "catalog: %s: %s (%s)", what, sqlite3_errmsg(r->db),
-                            strerror(sys));
-    return core_err_set(code, "catalog: %s: %s", what, sqlite3_errmsg(r->db));
+    char os[300] = "";
+    if (ec == SQLITE_FULL) /* always ENOSPC (os_unix.c's unixWrite) */
+        snprintf(os, sizeof os, " (%s)", strerror(ENOSPC));
+    else if ((ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN) && db_last_os[0])
+        snprintf(os, sizeof os, " (%s)", db_last_os);
+    else if ((ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN) && sys)
+        snprintf(os, sizeof os, " (%s)", strerror(sys));
+    db_last_os[0] = 0;
+    return core_err_set(code, "catalog: %s: %s%s", what, sqlite3_errmsg(r->db), os);
 }
 
 int reg_exec(reg_ctx *r, const char *sql)
@@ -95,6 +123,7 @@ static int db_open(reg_ctx *r, bool create)
 {
     char *path = core_path_join(r->home, "mlvault.db");
     if (!path) return core_err_set(MLV_ENOMEM, "out of memory");
+    pthread_once(&db_log_once, db_log_install);
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
     int rc = sqlite3_open_v2(path, &r->db, flags, NULL);
     free(path);
@@ -109,7 +138,8 @@ static int db_open(reg_ctx *r, bool create)
         return rc;
     if (create) {
         if ((rc = reg_exec(r, SCHEMA)) != 0) return rc;
-        return reg_exec(r, "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', '" SCHEMA_VERSION "')");
+        return reg_exec(
+            r, "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', '" SCHEMA_VERSION "')");
     }
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(r->db, "SELECT value FROM meta WHERE key = 'schema'", -1, &st, NULL) !=
@@ -219,14 +249,24 @@ int reg_ledger_flush(reg_ctx *r)
 int reg_ledger_settle(reg_ctx *r)
 {
     if (reg_ledger_flush(r) != 0)
-        core_log(CORE_LOG_WARN, "the change is saved; its ledger commit is pending (%s) and "
-                                "will be made at the next start", core_err_last());
+        core_log(CORE_LOG_WARN,
+                 "ledger commit pending (%s); saved changes are committed to "
+                 "the ledger at the next start",
+                 core_err_last());
     core_err_clear();
     return 0;
 }
 
 static int flush_locked(reg_ctx *r)
 {
+    /* We hold ledger.lock, so no mlvault process is inside a ledger commit: a git ref
+     * lock there now was left by one that died mid-commit, and would fail every later
+     * commit with GIT_ELOCKED (libgit2 never breaks a lock). */
+    char *stale = core_path_join(r->home, "ledger.git/refs/heads/main.lock");
+    if (!stale) return core_err_set(MLV_ENOMEM, "out of memory");
+    if (unlink(stale) == 0)
+        core_log(CORE_LOG_WARN, "removed %s, left by an interrupted ledger commit", stale);
+    free(stale);
     for (;;) {
         sqlite3_stmt *st = NULL;
         if (sqlite3_prepare_v2(r->db,
@@ -337,6 +377,14 @@ done:
 static int drop_orphan_blobs(reg_ctx *r)
 {
     sqlite3_stmt *st = NULL;
+    /* Nearly every open finds no intent, and then must not write: a write transaction
+     * costs 5 syncs, and fails on a full disk, stopping even list and verify. */
+    if (sqlite3_prepare_v2(r->db, "SELECT EXISTS(SELECT 1 FROM blob_intents)", -1, &st, NULL) !=
+        SQLITE_OK)
+        return reg_db_err(r, "blob intents");
+    bool any = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (!any) return 0;
     if (sqlite3_prepare_v2(r->db,
                            "SELECT i.sha256 FROM blob_intents i LEFT JOIN blobs b"
                            " ON b.sha256 = i.sha256 WHERE b.sha256 IS NULL",
@@ -351,7 +399,8 @@ static int drop_orphan_blobs(reg_ctx *r)
         }
         if (unlink(path) != 0 && errno != ENOENT)
             rc = core_err_set(MLV_EIO, "remove orphan blob %s: %s", path, strerror(errno));
-        else core_log(CORE_LOG_INFO, "removed %s, left by an interrupted operation", path);
+        else
+            core_log(CORE_LOG_INFO, "removed %s, left by an interrupted operation", path);
         free(path);
     }
     sqlite3_finalize(st);
@@ -403,7 +452,9 @@ int reg_open(reg_ctx **out, const char *home)
     if ((rc = repo_keys_open(&r->keys, home)) != 0) goto fail;
     if ((rc = db_open(r, false)) != 0) goto fail;
     if ((rc = lock_and_sweep(r)) != 0) goto fail;
-    if ((rc = reg_ledger_flush(r)) != 0) goto fail;
+    /* A ledger that cannot be written now must not lock people out of reading or of
+     * fsck, which reports what is still queued. */
+    reg_ledger_settle(r);
     *out = r;
     return 0;
 fail:
