@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "tests/test_util.h"
 /* clang-format on */
 
 #include <errno.h>
@@ -56,21 +57,6 @@ static char *path_in(const char *dir, const char *name)
     return p;
 }
 
-static void write_file(const char *path, const void *p, size_t n)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    assert_true(fd >= 0);
-    assert_int_equal(core_write_all(fd, p, n), 0);
-    assert_int_equal(close(fd), 0);
-}
-
-static unsigned char *read_all(const char *path, size_t *n)
-{
-    char *p = NULL;
-    assert_int_equal(core_read_file(path, (size_t)1 << 32, &p, n), 0);
-    return (unsigned char *)p;
-}
-
 static off_t file_size(const char *path)
 {
     struct stat st;
@@ -90,28 +76,11 @@ static void xor_byte(const char *path, off_t at, unsigned char mask)
     close(fd);
 }
 
-static bool dir_is_empty(const char *dir)
-{
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "test -z \"$(ls -A '%s')\"", dir);
-    return system(cmd) == 0;
-}
-
 static bool all_zero(const unsigned char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (p[i]) return false;
     return true;
-}
-
-/* A fresh directory under $MLV_TEST_TMP (or /tmp). */
-static void make_temp_dir(char *out, size_t cap, const char *what)
-{
-    const char *base = getenv("MLV_TEST_TMP");
-    if (!base || !*base) base = "/tmp";
-    assert_int_equal(core_mkdir_p(base, 0700), 0);
-    assert_true(snprintf(out, cap, "%s/%s-XXXXXX", base, what) < (int)cap);
-    assert_non_null(mkdtemp(out));
 }
 
 /* A stored blob: what the catalog would keep, plus the plaintext for checking. */

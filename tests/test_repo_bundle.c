@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "tests/test_util.h"
 /* clang-format on */
 
 #include <archive.h>
@@ -35,42 +36,6 @@
 #define N_BLOBS 3
 
 /* ------------------------------------------------------------------ helpers ---- */
-
-static void make_temp_dir(char *out, size_t cap, const char *what)
-{
-    const char *base = getenv("MLV_TEST_TMP");
-    if (!base || !*base) base = "/tmp";
-    assert_int_equal(core_mkdir_p(base, 0700), 0);
-    assert_true(snprintf(out, cap, "%s/%s-XXXXXX", base, what) < (int)cap);
-    assert_non_null(mkdtemp(out));
-}
-
-static void write_file(const char *path, const void *p, size_t n)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    assert_true(fd >= 0);
-    assert_int_equal(core_write_all(fd, p, n), 0);
-    assert_int_equal(close(fd), 0);
-}
-
-static unsigned char *read_all(const char *path, size_t *n)
-{
-    char *p = NULL;
-    assert_int_equal(core_read_file(path, (size_t)1 << 32, &p, n), 0);
-    return (unsigned char *)p;
-}
-
-static bool dir_is_empty(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d) return true;
-    struct dirent *e;
-    bool empty = true;
-    while ((e = readdir(d)) != NULL)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
-    closedir(d);
-    return empty;
-}
 
 static void expect_msg(const char *needle)
 {

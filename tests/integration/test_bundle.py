@@ -35,65 +35,28 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fixtures  # noqa: E402
+from test_vault import BIN, EXIT, TMP, VENV, Vault, sha256  # noqa: E402
 
-BIN = os.environ.get("MLVAULT_BIN", "build/mlvault")
-TMP = os.environ.get("MLV_TEST_TMP", "/tmp")
-VENV = os.environ.get("MLV_VENV", ".venv")
-
-EXIT = {"EINVAL": 2, "ENOTFOUND": 3, "EEXISTS": 4, "EAUTH": 5, "EFORBIDDEN": 6,
-        "EINTEGRITY": 7}
 GiB = 1 << 30
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_digests(d):
     return {n: sha256(os.path.join(d, n)) for n in sorted(os.listdir(d))}
 
 
-class Site:
-    """One data home (its own keys) and the tokens of its users."""
+class Site(Vault):
+    """One data home (its own keys) in its own folder, with the views a refused import
+    must leave unchanged."""
 
     def __init__(self, root, name):
         self.dir = os.path.join(root, name)
         os.makedirs(self.dir)
-        self.home = os.path.join(self.dir, "home")
-        self.tokens = {}
-        out = self.run("init", "--json", token=None)
-        assert out.returncode == 0, out.stderr
-        self.tokens["admin"] = json.loads(out.stdout)["token"]
-
-    def run(self, *args, token="admin", limits=None):
-        e = dict(os.environ)
-        e.pop("MLVAULT_TOKEN", None)
-        e["MLVAULT_HOME"] = self.home
-        if token is not None:
-            e["MLVAULT_TOKEN"] = self.tokens.get(token, token)
-        return subprocess.run([BIN, *args], capture_output=True, text=True, env=e, timeout=900,
-                              preexec_fn=limits)
-
-    def ok(self, *args, token="admin"):
-        r = self.run(*args, token=token)
-        if r.returncode != 0:
-            raise AssertionError(f"mlvault {' '.join(args)} failed ({r.returncode}): {r.stderr}")
-        return r
-
-    def json(self, *args, token="admin"):
-        return json.loads(self.ok(*args, "--json", token=token).stdout)
-
-    def add_user(self, name, role):
-        self.tokens[name] = self.json("user", "add", name, "--role", role)["token"]
+        super().__init__(self.dir)
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
-    def objects(self):
+    def blob_digests(self):
         out = {}
         for d, _, files in os.walk(os.path.join(self.home, "objects")):
             for f in files:
@@ -106,7 +69,7 @@ class Site:
 
     def state(self):
         """Everything a refused import must leave as it was."""
-        return {"list": self.json("list"), "head": self.git_head(), "objects": self.objects(),
+        return {"list": self.json("list"), "head": self.git_head(), "objects": self.blob_digests(),
                 "audit": len(self.json("audit")),
                 "tmp": sorted(os.listdir(os.path.join(self.home, "tmp")))}
 
@@ -301,7 +264,7 @@ class BundleTest(unittest.TestCase):
             a.ok("export", ref, "-o", ea)
             b.ok("export", ref, "-o", eb)
             self.assertEqual(tree_digests(ea), tree_digests(eb), ref)
-        objs_a, objs_b = a.objects(), b.objects()
+        objs_a, objs_b = a.blob_digests(), b.blob_digests()
         for name, digest in objs_b.items():
             self.assertEqual(objs_a[name], digest)
 
@@ -324,13 +287,13 @@ class BundleTest(unittest.TestCase):
         self.fsck_ok(b)
 
         # Importing the same bundle again changes nothing.
-        head, n_audit, objs = b.git_head(), len(b.json("audit")), b.objects()
+        head, n_audit, objs = b.git_head(), len(b.json("audit")), b.blob_digests()
         again = b.json("bundle", "import", self.for_b)
         self.assertFalse(again["changed"])
         self.assertEqual(again["imported"], 0)
         self.assertEqual(again["present"], 3)
         self.assertIn("nothing changed", b.ok("bundle", "import", self.for_b).stdout)
-        self.assertEqual((b.git_head(), len(b.json("audit")), b.objects()),
+        self.assertEqual((b.git_head(), len(b.json("audit")), b.blob_digests()),
                          (head, n_audit, objs))
         self.assertEqual(os.listdir(os.path.join(b.home, "tmp")), [])
 

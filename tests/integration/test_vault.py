@@ -48,7 +48,9 @@ class Vault:
         self.admin = json.loads(out.stdout)["token"]
         self.tokens = {"admin": self.admin}
 
-    def run(self, *args, token="admin", env=None):
+    def run(self, *args, token="admin", env=None, limits=None):
+        """Runs mlvault as user `token` (a name or a raw token); `limits` is a preexec_fn,
+        e.g. to cap the size of files the process may write."""
         e = dict(os.environ)
         e.pop("MLVAULT_TOKEN", None)
         e["MLVAULT_HOME"] = self.home
@@ -56,7 +58,8 @@ class Vault:
             e["MLVAULT_TOKEN"] = self.tokens.get(token, token) if hasattr(self, "tokens") else token
         if env:
             e.update(env)
-        return subprocess.run([BIN, *args], capture_output=True, text=True, env=e, timeout=600)
+        return subprocess.run([BIN, *args], capture_output=True, text=True, env=e, timeout=900,
+                              preexec_fn=limits)
 
     def ok(self, *args, token="admin"):
         r = self.run(*args, token=token)
