@@ -119,4 +119,40 @@ int eng_describe_gguf(const char *path, eng_model_info *out);
 int eng_describe_hf_dir(const char *dir, eng_model_info *out);
 void eng_model_info_clear(eng_model_info *m);
 
+/* ============================================================ dequantize ======
+ * engine/quant.c: plain C reference dequantization of every tensor type the engine
+ * computes with, block layouts as ggml's ggml-common.h and values as its
+ * dequantize_row_* (bit for bit). Fast CPU and CUDA variants are tested against these.
+ *
+ *   type  elems/block  bytes/block  layout (little-endian; "half" = IEEE fp16)
+ *   F32        1            4       float
+ *   F16        1            2       half
+ *   BF16       1            2       upper 16 bits of a float
+ *   Q8_0      32           34       d:half, qs[32]:int8            x = qs*d
+ *   Q4_0      32           18       d:half, qs[16]:nibbles         x = (q-8)*d
+ *   Q4_1      32           20       d:half, m:half, qs[16]         x = q*d + m
+ *   Q5_0      32           22       d:half, qh[4], qs[16]          x = (q-16)*d
+ *   Q5_1      32           24       d:half, m:half, qh[4], qs[16]  x = q*d + m
+ *   Q4_K     256          144       d,dmin:half, scales[12] (8 x 6-bit scale and min),
+ *                                   qs[128]                       x = d*sc*q - dmin*m
+ *   Q6_K     256          210       ql[128], qh[64], scales[16]:int8, d:half
+ *                                                                 x = d*sc*(q-32)
+ */
+
+/* Dequantizes `n` elements (a multiple of the type's block size) of tensor type `type`
+ * from `src` (n / block_elems blocks, any alignment) into dst (n floats).
+ * MLV_EINVAL for a negative n, one that is not a whole number of blocks, or NULL
+ * buffers with n > 0; MLV_EUNSUPPORTED (naming the type) for a type without a
+ * dequantizer here (Q2_K, Q3_K, Q5_K, Q8_1, Q8_K, unknown ids). */
+int eng_dequantize_row(int type, const void *src, float *dst, int64_t n);
+
+/* IEEE 754 half <-> float. fp16_to_fp32 is exact (subnormals, inf, NaN with its
+ * payload). fp32_to_fp16 rounds to nearest, ties to even; too large values become
+ * inf, tiny ones subnormals or a signed zero; a NaN stays a NaN (its payload truncated,
+ * the quiet bit set when truncation would leave none). */
+float eng_fp16_to_fp32(uint16_t h);
+uint16_t eng_fp32_to_fp16(float f);
+/* bfloat16 -> float: exact (the 16 bits become the float's upper half). */
+float eng_bf16_to_fp32(uint16_t b);
+
 #endif
