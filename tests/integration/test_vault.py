@@ -587,7 +587,8 @@ class VaultTest(unittest.TestCase):
             con = v.db()
             con.execute("INSERT INTO versions(artifact_id, version, manifest_digest, manifest,"
                         " signature, size, created_by, created_at, signer, origin)"
-                        " SELECT artifact_id, 99, 'f' || substr(manifest_digest, 2), manifest,"
+                        " SELECT artifact_id, 99, (CASE substr(manifest_digest, 1, 1) WHEN '0' THEN '1'"
+                        " ELSE '0' END) || substr(manifest_digest, 2), manifest,"
                         " signature, size, created_by, created_at, signer, origin FROM versions"
                         " WHERE id = 1")
             con.commit()
