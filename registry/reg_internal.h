@@ -95,6 +95,10 @@ int reg_version_insert(reg_ctx *r, const reg_new_version *nv, int64_t *vid);
 /* The PEM of a trusted signing key by hint (this registry's own key is trusted as
  * "self"); *pem owned by the caller. MLV_ENOTFOUND for an unknown key. */
 int reg_trusted_pem(reg_ctx *r, const char *hint, char **pem);
+/* What a version's signature covers: its files and the manifest itself (REG_MANIFEST_FILE
+ * by `digest`), m->n_files + 1 entries borrowing m's strings. Caller frees; NULL on
+ * ENOMEM. */
+repo_sig_resource *reg_version_resources(const repo_manifest *m, const char *digest);
 /* Verifies a version's signature: signed by the trusted key `signer`, covering exactly
  * the manifest's files and the manifest itself (REG_MANIFEST_FILE, by `digest`). */
 int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m,

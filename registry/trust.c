@@ -62,16 +62,12 @@ int reg_trusted_pem(reg_ctx *r, const char *hint, char **pem)
     return rc;
 }
 
-int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m, const char *digest,
-                        const char *signature)
+repo_sig_resource *reg_version_resources(const repo_manifest *m, const char *digest)
 {
-    char *pem = NULL;
-    int rc = reg_trusted_pem(r, signer, &pem);
-    if (rc) return rc;
     repo_sig_resource *res = calloc(m->n_files + 1, sizeof *res);
     if (!res) {
-        free(pem);
-        return core_err_set(MLV_ENOMEM, "out of memory");
+        core_err_set(MLV_ENOMEM, "out of memory");
+        return NULL;
     }
     for (size_t i = 0; i < m->n_files; i++) {
         res[i].name = m->files[i].path;
@@ -79,6 +75,20 @@ int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m, 
     }
     res[m->n_files].name = REG_MANIFEST_FILE;
     memcpy(res[m->n_files].sha256, digest, 65);
+    return res;
+}
+
+int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m, const char *digest,
+                        const char *signature)
+{
+    char *pem = NULL;
+    int rc = reg_trusted_pem(r, signer, &pem);
+    if (rc) return rc;
+    repo_sig_resource *res = reg_version_resources(m, digest);
+    if (!res) {
+        free(pem);
+        return core_err_code();
+    }
     rc = repo_sig_verify(signature, strlen(signature), pem, res, m->n_files + 1);
     free(res);
     free(pem);

@@ -312,14 +312,8 @@ int reg_version_insert(reg_ctx *r, const reg_new_version *nv, int64_t *vid)
 /* Signs the files and the manifest itself, so the exported folder verifies as a whole. */
 static int sign_version(reg_ctx *r, const repo_manifest *m, const char *digest, char **sig)
 {
-    repo_sig_resource *res = calloc(m->n_files + 1, sizeof *res);
-    if (!res) return core_err_set(MLV_ENOMEM, "out of memory");
-    for (size_t i = 0; i < m->n_files; i++) {
-        res[i].name = m->files[i].path;
-        memcpy(res[i].sha256, m->files[i].sha256, 65);
-    }
-    res[m->n_files].name = REG_MANIFEST_FILE;
-    memcpy(res[m->n_files].sha256, digest, 65);
+    repo_sig_resource *res = reg_version_resources(m, digest);
+    if (!res) return core_err_code();
     int rc = repo_sign_resources(r->keys, m->name, res, m->n_files + 1, sig);
     free(res);
     return rc;
