@@ -33,7 +33,8 @@ static int64_t count(reg_ctx *r, const char *sql)
 {
     sqlite3_stmt *st = NULL;
     int64_t n = -1;
-    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     return n;
@@ -48,14 +49,7 @@ static int check_versions(fsck_ctx *f, const reg_user *actor, int64_t *n)
                            " ON a.id = v.artifact_id ORDER BY a.name, v.version",
                            -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(f->r, "fsck");
-    json_t *refs = json_array();
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        char ref[96];
-        snprintf(ref, sizeof ref, "%s:%d", (const char *)sqlite3_column_text(st, 0),
-                 sqlite3_column_int(st, 1));
-        json_array_append_new(refs, json_string(ref));
-    }
-    sqlite3_finalize(st);
+    json_t *refs = reg_refs_from(st);
     size_t i;
     json_t *ref;
     json_array_foreach(refs, i, ref)
@@ -102,14 +96,15 @@ static int check_ledger(fsck_ctx *f)
     if (queued > 0) problem(f, "%lld ledger entries are still queued for git", (long long)queued);
 
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(f->r->db, "SELECT hint, name, pem FROM trusted_keys WHERE self = 0",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(f->r->db, "SELECT hint, name, pem FROM trusted_keys WHERE self = 0", -1,
+                           &st, NULL) != SQLITE_OK)
         return reg_db_err(f->r, "fsck");
     while (sqlite3_step(st) == SQLITE_ROW) {
         char path[128], *led = NULL;
         size_t len;
         const char *pem = (const char *)sqlite3_column_text(st, 2);
-        snprintf(path, sizeof path, "keys/trusted/%s.pem", (const char *)sqlite3_column_text(st, 0));
+        snprintf(path, sizeof path, "keys/trusted/%s.pem",
+                 (const char *)sqlite3_column_text(st, 0));
         if (repo_ledger_read(f->r->home, path, &led, &len) != 0 || len != strlen(pem) ||
             memcmp(led, pem, len) != 0)
             problem(f, "trusted key %s: the ledger has no matching %s",
@@ -139,8 +134,10 @@ static void stray(fsck_ctx *f, const char *path, bool prune)
         problem(f, "stray file in the blob store: %s (mlvault fsck --prune removes it)", path);
         return;
     }
-    if (core_rm_rf(path) == 0) json_array_append_new(f->removed, json_string(path));
-    else problem(f, "stray file %s: cannot remove: %s", path, core_err_last());
+    if (core_rm_rf(path) == 0)
+        json_array_append_new(f->removed, json_string(path));
+    else
+        problem(f, "stray file %s: cannot remove: %s", path, core_err_last());
 }
 
 /* Files in objects/ that no blobs row names. */
@@ -170,8 +167,10 @@ static int check_objects(fsck_ctx *f, bool prune, int64_t *n)
             char *path = core_path_join(sub, b->d_name);
             if (!path) continue;
             bool named_right = core_is_hex(b->d_name, 64) && !strncmp(b->d_name, e->d_name, 2);
-            if (!named_right || !blob_recorded(f->r, b->d_name)) stray(f, path, prune);
-            else (*n)++;
+            if (!named_right || !blob_recorded(f->r, b->d_name))
+                stray(f, path, prune);
+            else
+                (*n)++;
             free(path);
         }
         closedir(sd);
@@ -196,10 +195,10 @@ int reg_fsck(reg_ctx *r, const reg_user *actor, bool prune, json_t **out)
     if ((rc = check_ledger(&f)) != 0) goto done;
     if (reg_audit_verify(r, actor, &rows) != 0) problem(&f, "audit: %s", core_err_last());
     if ((rc = check_objects(&f, prune, &blobs)) != 0) goto done;
-    *out = json_pack("{s:b,s:o,s:o,s:{s:I,s:I,s:I}}", "ok", json_array_size(f.problems) == 0,
-                     "problems", f.problems, "removed", f.removed, "checked", "versions",
-                     (json_int_t)versions, "blobs", (json_int_t)blobs, "audit_rows",
-                     (json_int_t)rows);
+    *out =
+        json_pack("{s:b,s:o,s:o,s:{s:I,s:I,s:I}}", "ok", json_array_size(f.problems) == 0,
+                  "problems", f.problems, "removed", f.removed, "checked", "versions",
+                  (json_int_t)versions, "blobs", (json_int_t)blobs, "audit_rows", (json_int_t)rows);
     f.problems = f.removed = NULL;
     if (!*out) rc = core_err_set(MLV_ENOMEM, "out of memory");
     if (rc == 0 && json_array_size(json_object_get(*out, "removed")) > 0) {
@@ -209,8 +208,10 @@ int reg_fsck(reg_ctx *r, const reg_user *actor, bool prune, json_t **out)
         if ((rc = reg_begin(r)) == 0) {
             rc = reg_audit_append(r, actor->name, "fsck.prune", "objects", detail, NULL, 0);
             if (rc == 0) rc = reg_commit(r);
-            if (rc) reg_rollback(r);
-            else reg_ledger_settle(r);
+            if (rc)
+                reg_rollback(r);
+            else
+                reg_ledger_settle(r);
         }
     }
 done:

@@ -196,6 +196,19 @@ int reg_list(reg_ctx *r, const reg_user *actor, const char *name, json_t **out)
 
 /* ------------------------------------------------------------------------ show --- */
 
+json_t *reg_refs_from(sqlite3_stmt *st)
+{
+    json_t *arr = json_array();
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        char ref[96];
+        snprintf(ref, sizeof ref, "%s:%d", (const char *)sqlite3_column_text(st, 0),
+                 sqlite3_column_int(st, 1));
+        json_array_append_new(arr, json_string(ref));
+    }
+    sqlite3_finalize(st);
+    return arr;
+}
+
 /* Refs of the versions linked to `id` (its parents when parents=1, else children). */
 static json_t *linked(reg_ctx *r, int64_t id, int parents)
 {
@@ -206,17 +219,9 @@ static json_t *linked(reg_ctx *r, int64_t id, int parents)
                                 " ON v.id = l.child_id JOIN artifacts a ON a.id = v.artifact_id"
                                 " WHERE l.parent_id = ? ORDER BY a.name, v.version";
     sqlite3_stmt *st = NULL;
-    json_t *arr = json_array();
-    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) return arr;
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) return json_array();
     sqlite3_bind_int64(st, 1, id);
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        char ref[96];
-        snprintf(ref, sizeof ref, "%s:%d", (const char *)sqlite3_column_text(st, 0),
-                 sqlite3_column_int(st, 1));
-        json_array_append_new(arr, json_string(ref));
-    }
-    sqlite3_finalize(st);
-    return arr;
+    return reg_refs_from(st);
 }
 
 /* The signer's name as this registry knows it ("self" for its own key). */

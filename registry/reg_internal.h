@@ -59,6 +59,9 @@ typedef struct reg_version_row {
 } reg_version_row;
 int reg_version_load(reg_ctx *r, int64_t id, reg_version_row *out);
 void reg_version_row_clear(reg_version_row *v);
+/* Steps a prepared statement whose rows are (name, version) and returns them as a JSON
+ * array of "name:version" strings (owned by the caller); finalizes the statement. */
+json_t *reg_refs_from(sqlite3_stmt *st);
 /* The ledger directory of a version: "models/NAME/V" or "datasets/NAME/V". */
 void reg_version_ledger_dir(char *out, size_t n, const char *kind, const char *name, int v);
 
@@ -79,13 +82,13 @@ int reg_artifact_id(reg_ctx *r, const char *name, const char *kind, int64_t *id)
 
 typedef struct reg_new_version {
     int64_t artifact_id;
-    const repo_manifest *m; /* version number, files (path -> blob sha256), parents */
-    const char *digest;     /* SHA-256 of `manifest` */
-    const char *manifest;   /* canonical JSON */
-    const char *signature;  /* the model-signing bundle */
-    const char *signer;     /* hint (hex SHA-256 of the PEM) of the key that signed */
-    const char *origin;     /* "" for local versions; "bundle ..." when imported */
-    uint64_t size;          /* plaintext bytes over all files */
+    const repo_manifest *m;    /* version number, files (path -> blob sha256), parents */
+    const char *digest;        /* SHA-256 of `manifest` */
+    const char *manifest;      /* canonical JSON */
+    const char *signature;     /* the model-signing bundle */
+    const char *signer;        /* hint (hex SHA-256 of the PEM) of the key that signed */
+    const char *origin;        /* "" for local versions; "bundle ..." when imported */
+    uint64_t size;             /* plaintext bytes over all files */
     const int64_t *parent_ids; /* m->n_parents version row ids, in manifest order */
 } reg_new_version;
 /* Inside a transaction: the version row, its files and lineage edges. MLV_EEXISTS when
@@ -101,8 +104,8 @@ int reg_trusted_pem(reg_ctx *r, const char *hint, char **pem);
 repo_sig_resource *reg_version_resources(const repo_manifest *m, const char *digest);
 /* Verifies a version's signature: signed by the trusted key `signer`, covering exactly
  * the manifest's files and the manifest itself (REG_MANIFEST_FILE, by `digest`). */
-int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m,
-                        const char *digest, const char *signature);
+int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m, const char *digest,
+                        const char *signature);
 /* Hint of a public key PEM: hex SHA-256 of the PEM text (as model-signing's hint). */
 void reg_key_hint(char out[65], const char *pem);
 

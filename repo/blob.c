@@ -281,6 +281,23 @@ static int open_input(const char *path, int *fd_out, uint64_t *size)
     return 0;
 }
 
+int repo_blob_tmp_create(const char *home, repo_staged_blob *b, int *fd)
+{
+    *fd = -1;
+    b->tmp_path[0] = 0;
+    char *tmpdir = core_path_join(home, "tmp");
+    if (!tmpdir) return core_err_set(MLV_ENOMEM, "out of memory");
+    int rc = core_mkdir_p(tmpdir, 0700);
+    if (rc == 0 && snprintf(b->tmp_path, sizeof b->tmp_path, "%s/blob-XXXXXX", tmpdir) >=
+                       (int)sizeof b->tmp_path)
+        rc = core_err_set(MLV_EINVAL, "data home path too long: %s", home);
+    if (rc == 0 && (*fd = mkostemp(b->tmp_path, O_CLOEXEC)) < 0)
+        rc = core_err_set(MLV_EIO, "create temp file in %s: %s", tmpdir, strerror(errno));
+    if (rc) b->tmp_path[0] = 0;
+    free(tmpdir);
+    return rc;
+}
+
 int repo_blob_stage_file(const char *home, const repo_keys *k, const char *path,
                          repo_staged_blob *out)
 {
@@ -292,22 +309,8 @@ int repo_blob_stage_file(const char *home, const repo_keys *k, const char *path,
     repo_aead_enc *enc = NULL;
     hasher h;
     bool hashing = false;
-    char *tmpdir = core_path_join(home, "tmp");
-    if (!tmpdir) return core_err_set(MLV_ENOMEM, "out of memory");
-
     if ((rc = open_input(path, &in, &size)) != 0) goto done;
-    if ((rc = core_mkdir_p(tmpdir, 0700)) != 0) goto done;
-    if (snprintf(out->tmp_path, sizeof out->tmp_path, "%s/blob-XXXXXX", tmpdir) >=
-        (int)sizeof out->tmp_path) {
-        out->tmp_path[0] = 0;
-        rc = core_err_set(MLV_EINVAL, "data home path too long: %s", home);
-        goto done;
-    }
-    if ((fd = mkostemp(out->tmp_path, O_CLOEXEC)) < 0) {
-        out->tmp_path[0] = 0;
-        rc = core_err_set(MLV_EIO, "create temp file in %s: %s", tmpdir, strerror(errno));
-        goto done;
-    }
+    if ((rc = repo_blob_tmp_create(home, out, &fd)) != 0) goto done;
 
     uint64_t nbatches = size / PLAIN_BATCH + 1;
     size_t plain_cap = size < PLAIN_BATCH ? (size_t)size : PLAIN_BATCH;
@@ -402,7 +405,6 @@ done:
         if (out->tmp_path[0]) unlink(out->tmp_path);
         memset(out, 0, sizeof *out);
     }
-    free(tmpdir);
     return rc;
 }
 

@@ -906,20 +906,7 @@ static int stage_blob(struct archive *a, zreader *z, const char *home, const rep
 {
     repo_staged_blob *s = &bl->staged;
     int fd = -1, rc = 0;
-    char *tmpdir = core_path_join(home, "tmp");
-    if (!tmpdir) return core_err_set(MLV_ENOMEM, "out of memory");
-    if ((rc = core_mkdir_p(tmpdir, 0700)) != 0) goto done;
-    if (snprintf(s->tmp_path, sizeof s->tmp_path, "%s/blob-XXXXXX", tmpdir) >=
-        (int)sizeof s->tmp_path) {
-        s->tmp_path[0] = 0;
-        rc = core_err_set(MLV_EINVAL, "data home path too long: %s", home);
-        goto done;
-    }
-    if ((fd = mkostemp(s->tmp_path, O_CLOEXEC)) < 0) {
-        s->tmp_path[0] = 0;
-        rc = core_err_set(MLV_EIO, "create temp file in %s: %s", tmpdir, strerror(errno));
-        goto done;
-    }
+    if ((rc = repo_blob_tmp_create(home, s, &fd)) != 0) goto done;
     uint64_t got = 0;
     while (got < bl->stored) {
         size_t want = bl->stored - got < IO_BUF ? (size_t)(bl->stored - got) : IO_BUF;
@@ -960,7 +947,6 @@ done:
         unlink(s->tmp_path);
         s->tmp_path[0] = 0;
     }
-    free(tmpdir);
     return rc;
 }
 

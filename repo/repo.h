@@ -136,6 +136,10 @@ typedef struct repo_staged_blob {
     char tmp_path[4096];
 } repo_staged_blob;
 
+/* Creates the staging file of a blob, HOME/tmp/blob-XXXXXX (named so that the start-up
+ * sweep finds it), records its path in b->tmp_path and returns its fd in *fd. On failure
+ * b->tmp_path is empty. */
+int repo_blob_tmp_create(const char *home, repo_staged_blob *b, int *fd);
 /* Encrypts `path` (a regular file) into HOME/tmp. */
 int repo_blob_stage_file(const char *home, const repo_keys *k, const char *path,
                          repo_staged_blob *out);
