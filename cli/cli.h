@@ -59,5 +59,8 @@ int cmd_audit(int argc, char **argv);
 int cmd_bundle(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
 int cmd_fsck(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

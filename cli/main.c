@@ -59,7 +59,8 @@ static const command COMMANDS[] = {
     {"dataset", cmd_dataset}, {"list", cmd_list},     {"show", cmd_show},
     {"lineage", cmd_lineage}, {"export", cmd_export}, {"verify", cmd_verify},
     {"audit", cmd_audit},     {"bundle", cmd_bundle}, {"keys", cmd_keys},
-    {"fsck", cmd_fsck},
+    {"fsck", cmd_fsck},       {"convert", cmd_convert}, {"run", cmd_run},
+    {"eval", cmd_eval},
 };
 
 int main(int argc, char **argv)

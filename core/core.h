@@ -101,4 +101,17 @@ void core_buf_append(core_buf *b, const void *p, size_t n);
 char *core_buf_take(core_buf *b);
 void core_buf_free(core_buf *b);
 
+/* A thread pool for data-parallel kernels (core/pool.c): n threads including the caller;
+ * workers spin briefly between jobs (a decode step runs hundreds of short jobs), then
+ * sleep. One job at a time: core_pool_run is not reentrant and not for concurrent use
+ * from several threads. */
+typedef struct core_pool core_pool;
+/* n_threads <= 0: the number of online CPUs. *out owned by the caller. */
+int core_pool_new(core_pool **out, int n_threads);
+void core_pool_free(core_pool *p);
+int core_pool_size(const core_pool *p);
+/* Calls fn(arg, ith, nth) on every thread (ith = 0..nth-1, the caller is 0) and returns
+ * when all have returned. */
+void core_pool_run(core_pool *p, void (*fn)(void *arg, int ith, int nth), void *arg);
+
 #endif

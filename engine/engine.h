@@ -1,6 +1,7 @@
-/* engine: models' insides — GGUF v3 and safetensors readers, tensor types, and (in
- * later work) tokenizers, the forward pass, sampling and evaluation. It knows nothing
- * of storage, users or the registry. */
+/* engine: models' insides — GGUF v3 read/write, safetensors conversion, tensor types,
+ * tokenizers and chat templates, the forward pass (llama, qwen2) on an op layer with a
+ * plain C reference and fast CPU kernels, sampling, generation and evaluation. It
+ * knows nothing of storage, users or the registry. */
 #ifndef MLV_ENGINE_H
 #define MLV_ENGINE_H
 
@@ -154,5 +155,221 @@ float eng_fp16_to_fp32(uint16_t h);
 uint16_t eng_fp32_to_fp16(float f);
 /* bfloat16 -> float: exact (the 16 bits become the float's upper half). */
 float eng_bf16_to_fp32(uint16_t b);
+
+
+/* ================================================================ GGUF write ====
+ * engine/gguf_write.c: builds a GGUF v3 file (or buffer) as llama.cpp writes it: the
+ * header, KV pairs in the order they were set, tensor infos in the order they were
+ * added, data aligned to general.alignment (32 unless set). Setting a key twice
+ * replaces its value in place. Tensor data is borrowed until the write returns. */
+typedef struct eng_gguf_writer eng_gguf_writer;
+int eng_gguf_writer_new(eng_gguf_writer **out);
+void eng_gguf_writer_free(eng_gguf_writer *w);
+int eng_gguf_set_str(eng_gguf_writer *w, const char *key, const char *val);
+int eng_gguf_set_u32(eng_gguf_writer *w, const char *key, uint32_t val);
+int eng_gguf_set_i32(eng_gguf_writer *w, const char *key, int32_t val);
+int eng_gguf_set_u64(eng_gguf_writer *w, const char *key, uint64_t val);
+int eng_gguf_set_f32(eng_gguf_writer *w, const char *key, float val);
+int eng_gguf_set_bool(eng_gguf_writer *w, const char *key, bool val);
+int eng_gguf_set_arr_str(eng_gguf_writer *w, const char *key, const char *const *vals, size_t n);
+/* An array of scalars: elem_type one of ENG_GGUF_U8..F64 (not STRING/ARRAY); data in
+ * host layout, n elements. */
+int eng_gguf_set_arr_data(eng_gguf_writer *w, const char *key, int elem_type, const void *data,
+                          size_t n);
+/* Copies one KV pair (any type, arrays included) from a parsed file. */
+int eng_gguf_copy_kv(eng_gguf_writer *w, const eng_gguf *src, size_t i);
+/* dims[0] is the fastest-moving (row length), as ggml's ne[]; size must equal the
+ * type's byte size for those dims. */
+int eng_gguf_add_tensor(eng_gguf_writer *w, const char *name, int type, uint32_t n_dims,
+                        const uint64_t *dims, const void *data, size_t size);
+/* Writes atomically (temp file in the same folder, fsync, rename). */
+int eng_gguf_write_file(eng_gguf_writer *w, const char *path);
+/* Into memory: *out owned by the caller (free()). */
+int eng_gguf_write_mem(eng_gguf_writer *w, void **out, size_t *len);
+
+/* ================================================================= convert ====
+ * engine/convert.c: Hugging Face safetensors folders -> GGUF, and GGUF -> GGUF with
+ * another weight type (the converter's out-types, as llama.cpp's convert script has).
+ * Architectures llama (Q/K rows permuted for ggml's rotary layout, as llama.cpp's
+ * converter does) and qwen2; tokenizer.json byte-level BPE becomes tokenizer.ggml.*
+ * metadata with the pre-tokenizer named from the model; tokenizer_config.json's
+ * chat_template is kept. Weights of dtype F32/F16/BF16. */
+enum eng_outtype { ENG_OUT_AUTO = -1 }; /* or ENG_F32, ENG_F16, ENG_BF16, ENG_Q8_0 */
+
+typedef struct eng_hf_file {
+    const char *name; /* "config.json", "model-00001-of-00002.safetensors", ... */
+    const void *data;
+    size_t len;
+} eng_hf_file;
+/* Converts the files of an HF folder held in memory (e.g. decrypted from the vault).
+ * outtype ENG_OUT_AUTO keeps each tensor's dtype (F32/F16/BF16). Result owned by the
+ * caller (free()). */
+int eng_convert_hf_mem(const eng_hf_file *files, size_t n, int outtype, void **out, size_t *len);
+/* The same from a folder on disk to a GGUF file (written atomically). */
+int eng_convert_hf_dir(const char *dir, int outtype, const char *out_path);
+/* Rewrites a GGUF with every 2-D weight in outtype (F32, F16, BF16 or Q8_0; 1-D tensors
+ * stay F32), other metadata kept, general.file_type updated. Quantized inputs are
+ * dequantized first. */
+int eng_convert_gguf(const char *in_path, int outtype, const char *out_path);
+
+/* =============================================================== tokenizer ====
+ * engine/tokenizer.c (+ engine/unicode.c): tokenizers from GGUF metadata, as
+ * llama.cpp's llama-vocab does: byte-level BPE ("gpt2" model; the pre-tokenizer
+ * regexes named by tokenizer.ggml.pre: gpt2, llama3/llama-bpe, qwen2, smollm, ...),
+ * and SentencePiece ("llama" model; scores, byte fallback <0xNN>, "▁" spaces). Special
+ * and control tokens are matched in the text only when parse_special is set. */
+typedef struct eng_tokenizer eng_tokenizer;
+int eng_tokenizer_load(eng_tokenizer **out, const eng_gguf *g);
+void eng_tokenizer_free(eng_tokenizer *t);
+size_t eng_tokenizer_n_vocab(const eng_tokenizer *t);
+/* Encodes len bytes of UTF-8 text (invalid UTF-8 -> MLV_EINVAL). add_special: BOS/EOS
+ * as the model's add_bos_token/add_eos_token say. *ids owned by the caller (free()). */
+int eng_tokenize(const eng_tokenizer *t, const char *text, size_t len, bool add_special,
+                 bool parse_special, int32_t **ids, size_t *n);
+/* Appends the bytes token `id` stands for (byte-level / byte-fallback decoded; special
+ * tokens as their text only when render_special) to out. MLV_EINVAL for an id out of
+ * range. Decoding a sequence = concatenating pieces (SentencePiece drops the leading
+ * space of the first piece when the model adds a space prefix). */
+int eng_token_piece(const eng_tokenizer *t, int32_t id, bool render_special, core_buf *out);
+int eng_detokenize(const eng_tokenizer *t, const int32_t *ids, size_t n, bool render_special,
+                   core_buf *out);
+int32_t eng_token_bos(const eng_tokenizer *t); /* -1 when none */
+int32_t eng_token_eos(const eng_tokenizer *t);
+/* End of generation: EOS, EOT (<|im_end|>, <|eot_id|>, <|end_of_text|>, ...). */
+bool eng_token_is_eog(const eng_tokenizer *t, int32_t id);
+
+/* Chat templates (engine/chat.c): ChatML and Llama 3, recognised from
+ * tokenizer.chat_template (a model without one gets ChatML). The default system prompt
+ * the template carries (e.g. SmolLM2's) is applied when the first message is not a
+ * system message, as the Jinja template does. */
+typedef struct eng_chat_msg {
+    const char *role; /* "system" | "user" | "assistant" */
+    const char *content;
+} eng_chat_msg;
+enum { ENG_CHAT_CHATML = 1, ENG_CHAT_LLAMA3 = 2 };
+/* Which template a model uses (ENG_CHAT_*). */
+int eng_chat_template_of(const eng_gguf *g, char default_system[512]);
+/* Renders messages (+ the assistant header when add_generation_prompt). *out owned by
+ * the caller (free()). MLV_EINVAL for an unknown role. */
+int eng_chat_apply(int tmpl, const char *default_system, const eng_chat_msg *msgs, size_t n,
+                   bool add_generation_prompt, char **out);
+
+/* =================================================================== model ====
+ * engine/model.c: llama and qwen2 decoder-only transformers from GGUF tensors:
+ * token embedding, per layer RMSNorm -> attention (GQA, RoPE: "norm" pairs for llama,
+ * "neox" for qwen2; QKV bias when present) -> residual -> RMSNorm -> SwiGLU FFN ->
+ * residual; final RMSNorm; output = output.weight or the tied token embedding.
+ * Weights stay where they are (mmap'd file or a caller's buffer); an eng_ctx holds one
+ * sequence's KV cache (F16, as llama.cpp keeps it) and scratch space, allocated once. */
+typedef struct eng_model eng_model;
+typedef struct eng_ctx eng_ctx;
+
+enum eng_backend_kind { ENG_BACKEND_AUTO = 0, ENG_BACKEND_REF = 1, ENG_BACKEND_CPU = 2 };
+typedef struct eng_load_opts {
+    int threads; /* 0 = every online CPU */
+    int backend; /* ENG_BACKEND_*: REF = plain C reference kernels, CPU = fast SIMD */
+} eng_load_opts;
+
+typedef struct eng_hparams {
+    char arch[32];
+    uint32_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_ctx_train, n_rot;
+    float rms_eps, rope_base, rope_scale;
+    bool rope_neox, tied_output;
+} eng_hparams;
+
+/* Memory-maps a GGUF file. *out owned by the caller (eng_model_free). */
+int eng_model_open_file(eng_model **out, const char *path, const eng_load_opts *opts);
+/* Over a GGUF image in memory; takes ownership of buf (released with free_fn, which may
+ * be NULL when the caller keeps it alive longer than the model). */
+int eng_model_open_mem(eng_model **out, void *buf, size_t len, void (*free_fn)(void *),
+                       const eng_load_opts *opts);
+void eng_model_free(eng_model *m);
+const eng_hparams *eng_model_hparams(const eng_model *m);
+const eng_tokenizer *eng_model_tokenizer(const eng_model *m);
+const eng_gguf *eng_model_gguf(const eng_model *m);
+/* Bytes of weights one decoded token reads (every matrix once), for bandwidth figures. */
+uint64_t eng_model_weight_bytes(const eng_model *m);
+const char *eng_model_backend_name(const eng_model *m); /* "ref", "avx2", "avx512", ... */
+
+/* A sequence context of up to n_ctx positions (0 = min(train context, 4096)). */
+int eng_ctx_new(eng_ctx **out, eng_model *m, uint32_t n_ctx);
+void eng_ctx_free(eng_ctx *c);
+uint32_t eng_ctx_pos(const eng_ctx *c);   /* tokens in the KV cache */
+uint32_t eng_ctx_n_ctx(const eng_ctx *c);
+void eng_ctx_truncate(eng_ctx *c, uint32_t pos); /* forget positions >= pos */
+/* Feeds n tokens at positions pos..pos+n-1 (any n, processed in batches). logits, when
+ * not NULL, receives n_vocab floats per token if all_logits, else only the last one's.
+ * MLV_EINVAL for a token id out of range or a full context. */
+int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool all_logits);
+
+/* ================================================================ sampling ====
+ * engine/sample.c: llama.cpp's sampler chain order: repetition penalty -> top-k ->
+ * top-p -> min-p -> temperature -> draw (xoshiro256** seeded from seed). temp <= 0 is
+ * greedy (argmax, lowest id on ties). */
+typedef struct eng_sampler_params {
+    float temp;           /* 0.8 in the CLI; <= 0 greedy */
+    int32_t top_k;        /* <= 0 off */
+    float top_p;          /* >= 1 off */
+    float min_p;          /* <= 0 off */
+    float repeat_penalty; /* 1 off */
+    int32_t repeat_last_n;
+    uint64_t seed;
+} eng_sampler_params;
+typedef struct eng_sampler eng_sampler;
+int eng_sampler_new(eng_sampler **out, const eng_sampler_params *p, uint32_t n_vocab);
+void eng_sampler_free(eng_sampler *s);
+/* Picks the next token from logits (n_vocab floats, modified in place); history = the
+ * tokens so far (for the repetition penalty). */
+int32_t eng_sample(eng_sampler *s, float *logits, const int32_t *history, size_t n_history);
+
+/* ============================================================== generation ====
+ * engine/generate.c: prompt -> tokens -> prefill -> sample/decode loop, stopping at
+ * n_predict tokens or an end-of-generation token. on_token (may be NULL) sees each
+ * generated token's bytes as it is produced; returning non-zero stops early. */
+typedef struct eng_gen_result {
+    int32_t *prompt_ids, *ids; /* owned; free with eng_gen_result_clear */
+    size_t n_prompt, n_gen;
+    char *text; /* generated text, owned */
+    double prefill_s, decode_s;
+    const char *stop_reason; /* "length" | "eog" | "callback" | "context" */
+} eng_gen_result;
+int eng_generate(eng_ctx *c, const int32_t *prompt, size_t n_prompt, uint32_t n_predict,
+                 const eng_sampler_params *sp,
+                 int (*on_token)(void *arg, int32_t id, const char *piece, size_t len),
+                 void *arg, eng_gen_result *out);
+void eng_gen_result_clear(eng_gen_result *r);
+
+/* ============================================================== evaluation ====
+ * engine/eval.c: DESIGN.md (Evaluation). Text metrics run the text through windows of
+ * n_ctx tokens (BOS first when the model adds one) and score the second half of each
+ * window, as llama-perplexity does; mc_accuracy scores each choice by the summed log-
+ * likelihood of its tokens after the context (lm-evaluation-harness's "acc"). */
+enum eng_metric {
+    ENG_METRIC_NEXT_TOKEN_ACCURACY = 1,
+    ENG_METRIC_PERPLEXITY,
+    ENG_METRIC_MC_ACCURACY,
+    ENG_METRIC_KLD,
+};
+const char *eng_metric_name(int metric);
+int eng_metric_parse(const char *name); /* ENG_METRIC_* or -1 */
+typedef struct eng_eval_result {
+    int metric;
+    double value;             /* accuracy as a fraction; perplexity; mean KLD */
+    double ci_low, ci_high;   /* 95% confidence interval */
+    uint64_t n_samples;       /* scored tokens, or questions */
+    double accuracy, perplexity; /* both text metrics, whichever was asked */
+    double same_top;          /* kld: fraction of tokens with the same top-1 token */
+    double seconds;
+} eng_eval_result;
+typedef struct eng_eval_opts {
+    uint32_t n_ctx; /* 0 = 512 */
+    eng_model *baseline; /* kld only */
+    void (*progress)(void *arg, double fraction);
+    void *progress_arg;
+} eng_eval_opts;
+/* data: UTF-8 text (text metrics) or JSONL {"context","choices":[...],"answer":i}
+ * (mc_accuracy). MLV_EINVAL with the line number for bad JSONL or a text too short. */
+int eng_evaluate(eng_model *m, int metric, const char *data, size_t len,
+                 const eng_eval_opts *opts, eng_eval_result *out);
 
 #endif
