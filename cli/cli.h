@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "engine/engine.h"
 #include "registry/registry.h"
 
 #define CLI_MAX_POS 8
@@ -45,6 +46,27 @@ const char *cli_home(const cli_args *a);
 int cli_open_auth(const cli_args *a, reg_ctx **r, reg_user *u);
 /* Prints JSON to stdout (indent 2) and decrefs it. */
 void cli_print_json(json_t *j);
+
+/* A model or dataset named on the command line (cli/model_src.c): a path that exists is
+ * a file (a .gguf, or a Hugging Face folder converted in memory), anything else a REF
+ * into the vault, verified and decrypted into memory. */
+typedef struct cli_source {
+    reg_ctx *r; /* opened when a REF needed it */
+    reg_user user;
+    eng_model *model;      /* models */
+    char *data;            /* datasets: the bytes */
+    size_t len;
+    bool stored;           /* a stored version (results may be recorded) */
+    int64_t version_id;
+    char label[160];       /* "name:version" or the path ("file:NAME" for data) */
+    char digest[65];       /* manifest digest of a stored version */
+    char content_digest[65]; /* datasets: SHA-256 of the bytes */
+} cli_source;
+int cli_open_model(const cli_args *a, const char *what, const eng_load_opts *lo, cli_source *s);
+int cli_open_data(const cli_args *a, const char *what, cli_source *s);
+void cli_source_clear(cli_source *s);
+/* --threads and --backend (cpu|ref) into engine load options. */
+int cli_load_opts(const cli_args *a, eng_load_opts *lo);
 
 int cmd_init(int argc, char **argv);
 int cmd_user(int argc, char **argv);

@@ -27,6 +27,7 @@ static const char *USAGE =
     "                                             trust another site's signing key\n"
     "  bundle export REF... [--with-ancestors] --to IMPORTKEY.pub -o FILE.tar.zst\n"
     "  bundle import FILE.tar.zst                 move versions between air-gapped sites\n"
+    "  convert DIR|FILE.gguf -o OUT.gguf [--outtype auto|f32|f16|bf16|q8_0]  HF folder or GGUF\n"
     "\n"
     "REF is NAME (latest), NAME:VERSION or NAME@CHANNEL. The home is --home, else\n"
     "$MLVAULT_HOME, else ~/.mlvault; the token is --token, else $MLVAULT_TOKEN.\n";

@@ -1,1 +1,355 @@
-/* placeholder */
+/* engine/backend_cpu.c: the CPU backend of the op layer (engine/backend.h) — matrix
+ * products over the row kernels of engine/kernels.h (the activation rows quantized once
+ * per product, then weight rows dotted with them, split by rows over a thread pool),
+ * RMSNorm, RoPE, attention on the F16 KV cache, SwiGLU. The arithmetic follows
+ * llama.cpp's CPU backend (ggml) where it matters for agreeing with it: double sums in
+ * RMSNorm and softmax, RoPE angles by repeated multiplication, queries rounded to F16
+ * against F16 keys. Not thread-safe: one op at a time per backend. */
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/backend.h"
+#include "engine/kernels.h"
+
+typedef struct cpu_backend {
+    eng_backend base;
+    const eng_kernels *k;
+    core_pool *pool;
+    int nth;
+    /* activation rows in the weight's paired type, grown as needed (never per token
+     * once the largest product has run) */
+    uint8_t *act;
+    size_t act_cap;
+    /* per-thread attention scratch: scores (n_keys floats) and one fp16 query row */
+    float **scores;
+    uint16_t **qh;
+    size_t scores_cap, qh_cap;
+    char name[32];
+} cpu_backend;
+
+static cpu_backend *cpu(eng_backend *b) { return (cpu_backend *)b; }
+
+static const char *cpu_name(const eng_backend *b) { return ((const cpu_backend *)b)->name; }
+
+static void *cpu_alloc(eng_backend *b, size_t bytes)
+{
+    (void)b;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cpu_release(eng_backend *b, void *p)
+{
+    (void)b;
+    free(p);
+}
+
+/* Grows a buffer to at least `need` bytes; 0 or MLV_ENOMEM. Contents are not kept. */
+static int grow(void **buf, size_t *cap, size_t need)
+{
+    if (*cap >= need) return 0;
+    size_t n = need + need / 4 + 4096;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n)) return core_err_set(MLV_ENOMEM, "out of memory (%zu bytes)", n);
+    free(*buf);
+    *buf = p;
+    *cap = n;
+    return 0;
+}
+
+/* [start, end) of n items for thread ith of nth, in chunks of `align` items. */
+static void split(int64_t n, int ith, int nth, int64_t align, int64_t *start, int64_t *end)
+{
+    int64_t chunks = (n + align - 1) / align;
+    int64_t per = chunks / nth, extra = chunks % nth;
+    int64_t c0 = ith * per + (ith < extra ? ith : extra);
+    int64_t c1 = c0 + per + (ith < extra ? 1 : 0);
+    *start = c0 * align < n ? c0 * align : n;
+    *end = c1 * align < n ? c1 * align : n;
+}
+
+/* ------------------------------------------------------------------ matmul ---- */
+
+typedef struct matmul_job {
+    cpu_backend *cb;
+    float *y;
+    const eng_weight *w;
+    const float *bias, *x;
+    int T;
+    size_t abytes;
+    int act_type;
+} matmul_job;
+
+static void quantize_job(void *arg, int ith, int nth)
+{
+    matmul_job *j = arg;
+    int64_t t0, t1;
+    split(j->T, ith, nth, 1, &t0, &t1);
+    eng_quantize_fn q = j->cb->k->quantize[j->act_type];
+    for (int64_t t = t0; t < t1; t++)
+        q(j->x + t * j->w->n_in, j->cb->act + (size_t)t * j->abytes, j->w->n_in);
+}
+
+/* Rows are taken in tiles so a tile of weight rows stays in L1 while every activation
+ * row passes over it (prefill), and each weight byte is read once per product. */
+#define ROW_TILE 16
+
+static void matmul_rows_job(void *arg, int ith, int nth)
+{
+    matmul_job *j = arg;
+    const eng_weight *w = j->w;
+    eng_vec_dot_fn dot = j->cb->k->vec_dot[w->type];
+    int64_t r0, r1;
+    split(w->n_out, ith, nth, ROW_TILE, &r0, &r1);
+    for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
+        int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
+        for (int t = 0; t < j->T; t++) {
+            const uint8_t *a = j->cb->act + (size_t)t * j->abytes;
+            float *yt = j->y + (size_t)t * w->n_out;
+            for (int64_t r = rt; r < re; r++) {
+                float s;
+                dot(w->n_in, &s, w->data + (size_t)r * w->row_bytes, a);
+                yt[r] = j->bias ? s + j->bias[r] : s;
+            }
+        }
+    }
+}
+
+static void cpu_matmul(eng_backend *b, float *y, const eng_weight *w, const float *bias,
+                       const float *x, int T)
+{
+    cpu_backend *cb = cpu(b);
+    matmul_job j = {cb, y, w, bias, x, T, eng_act_row_bytes(w->type, w->n_in),
+                    eng_act_type(w->type)};
+    assert(j.abytes * (size_t)T <= cb->act_cap); /* sized by reserve */
+    if (T >= 4 && cb->pool)
+        core_pool_run(cb->pool, quantize_job, &j);
+    else
+        quantize_job(&j, 0, 1);
+    if (cb->pool && (int64_t)w->n_out * T * w->n_in >= 32768)
+        core_pool_run(cb->pool, matmul_rows_job, &j);
+    else
+        matmul_rows_job(&j, 0, 1);
+}
+
+/* ------------------------------------------------------- elementwise ops ---- */
+
+static void cpu_rmsnorm(eng_backend *b, float *y, const float *x, const float *g, int T, int n,
+                        float eps)
+{
+    (void)b;
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * n;
+        float *yr = y + (size_t)t * n;
+        double sum = 0.0;
+        for (int i = 0; i < n; i++) sum += (double)(xr[i] * xr[i]);
+        const float mean = (float)(sum / n);
+        const float scale = 1.0f / sqrtf(mean + eps);
+        for (int i = 0; i < n; i++) yr[i] = (xr[i] * scale) * g[i];
+    }
+}
+
+static void cpu_rope(eng_backend *b, float *x, int T, int n_head, int head_dim, int n_rot,
+                     const int32_t *pos, float base, float freq_scale, const float *freq_factors,
+                     bool neox)
+{
+    (void)b;
+    float cs[512]; /* cos, sin pairs for n_rot <= 512 */
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    for (int t = 0; t < T; t++) {
+        float theta = (float)pos[t];
+        for (int i0 = 0; i0 < n_rot; i0 += 2) {
+            const float ff = freq_factors ? freq_factors[i0 / 2] : 1.0f;
+            const float th = freq_scale * (theta / ff);
+            cs[i0] = cosf(th);
+            cs[i0 + 1] = sinf(th);
+            theta *= theta_scale;
+        }
+        for (int h = 0; h < n_head; h++) {
+            float *v = x + ((size_t)t * n_head + h) * head_dim;
+            for (int i0 = 0; i0 < n_rot; i0 += 2) {
+                const int a = neox ? i0 / 2 : i0, c = neox ? i0 / 2 + n_rot / 2 : i0 + 1;
+                const float x0 = v[a], x1 = v[c];
+                v[a] = x0 * cs[i0] - x1 * cs[i0 + 1];
+                v[c] = x0 * cs[i0 + 1] + x1 * cs[i0];
+            }
+        }
+    }
+}
+
+static void cpu_store_kv(eng_backend *b, uint16_t *k_cache, uint16_t *v_cache, const float *k,
+                         const float *v, int T, int pos0, int kv_dim)
+{
+    (void)b;
+    size_t n = (size_t)T * kv_dim, off = (size_t)pos0 * kv_dim;
+    for (size_t i = 0; i < n; i++) {
+        k_cache[off + i] = eng_fp32_to_fp16(k[i]);
+        v_cache[off + i] = eng_fp32_to_fp16(v[i]);
+    }
+}
+
+static void cpu_swiglu(eng_backend *b, float *y, const float *gate, const float *up, int64_t n)
+{
+    (void)b;
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        y[i] = (g / (1.0f + expf(-g))) * up[i];
+    }
+}
+
+static void cpu_add(eng_backend *b, float *y, const float *x, int64_t n)
+{
+    (void)b;
+    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static void cpu_get_rows(eng_backend *b, float *y, const eng_weight *w, const int32_t *ids, int T)
+{
+    (void)b;
+    for (int t = 0; t < T; t++)
+        eng_dequantize_row(w->type, w->data + (size_t)ids[t] * w->row_bytes, y + (size_t)t * w->n_in,
+                           w->n_in);
+}
+
+/* --------------------------------------------------------------- attention ---- */
+
+typedef struct attn_job {
+    cpu_backend *cb;
+    float *out;
+    const float *q;
+    const uint16_t *k, *v;
+    int T, pos0, n_head, n_kv, hd;
+    float scale;
+} attn_job;
+
+static void attn_rows_job(void *arg, int ith, int nth)
+{
+    attn_job *j = arg;
+    const eng_kernels *k = j->cb->k;
+    const int kv_dim = j->n_kv * j->hd, group = j->n_head / j->n_kv;
+    float *sc = j->cb->scores[ith];
+    uint16_t *qh = j->cb->qh[ith];
+    int64_t u0, u1;
+    split((int64_t)j->T * j->n_head, ith, nth, 1, &u0, &u1);
+    for (int64_t u = u0; u < u1; u++) {
+        const int t = (int)(u / j->n_head), h = (int)(u % j->n_head), g = h / group;
+        const int n_keys = j->pos0 + t + 1;
+        const float *qr = j->q + (size_t)u * j->hd;
+        for (int i = 0; i < j->hd; i++) qh[i] = eng_fp32_to_fp16(qr[i]);
+        float mx = -INFINITY;
+        for (int p = 0; p < n_keys; p++) {
+            float s;
+            k->dot_f16(j->hd, &s, j->k + (size_t)p * kv_dim + (size_t)g * j->hd, qh);
+            sc[p] = s * j->scale;
+            if (sc[p] > mx) mx = sc[p];
+        }
+        double sum = 0.0;
+        for (int p = 0; p < n_keys; p++) {
+            sc[p] = expf(sc[p] - mx);
+            sum += sc[p];
+        }
+        const float inv = (float)(1.0 / sum);
+        float *o = j->out + (size_t)u * j->hd;
+        memset(o, 0, sizeof *o * j->hd);
+        for (int p = 0; p < n_keys; p++)
+            k->mad_f16(j->hd, o, j->v + (size_t)p * kv_dim + (size_t)g * j->hd, sc[p] * inv);
+    }
+}
+
+static void cpu_attention(eng_backend *b, float *out, const float *q, const uint16_t *k_cache,
+                          const uint16_t *v_cache, int T, int pos0, int n_head, int n_kv, int hd,
+                          float scale)
+{
+    cpu_backend *cb = cpu(b);
+    attn_job j = {cb, out, q, k_cache, v_cache, T, pos0, n_head, n_kv, hd, scale};
+    assert((size_t)(pos0 + T) <= cb->scores_cap && (size_t)hd <= cb->qh_cap); /* reserve */
+    if (cb->pool && (int64_t)T * n_head * (pos0 + T) >= 4096)
+        core_pool_run(cb->pool, attn_rows_job, &j);
+    else
+        attn_rows_job(&j, 0, 1);
+}
+
+/* ---------------------------------------------------------------- lifetime ---- */
+
+static void cpu_free(eng_backend *b)
+{
+    cpu_backend *cb = cpu(b);
+    if (!cb) return;
+    core_pool_free(cb->pool);
+    for (int i = 0; i < cb->nth; i++) {
+        if (cb->scores) free(cb->scores[i]);
+        if (cb->qh) free(cb->qh[i]);
+    }
+    free(cb->scores);
+    free(cb->qh);
+    free(cb->act);
+    free(cb);
+}
+
+static int cpu_reserve(eng_backend *b, size_t max_act_bytes, int max_T, int n_ctx, int hd)
+{
+    cpu_backend *cb = cpu(b);
+    int rc = grow((void **)&cb->act, &cb->act_cap, max_act_bytes * (size_t)max_T);
+    if (rc || ((size_t)n_ctx <= cb->scores_cap && (size_t)hd <= cb->qh_cap)) return rc;
+    size_t ns = (size_t)n_ctx > cb->scores_cap ? (size_t)n_ctx : cb->scores_cap;
+    size_t nq = (size_t)hd > cb->qh_cap ? (size_t)hd : cb->qh_cap;
+    for (int i = 0; i < cb->nth; i++) {
+        free(cb->scores[i]);
+        free(cb->qh[i]);
+        cb->scores[i] = malloc(sizeof(float) * ns);
+        cb->qh[i] = malloc(sizeof(uint16_t) * nq);
+        if (!cb->scores[i] || !cb->qh[i]) {
+            cb->scores_cap = cb->qh_cap = 0;
+            return core_err_set(MLV_ENOMEM, "out of memory (attention scratch)");
+        }
+    }
+    cb->scores_cap = ns;
+    cb->qh_cap = nq;
+    return 0;
+}
+
+static const eng_backend_ops CPU_OPS = {
+    .name = cpu_name,
+    .free = cpu_free,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .reserve = cpu_reserve,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .store_kv = cpu_store_kv,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .get_rows = cpu_get_rows,
+};
+
+int eng_backend_cpu_new(eng_backend **out, int kind, int threads)
+{
+    *out = NULL;
+    const eng_kernels *k = kind == ENG_BACKEND_REF ? eng_kernels_ref() : eng_kernels_best();
+    cpu_backend *cb = calloc(1, sizeof *cb);
+    if (!cb) return core_err_set(MLV_ENOMEM, "out of memory");
+    cb->base.ops = &CPU_OPS;
+    cb->k = k;
+    int rc = core_pool_new(&cb->pool, threads);
+    if (rc) {
+        free(cb);
+        return rc;
+    }
+    cb->nth = core_pool_size(cb->pool);
+    cb->scores = calloc((size_t)cb->nth, sizeof *cb->scores);
+    cb->qh = calloc((size_t)cb->nth, sizeof *cb->qh);
+    if (!cb->scores || !cb->qh) {
+        cpu_free(&cb->base);
+        return core_err_set(MLV_ENOMEM, "out of memory");
+    }
+    snprintf(cb->name, sizeof cb->name, "cpu-%s", k->name);
+    *out = &cb->base;
+    return 0;
+}

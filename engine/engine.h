@@ -182,6 +182,14 @@ int eng_gguf_copy_kv(eng_gguf_writer *w, const eng_gguf *src, size_t i);
  * type's byte size for those dims. */
 int eng_gguf_add_tensor(eng_gguf_writer *w, const char *name, int type, uint32_t n_dims,
                         const uint64_t *dims, const void *data, size_t size);
+/* A tensor whose bytes are produced while the file is written, so that a converter
+ * needs no copy of the whole model in memory: fill(arg, row, n_rows, dst) writes rows
+ * [row, row + n_rows) (a row = dims[0] elements of `type`) to dst and returns 0, or an
+ * MLV_E* code (with its message set) that aborts the write. Rows come in order, a few
+ * MiB at a time; arg is borrowed until the write returns. */
+typedef int (*eng_gguf_fill_fn)(void *arg, uint64_t row, uint64_t n_rows, void *dst);
+int eng_gguf_add_tensor_fill(eng_gguf_writer *w, const char *name, int type, uint32_t n_dims,
+                             const uint64_t *dims, eng_gguf_fill_fn fill, void *arg);
 /* Writes atomically (temp file in the same folder, fsync, rename). */
 int eng_gguf_write_file(eng_gguf_writer *w, const char *path);
 /* Into memory: *out owned by the caller (free()). */
@@ -229,7 +237,9 @@ int eng_tokenize(const eng_tokenizer *t, const char *text, size_t len, bool add_
 /* Appends the bytes token `id` stands for (byte-level / byte-fallback decoded; special
  * tokens as their text only when render_special) to out. MLV_EINVAL for an id out of
  * range. Decoding a sequence = concatenating pieces (SentencePiece drops the leading
- * space of the first piece when the model adds a space prefix). */
+ * space of the first piece when the model adds a space prefix), then, for the BPE
+ * pre-tokenizers llama.cpp marks so (gpt2, llama3, ...; not smollm or qwen2), its clean-up
+ * of spaces before punctuation and contractions, as llama_detokenize does. */
 int eng_token_piece(const eng_tokenizer *t, int32_t id, bool render_special, core_buf *out);
 int eng_detokenize(const eng_tokenizer *t, const int32_t *ids, size_t n, bool render_special,
                    core_buf *out);
@@ -249,7 +259,8 @@ typedef struct eng_chat_msg {
 enum { ENG_CHAT_CHATML = 1, ENG_CHAT_LLAMA3 = 2 };
 /* Which template a model uses (ENG_CHAT_*). */
 int eng_chat_template_of(const eng_gguf *g, char default_system[512]);
-/* Renders messages (+ the assistant header when add_generation_prompt). *out owned by
+/* Renders messages (+ the assistant header when add_generation_prompt). No leading BOS:
+ * tokenizing with add_special adds it (llama.cpp strips the template's). *out owned by
  * the caller (free()). MLV_EINVAL for an unknown role. */
 int eng_chat_apply(int tmpl, const char *default_system, const eng_chat_msg *msgs, size_t n,
                    bool add_generation_prompt, char **out);
@@ -295,6 +306,7 @@ const char *eng_model_backend_name(const eng_model *m); /* "ref", "avx2", "avx51
 int eng_ctx_new(eng_ctx **out, eng_model *m, uint32_t n_ctx);
 void eng_ctx_free(eng_ctx *c);
 uint32_t eng_ctx_pos(const eng_ctx *c);   /* tokens in the KV cache */
+const eng_model *eng_ctx_model(const eng_ctx *c);
 uint32_t eng_ctx_n_ctx(const eng_ctx *c);
 void eng_ctx_truncate(eng_ctx *c, uint32_t pos); /* forget positions >= pos */
 /* Feeds n tokens at positions pos..pos+n-1 (any n, processed in batches). logits, when
@@ -329,7 +341,8 @@ int32_t eng_sample(eng_sampler *s, float *logits, const int32_t *history, size_t
 typedef struct eng_gen_result {
     int32_t *prompt_ids, *ids; /* owned; free with eng_gen_result_clear */
     size_t n_prompt, n_gen;
-    char *text; /* generated text, owned */
+    size_t n_decoded; /* single-token decode steps (n_gen, or one less at the limit) */
+    char *text;       /* generated text, owned */
     double prefill_s, decode_s;
     const char *stop_reason; /* "length" | "eog" | "callback" | "context" */
 } eng_gen_result;

@@ -13,7 +13,7 @@
 
 #include "registry/reg_internal.h"
 
-#define SCHEMA_VERSION "2"
+#define SCHEMA_VERSION "3"
 
 static const char *SCHEMA =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
@@ -55,7 +55,17 @@ static const char *SCHEMA =
     "  added_by TEXT NOT NULL, added_at TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS ledger_queue("
     "  id INTEGER PRIMARY KEY, author TEXT NOT NULL, message TEXT NOT NULL,"
-    "  changes TEXT NOT NULL, created_at TEXT NOT NULL);";
+    "  changes TEXT NOT NULL, created_at TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS evaluations("
+    "  id INTEGER PRIMARY KEY, version_id INTEGER NOT NULL REFERENCES versions(id),"
+    "  model_digest TEXT NOT NULL, dataset_ref TEXT NOT NULL, dataset_digest TEXT NOT NULL,"
+    "  metric TEXT NOT NULL, value REAL NOT NULL, ci_low REAL NOT NULL, ci_high REAL NOT NULL,"
+    "  n_samples INTEGER NOT NULL, n_ctx INTEGER NOT NULL, baseline_digest TEXT NOT NULL,"
+    "  accuracy REAL NOT NULL, perplexity REAL NOT NULL, same_top REAL NOT NULL,"
+    "  seconds REAL NOT NULL, engine TEXT NOT NULL, created_by TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS evaluations_key"
+    "  ON evaluations(model_digest, dataset_digest, metric);";
 
 /* SQLite tells the failing system call and its errno only to its error log, at the
  * moment of failure: sqlite3_system_errno() reads errno later, after the rollback's own
@@ -146,6 +156,18 @@ static int db_open(reg_ctx *r, bool create)
         SQLITE_OK)
         return reg_db_err(r, "schema");
     const char *v = sqlite3_step(st) == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : "";
+    if (!strcmp(v, "2")) {
+        /* Schema 3 adds the evaluations table; nothing else changed. */
+        sqlite3_finalize(st);
+        if ((rc = reg_exec(r, "BEGIN IMMEDIATE")) != 0) return rc;
+        if ((rc = reg_exec(r, SCHEMA)) != 0 ||
+            (rc = reg_exec(r, "UPDATE meta SET value = '" SCHEMA_VERSION "' WHERE key = 'schema'")) != 0 ||
+            (rc = reg_exec(r, "COMMIT")) != 0) {
+            reg_exec(r, "ROLLBACK");
+            return rc;
+        }
+        return 0;
+    }
     if (strcmp(v, SCHEMA_VERSION) != 0)
         rc = core_err_set(MLV_EUNSUPPORTED,
                           "%s/mlvault.db has catalog schema '%s'; this mlvault reads schema %s",

@@ -282,6 +282,7 @@ int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out)
         "model-signing/v1.0 (sigstore bundle v0.3, ECDSA P-256)", "key_hint", v.signer, "signer",
         signer, "parents", linked(r, id, 1), "children", linked(r, id, 0), "created_by",
         v.created_by, "created_at", v.created_at, "origin", v.origin[0] ? v.origin : "local");
+    if (o) json_object_set_new(o, "evaluations", reg_eval_list_json(r, id));
     json_decref(m);
     reg_version_row_clear(&v);
     if (!o) return core_err_set(MLV_ENOMEM, "out of memory");

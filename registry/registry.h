@@ -107,6 +107,52 @@ int reg_export(reg_ctx *r, const reg_user *actor, const char *ref, const char *o
 int reg_verify(reg_ctx *r, const reg_user *actor, const char *ref,
                void (*report)(const char *line, void *ctx), void *ctx);
 
+/* A version verified as reg_verify does and decrypted into memory (no plaintext on
+ * disk), for the engine. Audited ("load"). Clear with reg_loaded_clear. */
+typedef struct reg_file_mem {
+    char *path; /* as in the manifest */
+    void *data; /* malloc'd; a caller may take it (set to NULL) */
+    uint64_t size;
+} reg_file_mem;
+typedef struct reg_loaded {
+    char name[65], kind[16], digest[65], format[16];
+    int version;
+    int64_t version_id;
+    reg_file_mem *files;
+    size_t n_files;
+} reg_loaded;
+int reg_load(reg_ctx *r, const reg_user *actor, const char *ref, reg_loaded *out);
+void reg_loaded_clear(reg_loaded *l);
+
+/* ================================================================= evaluations ==== */
+/* registry/evals.c: evaluation results of stored versions on stored datasets, cached by
+ * (model digest, dataset digest, metric, context, baseline digest). */
+typedef struct reg_eval {
+    char model_ref[160]; /* "name:version" (or the file for results not stored) */
+    char model_digest[65];
+    char dataset_ref[160]; /* "name:version", or "file:NAME" for a file not in the vault */
+    char dataset_digest[65]; /* SHA-256 of the dataset's bytes */
+    char metric[32];
+    double value, ci_low, ci_high;
+    uint64_t n_samples;
+    uint32_t n_ctx;
+    char baseline_digest[65]; /* kld only, else "" */
+    double accuracy, perplexity, same_top;
+    double seconds;
+    char engine[64]; /* "mlvault 0.1.0 cpu-avx512" */
+    char created_by[65], created_at[21];
+} reg_eval;
+/* Records a result for a stored model version (audited). */
+int reg_eval_record(reg_ctx *r, const reg_user *actor, const reg_eval *e);
+/* The latest cached result with the same model, dataset, metric, context and baseline:
+ * 0 and *out filled, or MLV_ENOTFOUND. */
+int reg_eval_find(reg_ctx *r, const reg_user *actor, const char *model_digest,
+                  const char *dataset_digest, const char *metric, uint32_t n_ctx,
+                  const char *baseline_digest, reg_eval *out);
+/* [{dataset, dataset_digest, metric, value, ci_low, ci_high, n_samples, ctx, ...}] of
+ * one version (by catalog id), newest first; owned by the caller. */
+json_t *reg_eval_list_json(reg_ctx *r, int64_t version_id);
+
 /* ===================================================================== queries ==== */
 /* JSON views shared by the CLI (--json and text) and the HTTP API. All returned json_t
  * are owned by the caller (json_decref). */

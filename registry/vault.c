@@ -577,6 +577,67 @@ done:
     return rc;
 }
 
+void reg_loaded_clear(reg_loaded *l)
+{
+    if (!l) return;
+    for (size_t i = 0; i < l->n_files; i++) {
+        free(l->files[i].path);
+        free(l->files[i].data);
+    }
+    free(l->files);
+    memset(l, 0, sizeof *l);
+}
+
+int reg_load(reg_ctx *r, const reg_user *actor, const char *ref, reg_loaded *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = reg_authorize(actor, REG_ACT_DOWNLOAD);
+    if (rc) return rc;
+    checked_version c;
+    if ((rc = check_version(r, ref, &c)) != 0) goto done;
+    out->files = calloc(c.m->n_files ? c.m->n_files : 1, sizeof *out->files);
+    if (!out->files) {
+        rc = core_err_set(MLV_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < c.m->n_files; i++) {
+        const repo_file *f = &c.m->files[i];
+        reg_file_mem *fm = &out->files[out->n_files++];
+        fm->size = f->size;
+        fm->path = strdup(f->path);
+        fm->data = f->size <= SIZE_MAX ? malloc(f->size ? (size_t)f->size : 1) : NULL;
+        if (!fm->path || !fm->data) {
+            rc = core_err_set(MLV_ENOMEM, "%s: %s: out of memory for %llu bytes", ref, f->path,
+                              (unsigned long long)f->size);
+            goto done;
+        }
+        if ((rc = repo_blob_decrypt_mem(r->home, r->keys, f->sha256, f->size, c.wrapped[i],
+                                        fm->data)) != 0) {
+            core_err_wrap("%s: %s: ", ref, f->path);
+            goto done;
+        }
+    }
+    snprintf(out->name, sizeof out->name, "%s", c.row.name);
+    snprintf(out->kind, sizeof out->kind, "%s", c.row.kind);
+    snprintf(out->digest, sizeof out->digest, "%s", c.row.digest);
+    snprintf(out->format, sizeof out->format, "%s", c.m->format);
+    out->version = c.row.version;
+    out->version_id = c.row.id;
+    char target[96];
+    snprintf(target, sizeof target, "%s:%d", c.row.name, c.row.version);
+    if ((rc = reg_begin(r)) != 0) goto done;
+    if ((rc = reg_audit_append(r, actor->name, "load", target, "decrypted into memory", NULL, 0)) ||
+        (rc = reg_commit(r))) {
+        reg_rollback(r);
+        goto done;
+    }
+    reg_ledger_settle(r);
+done:
+    checked_clear(&c);
+    if (rc) reg_loaded_clear(out);
+    return rc;
+}
+
 static int write_small(const char *dir, const char *name, const char *data)
 {
     char *p = core_path_join(dir, name);

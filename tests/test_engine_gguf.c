@@ -1010,6 +1010,109 @@ static void t_malformed(void **state)
     free(ok.b.p);
 }
 
+/* Hand-built headers for the cases the variant builder cannot express: hostile lengths
+ * inside arrays and tensor infos, strange dimension counts, default alignment. */
+static void w_head(wbuf *b, uint64_t n_t, uint64_t n_kv)
+{
+    w_bytes(b, "GGUF", 4);
+    w_u32(b, 3);
+    w_u64(b, n_t);
+    w_u64(b, n_kv);
+}
+
+/* One tensor info (name, dims, type, offset) after a header with no KV pairs, then
+ * `data` bytes of data at the first 32-byte boundary. dims holds min(n_dims, 8). */
+static void one_tensor(wbuf *b, const char *name, uint32_t n_dims, const uint64_t *dims,
+                       uint32_t type, uint64_t offset, size_t data)
+{
+    w_head(b, 1, 0);
+    w_str(b, name);
+    w_u32(b, n_dims);
+    for (uint32_t d = 0; d < n_dims && d < 8; d++)
+        w_u64(b, dims[d]);
+    w_u32(b, type);
+    w_u64(b, offset);
+    while (b->len % 32)
+        w_u8(b, 0);
+    for (size_t i = 0; i < data; i++)
+        w_u8(b, 0x3c);
+}
+
+static void t_malformed_lengths(void **state)
+{
+    (void)state;
+    wbuf b = {0};
+#define CASE(want, ...)                                                                            \
+    do {                                                                                           \
+        b.len = 0;                                                                                 \
+        __VA_ARGS__;                                                                               \
+        expect_invalid(b.p, b.len, want);                                                          \
+    } while (0)
+
+    /* strings inside an array of strings: a hostile length, a hostile count */
+    CASE("key 'a': string length", w_head(&b, 0, 1), w_key(&b, "a", 9), w_u32(&b, 8), w_u64(&b, 2),
+         w_str(&b, "ok"), w_u64(&b, 1ull << 62), w_bytes(&b, "xxxxxxxx", 8));
+    CASE("key 'a': string length", w_head(&b, 0, 1), w_key(&b, "a", 9), w_u32(&b, 8), w_u64(&b, 1),
+         w_u64(&b, UINT64_MAX), w_bytes(&b, "xxxxxxxx", 8));
+    CASE("key 'a': array of", w_head(&b, 0, 1), w_key(&b, "a", 9), w_u32(&b, 8),
+         w_u64(&b, UINT64_MAX / 2), w_str(&b, "x"));
+    /* element count times element size would wrap */
+    CASE("larger than the file", w_head(&b, 0, 1), w_key(&b, "a", 9), w_u32(&b, 10),
+         w_u64(&b, 1ull << 61), w_u64(&b, 1));
+    CASE("larger than the file", w_head(&b, 0, 1), w_key(&b, "a", 9), w_u32(&b, 9),
+         w_u64(&b, UINT64_MAX), w_u64(&b, 1));
+    /* an inner array: unknown element type, hostile count, hostile string */
+    CASE("unknown array element type 77", w_head(&b, 0, 1), w_key(&b, "a", 9), w_u32(&b, 9),
+         w_u64(&b, 1), w_u32(&b, 77), w_u64(&b, 0));
+    CASE("larger than the file", w_head(&b, 0, 1), w_key(&b, "a", 9), w_u32(&b, 9), w_u64(&b, 1),
+         w_u32(&b, 4), w_u64(&b, 1ull << 62), w_u32(&b, 1));
+    CASE("string length", w_head(&b, 0, 1), w_key(&b, "a", 9), w_u32(&b, 9), w_u64(&b, 1),
+         w_u32(&b, 8), w_u64(&b, 1), w_u64(&b, 1ull << 40), w_u64(&b, 0));
+    /* a key or a value that is longer than what is left, but under the limits */
+    CASE("key length 1000 is past the end", w_head(&b, 0, 1), w_u64(&b, 1000),
+         w_bytes(&b, "abc.............", 16));
+    CASE("key 'a': string length 100 is past the end", w_head(&b, 0, 1), w_key(&b, "a", 8),
+         w_u64(&b, 100), w_bytes(&b, "abc", 3));
+    /* general.alignment 0; the value type past every known one */
+    CASE("power of two", w_head(&b, 0, 1), w_key(&b, "general.alignment", 4), w_u32(&b, 0));
+    CASE("unknown value type 4294967295", w_head(&b, 0, 1), w_key(&b, "a", UINT32_MAX),
+         w_u32(&b, 0));
+    CASE("unknown value type 13", w_head(&b, 0, 1), w_key(&b, "a", 13), w_u32(&b, 0));
+
+    /* tensor infos */
+    uint64_t d2[] = {32, 2}, dbig[] = {1ull << 31, 1ull << 31};
+    CASE("tensor 0: name length", w_head(&b, 1, 0), w_u64(&b, 1ull << 62),
+         w_bytes(&b, "w...............................", 32));
+    CASE("tensor 0: name length 64 is past", w_head(&b, 1, 0), w_u64(&b, 64),
+         w_bytes(&b, "w...............................", 32));
+    CASE("tensor 0: name contains a NUL byte", w_head(&b, 1, 0), w_u64(&b, 3),
+         w_bytes(&b, "a\0b", 3), w_u32(&b, 2), w_u64(&b, 32), w_u64(&b, 2), w_u32(&b, 0),
+         w_u64(&b, 0), w_bytes(&b, "................................", 32));
+    CASE("4294967295 dimensions",
+         one_tensor(&b, "w", UINT32_MAX, (uint64_t[8]){32, 2, 1, 1, 1, 1, 1, 1}, 0, 0, 256));
+    CASE("8 dimensions", one_tensor(&b, "w", 8, (uint64_t[8]){1, 1, 1, 1, 1, 1, 1, 1}, 0, 0, 64));
+    CASE("tensor 'w': byte size overflows", one_tensor(&b, "w", 2, dbig, 0, 0, 64));
+    CASE("tensor 'w': unknown tensor type 4294967295",
+         one_tensor(&b, "w", 2, d2, UINT32_MAX, 0, 256));
+    /* the default alignment (no general.alignment) is 32 */
+    CASE("offset 16 is not a multiple of the alignment 32", one_tensor(&b, "w", 2, d2, 0, 16, 512));
+    CASE("tensor 'w': data past end of file", one_tensor(&b, "w", 2, d2, 0, 0, 255));
+    CASE("data past end of file", one_tensor(&b, "w", 2, d2, 0, UINT64_MAX - 31, 256));
+    CASE("data past end of file", one_tensor(&b, "w", 2, d2, 0, 1ull << 63, 256));
+    /* more tensors announced than there are */
+    CASE("tensor 1: name length", w_head(&b, 2, 0), w_str(&b, "w"), w_u32(&b, 1), w_u64(&b, 8),
+         w_u32(&b, 0), w_u64(&b, 0), w_bytes(&b, "........................................", 40));
+    /* the happy path of the helper, so the cases above fail for their own reason */
+    b.len = 0;
+    one_tensor(&b, "w", 2, d2, 0, 0, 256);
+    eng_gguf *g = NULL;
+    assert_int_equal(eng_gguf_open_mem(&g, b.p, b.len), 0);
+    assert_int_equal(eng_gguf_alignment(g), 32);
+    eng_gguf_free(g);
+#undef CASE
+    free(b.p);
+}
+
 /* --------------------------------------------------------------- describe ---- */
 
 static void t_describe_gguf(void **state)
@@ -1235,6 +1338,7 @@ int main(void)
         cmocka_unit_test(t_truncated_everywhere),
         cmocka_unit_test(t_overwritten_bytes),
         cmocka_unit_test(t_malformed),
+        cmocka_unit_test(t_malformed_lengths),
         cmocka_unit_test(t_describe_gguf),
         cmocka_unit_test(t_describe_hf),
         cmocka_unit_test(t_describe_hf_malformed),
