@@ -57,26 +57,30 @@ static json_t *ids_json(const int32_t *ids, size_t n)
     return a;
 }
 
-static void print_result(const cli_args *a, const cli_source *src, const eng_gen_result *g,
-                         const eng_sampler_params *sp, int threads)
+static int print_result(const cli_args *a, const cli_source *src, const eng_gen_result *g,
+                        const eng_sampler_params *sp, int threads)
 {
     const double pre = g->prefill_s > 0 ? g->n_prompt / g->prefill_s : 0;
     const double dec = g->decode_s > 0 ? g->n_decoded / g->decode_s : 0;
     if (a->json) {
-        json_t *o = json_pack(
+        char *text = core_utf8_valid_copy(g->text, strlen(g->text));
+        json_t *o = !text ? NULL : json_pack(
             "{s:s,s:s,s:i,s:o,s:o,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:s,s:I,s:f}", "model", src->label,
             "backend", eng_model_backend_name(src->model), "threads", threads, "prompt_ids",
             ids_json(g->prompt_ids, g->n_prompt), "ids", ids_json(g->ids, g->n_gen), "text",
-            g->text, "n_prompt", (json_int_t)g->n_prompt, "n_gen", (json_int_t)g->n_gen,
+            text, "n_prompt", (json_int_t)g->n_prompt, "n_gen", (json_int_t)g->n_gen,
             "n_decoded", (json_int_t)g->n_decoded, "prefill_s", g->prefill_s, "decode_s",
             g->decode_s, "prefill_tokens_per_s", pre, "decode_tokens_per_s", dec, "stop_reason",
             g->stop_reason, "seed", (json_int_t)sp->seed, "temp", (double)sp->temp);
+        free(text);
+        if (!o) return core_err_set(MLV_ENOMEM, "out of memory");
         cli_print_json(o);
     } else {
         fprintf(stderr,
                 "\n[%s] prompt %zu tokens, %.1f tok/s; generated %zu tokens, %.1f tok/s; stop: %s\n",
                 eng_model_backend_name(src->model), g->n_prompt, pre, g->n_gen, dec, g->stop_reason);
     }
+    return 0;
 }
 
 /* Renders the conversation and feeds what the cache does not hold yet. */
@@ -201,7 +205,8 @@ int cmd_run(int argc, char **argv)
     if ((rc = eng_ctx_new(&c, src.model, ctx > 0 ? (uint32_t)ctx : need)) != 0) goto done;
     rc = eng_generate(c, ids, n_ids, (uint32_t)n, &sp, stream_piece, a.json ? NULL : (void *)1, &g);
     if (rc) goto done;
-    print_result(&a, &src, &g, &sp, lo.threads > 0 ? lo.threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
+    rc = print_result(&a, &src, &g, &sp,
+                      lo.threads > 0 ? lo.threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
 done:
     eng_gen_result_clear(&g);
     free(ids);

@@ -88,6 +88,11 @@ int core_random(void *out, size_t n);
 /* Formats a byte count for people ("92.9 MB"); out: at least 16 bytes. */
 void core_human_bytes(char *out, size_t outsz, uint64_t n);
 
+/* A copy of n bytes with every invalid UTF-8 sequence replaced by U+FFFD (as text from
+ * a model may end in the middle of a character), NUL-terminated; caller frees; NULL on
+ * ENOMEM. */
+char *core_utf8_valid_copy(const char *s, size_t n);
+
 /* Safe string building: a growable buffer. */
 typedef struct core_buf {
     char *data;

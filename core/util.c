@@ -149,3 +149,33 @@ void core_buf_free(core_buf *b)
     b->len = b->cap = 0;
     b->failed = 0;
 }
+
+char *core_utf8_valid_copy(const char *s, size_t n)
+{
+    core_buf b = {0};
+    size_t i = 0;
+    while (i < n) {
+        const unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = len > 0 && i + len <= n;
+        uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
+        for (size_t k = 1; ok && k < len; k++) {
+            const unsigned char cc = (unsigned char)s[i + k];
+            ok = (cc >> 6) == 2;
+            cp = (cp << 6) | (cc & 0x3f);
+        }
+        /* no overlong forms, surrogates or code points past U+10FFFF */
+        if (ok && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
+                   (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff)))
+            ok = false;
+        if (ok) {
+            core_buf_append(&b, s + i, len);
+            i += len;
+        } else {
+            core_buf_append(&b, "\xef\xbf\xbd", 3); /* U+FFFD */
+            i++;
+        }
+    }
+    core_buf_append(&b, "", 0);
+    return core_buf_take(&b);
+}

@@ -96,7 +96,9 @@ static void quantize_job(void *arg, int ith, int nth)
 }
 
 /* Rows are taken in tiles so a tile of weight rows stays in L1 while every activation
- * row passes over it (prefill), and each weight byte is read once per product. */
+ * row passes over it (prefill), and each weight byte is read once per product. With a
+ * tile kernel, ROW_TILE x ENG_TILE_MAX blocks of the product are computed at once, each
+ * weight block loaded once for up to 16 activation rows. */
 #define ROW_TILE 16
 
 static void matmul_rows_job(void *arg, int ith, int nth)
@@ -104,10 +106,23 @@ static void matmul_rows_job(void *arg, int ith, int nth)
     matmul_job *j = arg;
     const eng_weight *w = j->w;
     eng_vec_dot_fn dot = j->cb->k->vec_dot[w->type];
+    eng_tile_fn tile = j->T >= 4 ? j->cb->k->tile[w->type] : NULL;
     int64_t r0, r1;
     split(w->n_out, ith, nth, ROW_TILE, &r0, &r1);
     for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
         int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
+        if (tile) {
+            for (int t = 0; t < j->T; t += ENG_TILE_MAX) {
+                int nc = j->T - t < ENG_TILE_MAX ? j->T - t : ENG_TILE_MAX;
+                tile(w->n_in, (int)(re - rt), nc, j->y + (size_t)t * w->n_out + rt,
+                     (size_t)w->n_out, w->data + (size_t)rt * w->row_bytes, w->row_bytes,
+                     j->cb->act + (size_t)t * j->abytes, j->abytes);
+            }
+            if (j->bias)
+                for (int t = 0; t < j->T; t++)
+                    for (int64_t r = rt; r < re; r++) j->y[(size_t)t * w->n_out + r] += j->bias[r];
+            continue;
+        }
         for (int t = 0; t < j->T; t++) {
             const uint8_t *a = j->cb->act + (size_t)t * j->abytes;
             float *yt = j->y + (size_t)t * w->n_out;

@@ -23,6 +23,7 @@
 #include "engine/engine.h"
 
 #define ENG_NTYPES 40 /* type ids are below this */
+#define ENG_TILE_MAX 16 /* largest nr and nc of a tile call */
 
 /* x: n floats -> dst: n / block activation blocks (n a multiple of the block size). */
 typedef void (*eng_quantize_fn)(const float *x, void *dst, int64_t n);
@@ -30,9 +31,18 @@ typedef void (*eng_quantize_fn)(const float *x, void *dst, int64_t n);
  * the paired type. */
 typedef void (*eng_vec_dot_fn)(int64_t n, float *s, const void *w, const void *a);
 
+/* A tile of a matrix product, for prompts (many activation rows): for i < nr weight
+ * rows and j < nc activation rows, s[j * ldc + i] = dot(w + i * w_stride,
+ * a + j * a_stride) over n elements, each equal to vec_dot's result up to float
+ * summation order. Each weight block loaded serves nc activation rows. nr <= 16 and
+ * nc <= 16. */
+typedef void (*eng_tile_fn)(int64_t n, int nr, int nc, float *s, size_t ldc, const void *w,
+                            size_t w_stride, const void *a, size_t a_stride);
+
 typedef struct eng_kernels {
     const char *name;                       /* "ref", "avx2", "avx512" */
     eng_vec_dot_fn vec_dot[ENG_NTYPES];     /* by weight type; NULL = unsupported */
+    eng_tile_fn tile[ENG_NTYPES];           /* by weight type; NULL = vec_dot one by one */
     eng_quantize_fn quantize[ENG_NTYPES];   /* by activation type (F32 = copy) */
     /* Attention on the F16 KV cache: *s = dot(x, y) (x, y fp16), f32 accumulation. */
     void (*dot_f16)(int64_t n, float *s, const uint16_t *x, const uint16_t *y);

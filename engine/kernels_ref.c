@@ -458,6 +458,31 @@ static void vec_dot_q6_k(int64_t n, float *s, const void *w, const void *a)
     *s = sumf;
 }
 
+/* ------------------------------------------------------------------- tiles ----
+ * A tile of a product (kernels.h's eng_tile_fn): s[j * ldc + i] = dot(weight row i,
+ * activation row j) for i < nr, j < nc, each by the row kernel above — the reference
+ * defines a tile as its dot products. */
+#define DEF_TILE(NAME, DOT)                                                                        \
+    static void NAME(int64_t n, int nr, int nc, float *s, size_t ldc, const void *w,               \
+                     size_t w_stride, const void *a, size_t a_stride)                              \
+    {                                                                                              \
+        for (int j = 0; j < nc; j++)                                                               \
+            for (int i = 0; i < nr; i++)                                                           \
+                DOT(n, s + (size_t)j * ldc + i, (const uint8_t *)w + (size_t)i * w_stride,         \
+                    (const uint8_t *)a + (size_t)j * a_stride);                                    \
+    }
+
+DEF_TILE(tile_f32, vec_dot_f32)
+DEF_TILE(tile_f16, vec_dot_f16)
+DEF_TILE(tile_bf16, vec_dot_bf16)
+DEF_TILE(tile_q8_0, vec_dot_q8_0)
+DEF_TILE(tile_q4_0, vec_dot_q4_0)
+DEF_TILE(tile_q4_1, vec_dot_q4_1)
+DEF_TILE(tile_q5_0, vec_dot_q5_0)
+DEF_TILE(tile_q5_1, vec_dot_q5_1)
+DEF_TILE(tile_q4_k, vec_dot_q4_k)
+DEF_TILE(tile_q6_k, vec_dot_q6_k)
+
 /* ----------------------------------------------------- attention on F16 KV ---- */
 
 /* x, y: (n,) halves; f32 products, double accumulation (as vec_dot_f16). */
@@ -496,6 +521,19 @@ static const eng_kernels ref_kernels = {
             [ENG_Q5_1] = vec_dot_q5_1,
             [ENG_Q4_K] = vec_dot_q4_k,
             [ENG_Q6_K] = vec_dot_q6_k,
+        },
+    .tile =
+        {
+            [ENG_F32] = tile_f32,
+            [ENG_F16] = tile_f16,
+            [ENG_BF16] = tile_bf16,
+            [ENG_Q8_0] = tile_q8_0,
+            [ENG_Q4_0] = tile_q4_0,
+            [ENG_Q4_1] = tile_q4_1,
+            [ENG_Q5_0] = tile_q5_0,
+            [ENG_Q5_1] = tile_q5_1,
+            [ENG_Q4_K] = tile_q4_k,
+            [ENG_Q6_K] = tile_q6_k,
         },
     .quantize =
         {

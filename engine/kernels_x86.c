@@ -996,6 +996,735 @@ TA5 static void vec_dot_bf16_avx512(int64_t n, float *s, const void *w, const vo
         _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
+/* ================================================================== tiles ===== *
+ * Tiles (eng_tile_fn, for prompts): an nr x nc block of dot products, nr weight rows by
+ * nc activation rows (both <= 16), computed in micro-tiles of rm x rn pairs whose
+ * accumulators stay in registers over the whole row, so that every weight vector loaded
+ * (converted, unpacked) serves rn activation rows and every activation vector rm weight
+ * rows. The micro-kernels take rm and rn as arguments but are always inlined with
+ * constants (TILE_LOOP), so their loops unroll and their arrays live in registers; the
+ * edges of a tile (nr, nc not multiples of the micro-tile) get the smaller variants.
+ * Both sets use 256-bit vectors: on Zen 4 a 512-bit FMA costs two 256-bit ones, and the
+ * AVX-512 set's 32 registers already allow larger micro-tiles. */
+
+#define AI inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* MK(rm, rn) with constant arguments for the runtime rm <= 4, rn <= 4. */
+#define TILE_SW_RN(MK, R, rn)                                                                      \
+    switch (rn) {                                                                                  \
+    case 1: MK(R, 1); break;                                                                       \
+    case 2: MK(R, 2); break;                                                                       \
+    case 3: MK(R, 3); break;                                                                       \
+    default: MK(R, 4); break;                                                                      \
+    }
+#define TILE_SWITCH(MK, rm, rn)                                                                    \
+    switch (rm) {                                                                                  \
+    case 1: TILE_SW_RN(MK, 1, rn) break;                                                           \
+    case 2: TILE_SW_RN(MK, 2, rn) break;                                                           \
+    case 3: TILE_SW_RN(MK, 3, rn) break;                                                           \
+    default: TILE_SW_RN(MK, 4, rn) break;                                                          \
+    }
+
+/* Micro-tiles of RM x RN (<= 4) over the tile, activation rows outer (an activation
+ * group stays in L1 while the weight rows pass); MK(rm, rn) sees i0 and j0. */
+#define TILE_LOOP(RM, RN, nr, nc, MK)                                                              \
+    for (int j0 = 0; j0 < (nc); j0 += (RN)) {                                                      \
+        const int rn_ = (nc) - j0 < (RN) ? (nc) - j0 : (RN);                                       \
+        for (int i0 = 0; i0 < (nr); i0 += (RM)) {                                                  \
+            const int rm_ = (nr) - i0 < (RM) ? (nr) - i0 : (RM);                                   \
+            TILE_SWITCH(MK, rm_, rn_)                                                              \
+        }                                                                                          \
+    }
+
+/* The sums of v[0..rm-1] (rm <= 4) in the first rm lanes, zeros after. */
+TA2 static AI __m128 hsum4_ps(const __m256 *v, int rm)
+{
+    const __m256 z = _mm256_setzero_ps();
+    const __m256 h01 = _mm256_hadd_ps(v[0], rm > 1 ? v[1] : z);
+    const __m256 h23 = _mm256_hadd_ps(rm > 2 ? v[2] : z, rm > 3 ? v[3] : z);
+    const __m256 h = _mm256_hadd_ps(h01, h23);
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* The first rm (<= 4) lanes of v to s: nothing else is written. */
+TA2 static AI void store_rm(float *s, __m128 v, int rm)
+{
+    if (rm == 4) {
+        _mm_storeu_ps(s, v);
+    } else {
+        float t[4];
+        _mm_storeu_ps(t, v);
+        for (int i = 0; i < rm; i++)
+            s[i] = t[i];
+    }
+}
+
+/* ---- F32, F16, BF16 ---- */
+
+enum { FT_F32, FT_F16, FT_BF16 };
+
+/* 8 elements of a float row at element k, as floats. */
+TA2 static AI __m256 ld_float8(const uint8_t *p, int64_t k, int ft)
+{
+    if (ft == FT_F32) return _mm256_loadu_ps((const float *)(p + 4 * k));
+    if (ft == FT_F16) return ld_f16x8(p + 2 * k);
+    return ld_bf16x8(p + 2 * k);
+}
+
+TA2 static AI float ld_float1(const uint8_t *p, int64_t k, int ft)
+{
+    if (ft == FT_F32) return ldf(p + 4 * k);
+    if (ft == FT_F16) return half_to_f32(p + 2 * k);
+    return bf16_f32(p + 2 * k);
+}
+
+/* rm x rn dot products of float rows (w: rm rows ws bytes apart, a: rn rows as apart):
+ * 8 elements a step, each converted once; the tail (n mod 8) in scalar code. The
+ * accumulation is vec_dot's (float lanes, fused multiply-adds), in another order. */
+TA2 static AI void ftile_mk(int64_t n, float *s, size_t ldc, const uint8_t *w, size_t ws,
+                            const uint8_t *a, size_t as, const int rm, const int rn, const int ft)
+{
+    __m256 acc[4][4];
+    UNROLL
+    for (int j = 0; j < rn; j++)
+        UNROLL
+        for (int i = 0; i < rm; i++)
+            acc[j][i] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 wv[4];
+        UNROLL
+        for (int i = 0; i < rm; i++)
+            wv[i] = ld_float8(w + i * ws, k, ft);
+        UNROLL
+        for (int j = 0; j < rn; j++) {
+            const __m256 av = ld_float8(a + j * as, k, ft);
+            UNROLL
+            for (int i = 0; i < rm; i++)
+                acc[j][i] = _mm256_fmadd_ps(wv[i], av, acc[j][i]);
+        }
+    }
+    UNROLL
+    for (int j = 0; j < rn; j++) {
+        __m128 r = hsum4_ps(acc[j], rm);
+        if (k < n) {
+            float t[4] = {0};
+            for (int i = 0; i < rm; i++)
+                for (int64_t l = k; l < n; l++) {
+                    const float p = ld_float1(w + i * ws, l, ft) * ld_float1(a + j * as, l, ft);
+                    t[i] += p;
+                }
+            r = _mm_add_ps(r, _mm_loadu_ps(t));
+        }
+        store_rm(s + j * ldc, r, rm);
+    }
+}
+
+/* AVX2: 16 registers, micro-tiles of 4 x 2 (8 accumulators). AVX-512: 32, 4 x 4. */
+#define DEF_FTILE(NAME, TGT, RM, RN, FT)                                                           \
+    TGT static void NAME(int64_t n, int nr, int nc, float *s, size_t ldc, const void *w,           \
+                         size_t ws, const void *a, size_t as)                                      \
+    {                                                                                              \
+        const uint8_t *wb = w, *ab = a;                                                            \
+        const int ft = FT;                                                                         \
+        TILE_LOOP(RM, RN, nr, nc, FTILE_MK)                                                        \
+    }
+#define FTILE_MK(rm, rn)                                                                           \
+    ftile_mk(n, s + j0 * ldc + i0, ldc, wb + i0 * ws, ws, ab + j0 * as, as, rm, rn, ft)
+
+DEF_FTILE(tile_f32_avx2, TA2, 4, 2, FT_F32)
+DEF_FTILE(tile_f16_avx2, TA2, 4, 2, FT_F16)
+DEF_FTILE(tile_bf16_avx2, TA2, 4, 2, FT_BF16)
+DEF_FTILE(tile_f32_avx512, TA5, 4, 4, FT_F32)
+DEF_FTILE(tile_f16_avx512, TA5, 4, 4, FT_F16)
+DEF_FTILE(tile_bf16_avx512, TA5, 4, 4, FT_BF16)
+
+/* ---- quantized tiles: prepared groups ----
+ * A quantized tile first rewrites ("prepares") a chunk of its weight rows and of its
+ * activation rows — once per call, so each costs 1/16 of the products it feeds — into
+ * groups laid out for vertical integer products. A group has 8 lanes of 32 bits and up
+ * to 8 steps of 32 bytes; lane l of every step holds 4 bytes of the same block, so an
+ * integer multiply-add over the steps (VPDPBUSD; VPMADDUBSW + VPMADDWD on AVX2) leaves
+ * in each lane a part of one block's integer sum — the sums vec_dot computes — and one
+ * vector of per-lane scales (d_w * d_a) brings a whole group to floats with a single
+ * fused multiply-add per pair of rows. A group of 8 blocks gives each block one lane
+ * (8 steps: step k holds bytes 4k..4k+3 of each block); the tail of a row goes in
+ * groups of 4, 2 and 1 blocks with 2, 4 and 8 lanes per block (4, 2, 1 steps), so no
+ * step is spent on padding. K-quant sub-blocks are the blocks of their groups.
+ *
+ * A prepared group (QG_BYTES), each part written only for the types that use it:
+ *   q[8][32]    the steps: unsigned or signed bytes, per type
+ *   d[8]        float scale per lane (d of the lane's block)
+ *   m[8]        float, a second product added per lane: Q4_1/Q5_1 m_w (first lane of a
+ *               block only) and s_a; Q4_K dmin_w * m_j and -d_a * (bsums of j)
+ *   init[8]     int32 added to the lane's integer sum before scaling: Q8_0 weights
+ *               -128 * sum(w) (the activation goes in as a + 128, unsigned), Q4_0/Q5_0
+ *               and Q6_K activations -off * sum(a) (the weights go in as q, not q - off)
+ *   sc[8]       int32 K-quant sub-block scale the lane's integer sum is multiplied by */
+enum { QG_Q = 0, QG_D = 256, QG_M = 288, QG_I = 320, QG_SC = 352, QG_BYTES = 384 };
+
+/* Chunks of the row: at most QT_CHUNK_BLOCKS 32-element blocks (4 full groups; the
+ * last chunk of a row may add its tail groups: at most 7), so a chunk's prepared rows
+ * (up to 16 + 16 rows) stay near L1. */
+#define QT_CHUNK_BLOCKS 32
+#define QT_MAX_GROUPS 8
+
+/* Blocks v[0..nb-1] (32 bytes each; nb = 8, 4, 2 or 1) as nb steps at q: step k holds
+ * in lanes [b*L, (b+1)*L) (L = 8 / nb) bytes [4Lk, 4L(k+1)) of block b (a transpose
+ * of 32-, 64- or 128-bit pieces). */
+TA2 static AI void qg_store_steps(uint8_t *q, const __m256i *v, int nb)
+{
+    __m256i *o = (__m256i *)q;
+    if (nb == 8) {
+        __m256i t[8], u[8];
+        UNROLL
+        for (int b = 0; b < 8; b += 2) {
+            t[b] = _mm256_unpacklo_epi32(v[b], v[b + 1]);
+            t[b + 1] = _mm256_unpackhi_epi32(v[b], v[b + 1]);
+        }
+        UNROLL
+        for (int b = 0; b < 8; b += 4) {
+            u[b] = _mm256_unpacklo_epi64(t[b], t[b + 2]);
+            u[b + 1] = _mm256_unpackhi_epi64(t[b], t[b + 2]);
+            u[b + 2] = _mm256_unpacklo_epi64(t[b + 1], t[b + 3]);
+            u[b + 3] = _mm256_unpackhi_epi64(t[b + 1], t[b + 3]);
+        }
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            _mm256_store_si256(o + k, _mm256_permute2x128_si256(u[k], u[k + 4], 0x20));
+            _mm256_store_si256(o + k + 4, _mm256_permute2x128_si256(u[k], u[k + 4], 0x31));
+        }
+    } else if (nb == 4) {
+        const __m256i t0 = _mm256_unpacklo_epi64(v[0], v[1]), t1 = _mm256_unpackhi_epi64(v[0], v[1]);
+        const __m256i t2 = _mm256_unpacklo_epi64(v[2], v[3]), t3 = _mm256_unpackhi_epi64(v[2], v[3]);
+        _mm256_store_si256(o + 0, _mm256_permute2x128_si256(t0, t2, 0x20));
+        _mm256_store_si256(o + 1, _mm256_permute2x128_si256(t1, t3, 0x20));
+        _mm256_store_si256(o + 2, _mm256_permute2x128_si256(t0, t2, 0x31));
+        _mm256_store_si256(o + 3, _mm256_permute2x128_si256(t1, t3, 0x31));
+    } else if (nb == 2) {
+        _mm256_store_si256(o + 0, _mm256_permute2x128_si256(v[0], v[1], 0x20));
+        _mm256_store_si256(o + 1, _mm256_permute2x128_si256(v[0], v[1], 0x31));
+    } else {
+        _mm256_store_si256(o, v[0]);
+    }
+}
+
+/* Lane l -> block l / L, for nb = 8, 4, 2, 1 blocks. */
+TA2 static AI __m256i qg_lane_block(int nb)
+{
+    return nb == 8   ? _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+           : nb == 4 ? _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)
+           : nb == 2 ? _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)
+                     : _mm256_setzero_si256();
+}
+
+/* Per-block values f[0..nb-1] spread over their lanes; `first` keeps only the first
+ * lane of each block (a term to be counted once per block). */
+TA2 static AI __m256 qg_spread(__m256 f, int nb, bool first)
+{
+    if (nb == 8) return f;
+    const __m256 v = _mm256_permutevar8x32_ps(f, qg_lane_block(nb));
+    if (!first) return v;
+    const __m256i m = nb == 4   ? _mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0)
+                      : nb == 2 ? _mm256_setr_epi32(-1, 0, 0, 0, -1, 0, 0, 0)
+                                : _mm256_setr_epi32(-1, 0, 0, 0, 0, 0, 0, 0);
+    return _mm256_and_ps(v, _mm256_castsi256_ps(m));
+}
+
+/* The halves at p, p + st, ... (nb of them; nothing read past the last), as floats. */
+TA2 static AI __m256 qg_halves(const uint8_t *p, size_t st, int nb)
+{
+    if (nb == 8) return halves8(p, st);
+    uint16_t h[8] = {0};
+    UNROLL
+    for (int b = 0; b < nb; b++)
+        h[b] = ld16(p + b * st);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+/* Per lane, the sum of its signed bytes over the nsteps steps at q. */
+TA2 static AI __m256i qg_lane_sums(const uint8_t *q, int nsteps)
+{
+    __m256i acc = _mm256_setzero_si256();
+    UNROLL
+    for (int k = 0; k < nsteps; k++)
+        acc = _mm256_add_epi32(
+            acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1),
+                                                         _mm256_load_si256((const __m256i *)(q + 32 * k))),
+                                   _mm256_set1_epi16(1)));
+    return acc;
+}
+
+/* The weight types of 32-element blocks, by their prepared form. */
+enum { QT_Q8_0, QT_Q4_0, QT_Q4_1, QT_Q5_0, QT_Q5_1 };
+
+TA2 static AI int qt_wbytes(int qt)
+{
+    return qt == QT_Q8_0 ? 34 : qt == QT_Q4_0 ? 18 : qt == QT_Q4_1 ? 20 : qt == QT_Q5_0 ? 22 : 24;
+}
+
+/* nb weight blocks at x -> group g. The values: Q8_0 its int8 qs (signed: with VNNI
+ * the activation is the unsigned side, shifted by 128, and init takes -128 * sum(w)
+ * back; on AVX2 the micro-kernel moves the signs over), Q4/Q5 their unsigned q. */
+TA2 static AI void qprep_w32_nb(uint8_t *g, const uint8_t *x, int nb, int qt, bool vnni)
+{
+    const int xb = qt_wbytes(qt);
+    __m256i v[8] = {0}; /* (nb of them are read) */
+    UNROLL
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = x + b * xb;
+        switch (qt) {
+        case QT_Q8_0: v[b] = _mm256_loadu_si256((const __m256i *)(p + 2)); break;
+        case QT_Q4_0: v[b] = nibbles32(p + 2); break;
+        case QT_Q4_1: v[b] = nibbles32(p + 4); break;
+        case QT_Q5_0: v[b] = _mm256_or_si256(nibbles32(p + 6), bits32_avx2((uint32_t)ld32(p + 2))); break;
+        default: v[b] = _mm256_or_si256(nibbles32(p + 8), bits32_avx2((uint32_t)ld32(p + 4))); break;
+        }
+    }
+    qg_store_steps(g + QG_Q, v, nb);
+    _mm256_store_ps((float *)(g + QG_D), qg_spread(qg_halves(x, xb, nb), nb, false));
+    if (qt == QT_Q4_1 || qt == QT_Q5_1)
+        _mm256_store_ps((float *)(g + QG_M), qg_spread(qg_halves(x + 2, xb, nb), nb, true));
+    if (qt == QT_Q8_0 && vnni)
+        _mm256_store_si256((__m256i *)(g + QG_I),
+                           _mm256_sub_epi32(_mm256_setzero_si256(),
+                                            _mm256_slli_epi32(qg_lane_sums(g + QG_Q, nb), 7)));
+}
+
+/* nb activation blocks at y (Q8_0 for Q8_0/Q4_0/Q5_0, Q8_1 for Q4_1/Q5_1) -> group g:
+ * their qs (plus 128, unsigned, for Q8_0 weights with VNNI), d, and s (Q8_1) or
+ * -off * sum(qs) (Q4_0: off 8, Q5_0: 16). */
+TA2 static AI void qprep_a32_nb(uint8_t *g, const uint8_t *y, int nb, int qt, bool vnni)
+{
+    const bool q81 = qt == QT_Q4_1 || qt == QT_Q5_1;
+    const int yb = q81 ? 36 : 34, qo = q81 ? 4 : 2;
+    const bool flip = qt == QT_Q8_0 && vnni;
+    __m256i v[8] = {0};
+    UNROLL
+    for (int b = 0; b < nb; b++) {
+        v[b] = _mm256_loadu_si256((const __m256i *)(y + b * yb + qo));
+        if (flip) v[b] = _mm256_xor_si256(v[b], _mm256_set1_epi8((char)0x80));
+    }
+    qg_store_steps(g + QG_Q, v, nb);
+    _mm256_store_ps((float *)(g + QG_D), qg_spread(qg_halves(y, yb, nb), nb, false));
+    if (q81) _mm256_store_ps((float *)(g + QG_M), qg_spread(qg_halves(y + 2, yb, nb), nb, false));
+    if (qt == QT_Q4_0 || qt == QT_Q5_0) {
+        const int sh = qt == QT_Q4_0 ? 3 : 4;
+        _mm256_store_si256((__m256i *)(g + QG_I),
+                           _mm256_sub_epi32(_mm256_setzero_si256(),
+                                            _mm256_slli_epi32(qg_lane_sums(g + QG_Q, nb), sh)));
+    }
+}
+
+/* The same with nb a constant (the transposes then stay in registers). */
+TA2 static AI void qprep_w32(uint8_t *g, const uint8_t *x, int nb, int qt, bool vnni)
+{
+    switch (nb) {
+    case 8: qprep_w32_nb(g, x, 8, qt, vnni); break;
+    case 4: qprep_w32_nb(g, x, 4, qt, vnni); break;
+    case 2: qprep_w32_nb(g, x, 2, qt, vnni); break;
+    default: qprep_w32_nb(g, x, 1, qt, vnni); break;
+    }
+}
+
+TA2 static AI void qprep_a32(uint8_t *g, const uint8_t *y, int nb, int qt, bool vnni)
+{
+    switch (nb) {
+    case 8: qprep_a32_nb(g, y, 8, qt, vnni); break;
+    case 4: qprep_a32_nb(g, y, 4, qt, vnni); break;
+    case 2: qprep_a32_nb(g, y, 2, qt, vnni); break;
+    default: qprep_a32_nb(g, y, 1, qt, vnni); break;
+    }
+}
+
+/* Flags of a prepared type for the micro-kernels. */
+enum {
+    QF_AU = 1,     /* the activation is the unsigned side of the products (else the weight) */
+    QF_WINIT = 2,  /* init from the weight group */
+    QF_AINIT = 4,  /* init from the activation group */
+    QF_M = 8,      /* add m_w * m_a per lane */
+    QF_SC = 16,    /* multiply the integer lanes by the weight's sc */
+    QF_SIGN = 32,  /* AVX2 Q8_0: both signed; |w| times a with w's sign */
+};
+
+/* rm x rn pairs over the ng prepared groups of a chunk (gs[g] steps each): W holds rm
+ * prepared weight rows, A rn activation rows, rs bytes apart. The pairs' float
+ * accumulators come from fm (fm[16 j + i]; zeros when first) and go back there, or,
+ * after the last chunk, summed to s[j * ldc + i]. */
+#define QMK_HEAD                                                                                   \
+    __m256 f[4][4];                                                                                \
+    UNROLL                                                                                         \
+    for (int j = 0; j < rn; j++)                                                                   \
+        UNROLL                                                                                     \
+        for (int i = 0; i < rm; i++)                                                               \
+            f[j][i] = first ? _mm256_setzero_ps() : fm[16 * j + i];
+
+/* The group's integer lanes acc[j][i] to floats: (+ init), (* sc), * d_w * d_a, (+ m). */
+#define QMK_SCALE                                                                                  \
+    UNROLL                                                                                         \
+    for (int j = 0; j < rn; j++) {                                                                 \
+        const __m256 da = _mm256_load_ps((const float *)(ag + j * rs + QG_D));                     \
+        UNROLL                                                                                     \
+        for (int i = 0; i < rm; i++) {                                                             \
+            __m256i iv = acc[j][i];                                                                \
+            if (fl & QF_SC)                                                                        \
+                iv = _mm256_mullo_epi32(iv, _mm256_load_si256((const __m256i *)(wg + i * rs + QG_SC))); \
+            const __m256 d = _mm256_mul_ps(_mm256_load_ps((const float *)(wg + i * rs + QG_D)), da); \
+            f[j][i] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(iv), f[j][i]);                         \
+            if (fl & QF_M)                                                                         \
+                f[j][i] = _mm256_fmadd_ps(_mm256_load_ps((const float *)(wg + i * rs + QG_M)),     \
+                                          _mm256_load_ps((const float *)(ag + j * rs + QG_M)),     \
+                                          f[j][i]);                                                \
+        }                                                                                          \
+    }
+
+#define QMK_TAIL                                                                                   \
+    UNROLL                                                                                         \
+    for (int j = 0; j < rn; j++) {                                                                 \
+        if (last)                                                                                  \
+            store_rm(s + j * ldc, hsum4_ps(f[j], rm), rm);                                         \
+        else                                                                                       \
+            UNROLL                                                                                 \
+            for (int i = 0; i < rm; i++)                                                           \
+                fm[16 * j + i] = f[j][i];                                                          \
+    }
+
+/* The integer start of a pair's lanes. */
+#define QMK_INIT(j, i)                                                                             \
+    ((fl & QF_WINIT)   ? _mm256_load_si256((const __m256i *)(wg + (i) * rs + QG_I))                \
+     : (fl & QF_AINIT) ? _mm256_load_si256((const __m256i *)(ag + (j) * rs + QG_I))                \
+                       : _mm256_setzero_si256())
+
+/* VNNI: one VPDPBUSD per pair and step, accumulating in 32 bits. */
+TA5 static AI void qmk_step_vnni(__m256i acc[4][4], const uint8_t *wg, const uint8_t *ag,
+                                 size_t rs, int k, const int rm, const int rn, const int fl)
+{
+    __m256i wq[4];
+    UNROLL
+    for (int i = 0; i < rm; i++)
+        wq[i] = _mm256_load_si256((const __m256i *)(wg + i * rs + 32 * k));
+    UNROLL
+    for (int j = 0; j < rn; j++) {
+        const __m256i aq = _mm256_load_si256((const __m256i *)(ag + j * rs + 32 * k));
+        UNROLL
+        for (int i = 0; i < rm; i++)
+            acc[j][i] = (fl & QF_AU) ? _mm256_dpbusd_epi32(acc[j][i], aq, wq[i])
+                                     : _mm256_dpbusd_epi32(acc[j][i], wq[i], aq);
+    }
+}
+
+TA5 static AI void qmk_vnni(const uint8_t *W, const uint8_t *A, size_t rs, const uint8_t *gs,
+                            int ng, __m256 *fm, bool first, bool last, float *s, size_t ldc,
+                            const int rm, const int rn, const int fl)
+{
+    QMK_HEAD
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *wg = W + g * QG_BYTES, *ag = A + g * QG_BYTES;
+        __m256i acc[4][4];
+        UNROLL
+        for (int j = 0; j < rn; j++)
+            UNROLL
+            for (int i = 0; i < rm; i++)
+                acc[j][i] = QMK_INIT(j, i);
+        if (gs[g] == 8) {
+            UNROLL
+            for (int k = 0; k < 8; k++)
+                qmk_step_vnni(acc, wg, ag, rs, k, rm, rn, fl);
+        } else {
+            for (int k = 0; k < gs[g]; k++)
+                qmk_step_vnni(acc, wg, ag, rs, k, rm, rn, fl);
+        }
+        QMK_SCALE
+    }
+    QMK_TAIL
+}
+
+/* AVX2: VPMADDUBSW per pair and step into 16-bit sums, widened (VPMADDWD) every `flush`
+ * steps, before any could overflow: unsigned values up to 15 allow 8 steps, 31 four,
+ * 63 two (|a| <= 128). QF_SIGN (Q8_0, both signed): |w| times a with w's sign, widened
+ * every step. */
+TA2 static AI void qmk_avx2(const uint8_t *W, const uint8_t *A, size_t rs, const uint8_t *gs,
+                            int ng, __m256 *fm, bool first, bool last, float *s, size_t ldc,
+                            const int rm, const int rn, const int fl, const int flush)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    QMK_HEAD
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *wg = W + g * QG_BYTES, *ag = A + g * QG_BYTES;
+        const int ns = gs[g];
+        __m256i acc[4][4];
+        UNROLL
+        for (int j = 0; j < rn; j++)
+            UNROLL
+            for (int i = 0; i < rm; i++)
+                acc[j][i] = _mm256_setzero_si256();
+        for (int k0 = 0; k0 < ns; k0 += flush) {
+            __m256i p[4][4];
+            UNROLL
+            for (int j = 0; j < rn; j++)
+                UNROLL
+                for (int i = 0; i < rm; i++)
+                    p[j][i] = _mm256_setzero_si256();
+            const int k1 = k0 + flush < ns ? k0 + flush : ns;
+            for (int k = k0; k < k1; k++) {
+                __m256i wq[4], wa[4];
+                UNROLL
+                for (int i = 0; i < rm; i++) {
+                    wq[i] = _mm256_load_si256((const __m256i *)(wg + i * rs + 32 * k));
+                    if (fl & QF_SIGN) wa[i] = _mm256_sign_epi8(wq[i], wq[i]);
+                }
+                UNROLL
+                for (int j = 0; j < rn; j++) {
+                    const __m256i aq = _mm256_load_si256((const __m256i *)(ag + j * rs + 32 * k));
+                    UNROLL
+                    for (int i = 0; i < rm; i++)
+                        p[j][i] = _mm256_add_epi16(
+                            p[j][i], (fl & QF_SIGN)
+                                         ? _mm256_maddubs_epi16(wa[i], _mm256_sign_epi8(aq, wq[i]))
+                                         : _mm256_maddubs_epi16(wq[i], aq));
+                }
+            }
+            UNROLL
+            for (int j = 0; j < rn; j++)
+                UNROLL
+                for (int i = 0; i < rm; i++)
+                    acc[j][i] = _mm256_add_epi32(acc[j][i], _mm256_madd_epi16(p[j][i], ones));
+        }
+        UNROLL
+        for (int j = 0; j < rn; j++)
+            UNROLL
+            for (int i = 0; i < rm; i++)
+                acc[j][i] = _mm256_add_epi32(acc[j][i], QMK_INIT(j, i));
+        QMK_SCALE
+    }
+    QMK_TAIL
+}
+
+/* ---- K-quants: a super-block's sub-blocks are the blocks of its groups ---- */
+
+/* Q4_K (144 B) -> one group: sub-block j (32 elements: qs[32(j/2) ..] low nibbles for
+ * even j, high for odd) in lane j; sc_j as integers, d, and dmin * m_j in m. */
+TA2 static AI void qprep_w_q4k(uint8_t *g, const uint8_t *x)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i v[8];
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        const __m256i qb = _mm256_loadu_si256((const __m256i *)(x + 16 + 32 * k));
+        v[2 * k] = _mm256_and_si256(qb, m4);
+        v[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4);
+    }
+    qg_store_steps(g + QG_Q, v, 8);
+    uint32_t sm[4];
+    q4k_scales_mins(x + 4, sm);
+    const __m128i scm = _mm_loadu_si128((const __m128i *)sm);
+    _mm256_store_si256((__m256i *)(g + QG_SC), _mm256_cvtepu8_epi32(scm));
+    const __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8)));
+    _mm256_store_ps((float *)(g + QG_M), _mm256_mul_ps(_mm256_set1_ps(half_to_f32(x + 2)), mins));
+    _mm256_store_ps((float *)(g + QG_D), _mm256_set1_ps(half_to_f32(x)));
+}
+
+/* Q8_K (292 B) for Q4_K -> one group: qs of sub-block j in lane j, d, and
+ * -d * (bsums[2j] + bsums[2j+1]) in m. */
+TA2 static AI void qprep_a_q4k(uint8_t *g, const uint8_t *y)
+{
+    __m256i v[8];
+    UNROLL
+    for (int j = 0; j < 8; j++)
+        v[j] = _mm256_loadu_si256((const __m256i *)(y + 4 + 32 * j));
+    qg_store_steps(g + QG_Q, v, 8);
+    const float dy = ldf(y);
+    const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)(y + 4 + QK_K)),
+                                      _mm_loadu_si128((const __m128i *)(y + 4 + QK_K + 16)));
+    _mm256_store_ps((float *)(g + QG_M), _mm256_mul_ps(_mm256_set1_ps(-dy),
+                                                       _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(bs))));
+    _mm256_store_ps((float *)(g + QG_D), _mm256_set1_ps(dy));
+}
+
+/* Four vectors of two 16-byte sub-blocks each (y[k] = sub-blocks 2k, 2k+1) as 4 steps:
+ * lane order 0, 2, 4, 6, 1, 3, 5, 7 (Q6_K_LANES). */
+TA2 static AI void qg_store_steps16(uint8_t *q, const __m256i *y)
+{
+    __m256i *o = (__m256i *)q;
+    const __m256i t0 = _mm256_unpacklo_epi32(y[0], y[1]), t1 = _mm256_unpackhi_epi32(y[0], y[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(y[2], y[3]), t3 = _mm256_unpackhi_epi32(y[2], y[3]);
+    _mm256_store_si256(o + 0, _mm256_unpacklo_epi64(t0, t2));
+    _mm256_store_si256(o + 1, _mm256_unpackhi_epi64(t0, t2));
+    _mm256_store_si256(o + 2, _mm256_unpacklo_epi64(t1, t3));
+    _mm256_store_si256(o + 3, _mm256_unpackhi_epi64(t1, t3));
+}
+
+/* Q6_K (210 B), half h (128 elements, sub-blocks 8h .. 8h+7 of 16) -> one group of 4
+ * steps: the unsigned q (value q - 32; the activation's init takes 32 * bsums back),
+ * sc as integers, d. */
+TA2 static AI void qprep_w_q6k(uint8_t *g, const uint8_t *x, int h)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03);
+    const __m256i m2h = _mm256_set1_epi8(0x0c), m30 = _mm256_set1_epi8(0x30);
+    const uint8_t *ql = x + 64 * h, *qhp = x + 128 + 32 * h;
+    const __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
+    const __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    const __m256i bh = _mm256_loadu_si256((const __m256i *)qhp);
+    __m256i q[4];
+    q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2h), 2));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), _mm256_and_si256(bh, m30));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(bh, 2), m30));
+    qg_store_steps16(g + QG_Q, q);
+    const __m128i sc = _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(x + 192 + 8 * h)),
+                                        _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 0, 0, 0, 0, 0, 0, 0, 0));
+    _mm256_store_si256((__m256i *)(g + QG_SC), _mm256_cvtepi8_epi32(sc));
+    _mm256_store_ps((float *)(g + QG_D), _mm256_set1_ps(half_to_f32(x + 208)));
+}
+
+/* Q8_K for Q6_K, half h -> one group: qs, d, init -32 * bsums[j]. */
+TA2 static AI void qprep_a_q6k(uint8_t *g, const uint8_t *y, int h)
+{
+    __m256i v[4];
+    UNROLL
+    for (int k = 0; k < 4; k++)
+        v[k] = _mm256_loadu_si256((const __m256i *)(y + 4 + 128 * h + 32 * k));
+    qg_store_steps16(g + QG_Q, v);
+    const __m128i bs = _mm_shuffle_epi8(
+        _mm_loadu_si128((const __m128i *)(y + 4 + QK_K + 16 * h)),
+        _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    _mm256_store_si256((__m256i *)(g + QG_I),
+                       _mm256_sub_epi32(_mm256_setzero_si256(),
+                                        _mm256_slli_epi32(_mm256_cvtepi16_epi32(bs), 5)));
+    _mm256_store_ps((float *)(g + QG_D), _mm256_set1_ps(ldf(y)));
+}
+
+/* ---- the tile driver ---- */
+
+enum { QT_Q4_K = QT_Q5_1 + 1, QT_Q6_K };
+
+/* Groups of a row of n elements. */
+TA2 static AI int64_t qt_ngroups(int64_t n, int qt)
+{
+    if (qt == QT_Q4_K) return n / QK_K;
+    if (qt == QT_Q6_K) return 2 * (n / QK_K);
+    const int64_t nb = n / QK;
+    return nb / 8 + __builtin_popcount((unsigned)(nb & 7));
+}
+
+/* Group gi of a row of nb 32-element blocks: its blocks (8, then 4, 2, 1 for the
+ * tail), the first at *b0. */
+TA2 static AI int qt_group32(int64_t nb, int64_t gi, int64_t *b0)
+{
+    const int64_t nfull = nb / 8;
+    if (gi < nfull) {
+        *b0 = 8 * gi;
+        return 8;
+    }
+    int64_t b = 8 * nfull, t = gi - nfull;
+    for (int sz = 4; sz; sz >>= 1) {
+        if (!(nb & sz)) continue;
+        if (t == 0) {
+            *b0 = b;
+            return sz;
+        }
+        t--;
+        b += sz;
+    }
+    *b0 = b;
+    return 0;
+}
+
+/* Prepares group gi of weight row x and activation row y (given nr, nc rows). */
+TA2 static AI int qt_prep(uint8_t *wg, const uint8_t *w, size_t ws, int nr, uint8_t *ag,
+                          const uint8_t *a, size_t as, int nc, size_t rs, int64_t n, int64_t gi,
+                          int qt, bool vnni)
+{
+    if (qt == QT_Q4_K) {
+        for (int i = 0; i < nr; i++)
+            qprep_w_q4k(wg + i * rs, w + i * ws + gi * 144);
+        for (int j = 0; j < nc; j++)
+            qprep_a_q4k(ag + j * rs, a + j * as + gi * 292);
+        return 8;
+    }
+    if (qt == QT_Q6_K) {
+        for (int i = 0; i < nr; i++)
+            qprep_w_q6k(wg + i * rs, w + i * ws + (gi / 2) * 210, (int)(gi & 1));
+        for (int j = 0; j < nc; j++)
+            qprep_a_q6k(ag + j * rs, a + j * as + (gi / 2) * 292, (int)(gi & 1));
+        return 4;
+    }
+    int64_t b0;
+    const int nb = qt_group32(n / QK, gi, &b0);
+    const size_t ab = qt == QT_Q4_1 || qt == QT_Q5_1 ? 36 : 34;
+    for (int i = 0; i < nr; i++)
+        qprep_w32(wg + i * rs, w + i * ws + b0 * qt_wbytes(qt), nb, qt, vnni);
+    for (int j = 0; j < nc; j++)
+        qprep_a32(ag + j * rs, a + j * as + b0 * ab, nb, qt, vnni);
+    return nb;
+}
+
+/* A quantized tile: chunks of up to 4 groups are prepared (all nr weight and nc
+ * activation rows) and then run through the micro-tiles. */
+#define QT_CHUNK_GROUPS 4
+#define DEF_QTILE_DRIVER(SFX, TGT, VNNI, RM, RN, MK)                                               \
+    TGT static AI void qtile_##SFX(int64_t n, int nr, int nc, float *s, size_t ldc,                \
+                                   const uint8_t *w, size_t ws, const uint8_t *a, size_t as,       \
+                                   const int qt, const int fl, const int flush)                    \
+    {                                                                                              \
+        _Alignas(32) uint8_t wp[ENG_TILE_MAX * QT_CHUNK_GROUPS * QG_BYTES];                        \
+        _Alignas(32) uint8_t ap[ENG_TILE_MAX * QT_CHUNK_GROUPS * QG_BYTES];                        \
+        __m256 fm[ENG_TILE_MAX * ENG_TILE_MAX];                                                    \
+        uint8_t gs[QT_CHUNK_GROUPS];                                                               \
+        (void)flush;                                                                               \
+        const int64_t ngr = qt_ngroups(n, qt);                                                     \
+        if (ngr == 0)                                                                              \
+            for (int j = 0; j < nc; j++)                                                           \
+                for (int i = 0; i < nr; i++)                                                       \
+                    s[j * ldc + i] = 0.0f;                                                         \
+        for (int64_t c0 = 0; c0 < ngr; c0 += QT_CHUNK_GROUPS) {                                    \
+            const int ng = (int)(ngr - c0 < QT_CHUNK_GROUPS ? ngr - c0 : QT_CHUNK_GROUPS);         \
+            const size_t rs = (size_t)ng * QG_BYTES;                                               \
+            for (int g = 0; g < ng; g++)                                                           \
+                gs[g] = (uint8_t)qt_prep(wp + g * QG_BYTES, w, ws, nr, ap + g * QG_BYTES, a, as,   \
+                                         nc, rs, n, c0 + g, qt, VNNI);                             \
+            const bool first = c0 == 0, last = c0 + ng >= ngr;                                     \
+            TILE_LOOP(RM, RN, nr, nc, MK)                                                          \
+        }                                                                                          \
+    }
+
+#define QMK_VNNI(rm, rn)                                                                           \
+    qmk_vnni(wp + i0 * rs, ap + j0 * rs, rs, gs, ng, fm + 16 * j0 + i0, first, last,               \
+             s + j0 * ldc + i0, ldc, rm, rn, fl)
+#define QMK_AVX2(rm, rn)                                                                           \
+    qmk_avx2(wp + i0 * rs, ap + j0 * rs, rs, gs, ng, fm + 16 * j0 + i0, first, last,               \
+             s + j0 * ldc + i0, ldc, rm, rn, fl, flush)
+
+/* AVX-512 (32 registers): 4 x 3 pairs, 12 integer and 12 float accumulators. AVX2: 2 x 2
+ * (16-bit, 32-bit and float accumulators per pair). */
+DEF_QTILE_DRIVER(vnni, TA5, true, 4, 3, QMK_VNNI)
+DEF_QTILE_DRIVER(avx2, TA2, false, 2, 2, QMK_AVX2)
+
+#define DEF_QTILE(NAME, SFX, TGT, QT, FL, FLUSH)                                                   \
+    TGT static void NAME(int64_t n, int nr, int nc, float *s, size_t ldc, const void *w,           \
+                         size_t ws, const void *a, size_t as)                                      \
+    {                                                                                              \
+        qtile_##SFX(n, nr, nc, s, ldc, w, ws, a, as, QT, FL, FLUSH);                               \
+    }
+
+DEF_QTILE(tile_q8_0_avx2, avx2, TA2, QT_Q8_0, QF_SIGN, 1)
+DEF_QTILE(tile_q4_0_avx2, avx2, TA2, QT_Q4_0, QF_AINIT, 8)
+DEF_QTILE(tile_q4_1_avx2, avx2, TA2, QT_Q4_1, QF_M, 8)
+DEF_QTILE(tile_q5_0_avx2, avx2, TA2, QT_Q5_0, QF_AINIT, 4)
+DEF_QTILE(tile_q5_1_avx2, avx2, TA2, QT_Q5_1, QF_M, 4)
+DEF_QTILE(tile_q4_k_avx2, avx2, TA2, QT_Q4_K, QF_SC | QF_M, 8)
+DEF_QTILE(tile_q6_k_avx2, avx2, TA2, QT_Q6_K, QF_SC | QF_AINIT, 2)
+DEF_QTILE(tile_q8_0_avx512, vnni, TA5, QT_Q8_0, QF_AU | QF_WINIT, 0)
+DEF_QTILE(tile_q4_0_avx512, vnni, TA5, QT_Q4_0, QF_AINIT, 0)
+DEF_QTILE(tile_q4_1_avx512, vnni, TA5, QT_Q4_1, QF_M, 0)
+DEF_QTILE(tile_q5_0_avx512, vnni, TA5, QT_Q5_0, QF_AINIT, 0)
+DEF_QTILE(tile_q5_1_avx512, vnni, TA5, QT_Q5_1, QF_M, 0)
+DEF_QTILE(tile_q4_k_avx512, vnni, TA5, QT_Q4_K, QF_SC | QF_M, 0)
+DEF_QTILE(tile_q6_k_avx512, vnni, TA5, QT_Q6_K, QF_SC | QF_AINIT, 0)
+
+
 /* ================================================================= tables ===== */
 
 static const eng_kernels avx2_kernels = {
@@ -1012,6 +1741,19 @@ static const eng_kernels avx2_kernels = {
             [ENG_Q5_1] = vec_dot_q5_1_avx2,
             [ENG_Q4_K] = vec_dot_q4_k_avx2,
             [ENG_Q6_K] = vec_dot_q6_k_avx2,
+        },
+    .tile =
+        {
+            [ENG_F32] = tile_f32_avx2,
+            [ENG_F16] = tile_f16_avx2,
+            [ENG_BF16] = tile_bf16_avx2,
+            [ENG_Q8_0] = tile_q8_0_avx2,
+            [ENG_Q4_0] = tile_q4_0_avx2,
+            [ENG_Q4_1] = tile_q4_1_avx2,
+            [ENG_Q5_0] = tile_q5_0_avx2,
+            [ENG_Q5_1] = tile_q5_1_avx2,
+            [ENG_Q4_K] = tile_q4_k_avx2,
+            [ENG_Q6_K] = tile_q6_k_avx2,
         },
     .quantize =
         {
@@ -1040,6 +1782,19 @@ static const eng_kernels avx512_kernels = {
             [ENG_Q5_1] = vec_dot_q5_1_avx512,
             [ENG_Q4_K] = vec_dot_q4_k_avx512,
             [ENG_Q6_K] = vec_dot_q6_k_avx512,
+        },
+    .tile =
+        {
+            [ENG_F32] = tile_f32_avx512,
+            [ENG_F16] = tile_f16_avx512,
+            [ENG_BF16] = tile_bf16_avx512,
+            [ENG_Q8_0] = tile_q8_0_avx512,
+            [ENG_Q4_0] = tile_q4_0_avx512,
+            [ENG_Q4_1] = tile_q4_1_avx512,
+            [ENG_Q5_0] = tile_q5_0_avx512,
+            [ENG_Q5_1] = tile_q5_1_avx512,
+            [ENG_Q4_K] = tile_q4_k_avx512,
+            [ENG_Q6_K] = tile_q6_k_avx512,
         },
     .quantize =
         {

@@ -139,11 +139,40 @@ static void t_buf(void **s)
     assert_string_equal(hb, "98.4 MB");
 }
 
+/* Invalid UTF-8 becomes U+FFFD, one per bad byte; valid text is kept as it is. */
+static void t_utf8(void **state)
+{
+    (void)state;
+    const struct {
+        const char *in;
+        size_t n;
+        const char *out;
+    } cases[] = {
+        {"caf\xc3\xa9 \xf0\x9f\x98\x80", 10, "caf\xc3\xa9 \xf0\x9f\x98\x80"},
+        {"ab\xc3", 3, "ab\xef\xbf\xbd"},                  /* cut in the middle */
+        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},       /* overlong '/' */
+        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* a surrogate */
+        {"\xf4\x90\x80\x80", 4, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+        {"a\0b", 3, "a\0b"},
+        {"", 0, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *o = core_utf8_valid_copy(cases[i].in, cases[i].n);
+        assert_non_null(o);
+        size_t want = strlen(cases[i].out);
+        if (i == 5) want = 3;
+        assert_memory_equal(o, cases[i].out, want);
+        if (i != 5) assert_int_equal(strlen(o), want);
+        free(o);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_names),        cmocka_unit_test(t_relpath), cmocka_unit_test(t_hex),
         cmocka_unit_test(t_atomic_write), cmocka_unit_test(t_errors),  cmocka_unit_test(t_buf),
+        cmocka_unit_test(t_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

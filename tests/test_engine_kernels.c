@@ -875,6 +875,221 @@ static void t_simd_float_conversions(void **state)
     free(b);
 }
 
+/* ------------------------------------------------------------------- tiles ---- */
+
+/* A pool of 16 weight rows and 16 activation rows of one type and length, at odd
+ * addresses and with gaps between rows (strides longer than a row, the gaps filled
+ * with garbage), and the expected dots of every pair: the reference vec_dot, the set's
+ * vec_dot and the magnitude sum |w_i a_i| (from the independent dot) for tolerances. */
+typedef struct tile_pool {
+    int type;
+    int64_t n;
+    uint8_t *wbuf, *abuf, *w, *a;
+    size_t ws, as;
+    double ref[16][16], set[16][16], mag[16][16]; /* [weight row][activation row] */
+} tile_pool;
+
+/* Weight kind 3: the largest unsigned quants (every bit of qs, qh and scales set; Q8_0
+ * -128 everywhere) with sane scales: the 16-bit partial sums of the AVX2 tiles at
+ * their limits. */
+static void make_weights_max(uint8_t *w, int type, int64_t n, uint64_t *rs)
+{
+    make_weights(w, type, n, 0, rs);
+    size_t be = 0, bb = 0;
+    eng_type_block(type, &be, &bb);
+    if (be == 1) return; /* float rows: kind 0 */
+    uint8_t *keep = xmalloc(bb);
+    for (int64_t b = 0; b < n / (int64_t)be; b++) {
+        uint8_t *blk = w + (size_t)b * bb;
+        memcpy(keep, blk, bb);
+        memset(blk, type == ENG_Q8_0 ? 0x80 : 0xff, bb);
+        switch (type) { /* the scales back */
+        case ENG_Q8_0:
+        case ENG_Q4_0:
+        case ENG_Q5_0: memcpy(blk, keep, 2); break;
+        case ENG_Q4_1:
+        case ENG_Q5_1: memcpy(blk, keep, 4); break;
+        case ENG_Q4_K: memcpy(blk, keep, 4); break; /* d, dmin; scales stay 63 */
+        case ENG_Q6_K:
+            memcpy(blk + 208, keep + 208, 2);
+            memset(blk + 192, 0x7f, 16); /* sub-block scales 127 */
+            break;
+        default: fail();
+        }
+    }
+    free(keep);
+}
+
+/* Activation kind 7: every element of a block the same magnitude (qs all +-127), the
+ * block signs alternating. */
+static void make_activation_max(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = ((i / 32) & 1) ? -3.0f : 2.0f;
+}
+
+static void tile_pool_make(tile_pool *p, const eng_kernels *ks, int type, int64_t n, uint64_t *rs)
+{
+    const eng_kernels *ref = eng_kernels_ref();
+    const int at = eng_act_type(type);
+    const size_t rb = row_bytes(type, n), ab = eng_act_row_bytes(type, n);
+    p->type = type;
+    p->n = n;
+    p->ws = rb + 3 + (size_t)(rng_next(rs) % 40);
+    p->as = ab + 5 + (size_t)(rng_next(rs) % 40);
+    p->wbuf = xmalloc(16 * p->ws + 1);
+    p->abuf = xmalloc(16 * p->as + 1);
+    for (size_t i = 0; i < 16 * p->ws + 1; i++)
+        p->wbuf[i] = (uint8_t)rng_next(rs);
+    for (size_t i = 0; i < 16 * p->as + 1; i++)
+        p->abuf[i] = (uint8_t)rng_next(rs);
+    p->w = p->wbuf + 1;
+    p->a = p->abuf + 1;
+    float *x = xmalloc((size_t)(n ? n : 1) * sizeof(float));
+    for (int r = 0; r < 16; r++) {
+        if (r % 5 == 4)
+            make_weights_max(p->w + r * p->ws, type, n, rs);
+        else
+            make_weights(p->w + r * p->ws, type, n, r % 5 == 3 ? 2 : r % 3 == 2 ? 1 : 0, rs);
+        const int kind = r % (N_ACT_KINDS + 1);
+        if (kind == N_ACT_KINDS)
+            make_activation_max(x, n);
+        else
+            make_activation(x, n, kind, rs);
+        ref->quantize[at](x, p->a + r * p->as, n);
+    }
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) {
+            const uint8_t *w = p->w + i * p->ws, *a = p->a + j * p->as;
+            float r0 = -1, r1 = -2;
+            ref->vec_dot[type](n, &r0, w, a);
+            ks->vec_dot[type](n, &r1, w, a);
+            p->ref[i][j] = r0;
+            p->set[i][j] = r1;
+            independent_dot(type, w, a, n, &p->mag[i][j]);
+        }
+    free(x);
+}
+
+static void tile_pool_free(tile_pool *p)
+{
+    free(p->wbuf);
+    free(p->abuf);
+}
+
+/* One tile call: rows i0 .. i0+nr-1 by j0 .. j0+nc-1 of the pool into an output with
+ * row pitch ldc, surrounded by a sentinel that must stay untouched. */
+static void check_tile_call(const eng_kernels *ks, const tile_pool *p, int i0, int nr, int j0,
+                            int nc, size_t ldc, double *worst)
+{
+    enum { GUARD = 19 };
+    const size_t cap = GUARD + (size_t)nc * ldc + GUARD;
+    const uint32_t sentinel = 0x7fa5a5a5u; /* a NaN no kernel computes */
+    uint32_t *buf = xmalloc(cap * sizeof(uint32_t));
+    for (size_t i = 0; i < cap; i++)
+        buf[i] = sentinel;
+    float *s = (float *)(buf + GUARD);
+    ks->tile[p->type](p->n, nr, nc, s, ldc, p->w + (size_t)i0 * p->ws, p->ws,
+                      p->a + (size_t)j0 * p->as, p->as);
+    for (size_t k = 0; k < cap; k++) {
+        const bool out = k >= GUARD && (k - GUARD) / ldc < (size_t)nc && (k - GUARD) % ldc < (size_t)nr;
+        if (!out && buf[k] != sentinel) {
+            fprintf(stderr, "%s tile %s n=%lld nr=%d nc=%d ldc=%zu: wrote outside its outputs (%zd)\n",
+                    ks->name, eng_type_name(p->type), (long long)p->n, nr, nc, ldc,
+                    (ssize_t)k - GUARD);
+            fail();
+        }
+    }
+    const double rel = p->type == ENG_F32 || p->type == ENG_F16 || p->type == ENG_BF16 ? 2e-5 : 1e-5;
+    for (int j = 0; j < nc; j++)
+        for (int i = 0; i < nr; i++) {
+            const double got = s[(size_t)j * ldc + i], mag = p->mag[i0 + i][j0 + j];
+            const double want = p->ref[i0 + i][j0 + j], vd = p->set[i0 + i][j0 + j];
+            char what[128];
+            snprintf(what, sizeof what, "%s tile %s n=%lld nr=%d nc=%d (row %d, act %d)", ks->name,
+                     eng_type_name(p->type), (long long)p->n, nr, nc, i0 + i, j0 + j);
+            if (!isfinite(mag) || !isfinite(want)) continue; /* overflowing rows: no claim */
+            check_close(what, got, want, mag, rel);
+            check_close(what, got, vd, mag, rel);
+            if (mag > 0 && fabs(got - want) / mag > *worst) *worst = fabs(got - want) / mag;
+            if (mag == 0) assert_true(got == 0.0);
+        }
+    free(buf);
+}
+
+/* Every type's tile in set `name` against the reference dots and the set's own: every
+ * nr and nc in 1..16 (the sub-tile taken at varying offsets of the pool, ldc tight or
+ * loose) at short lengths that reach each tail case, a few shapes at long ones. */
+static void check_tiles(const char *name)
+{
+    const eng_kernels *ks = eng_kernels_get(name);
+    if (!ks) {
+        fprintf(stderr, "kernels %s: not available on this CPU, skipped\n", name);
+        skip();
+    }
+    /* 32-element blocks: 1, 3, 7 (4+2+1), 18 (8+8+2), 39 (chunks of 4 groups, then
+     * 4+2+1), 72 blocks; K-quants 1, 2, 9 super-blocks; floats odd lengths too */
+    static const int64_t lens_full[] = {1, 7, 9, 32, 96, 224, 256, 512, 576};
+    static const int64_t lens_long[] = {1027, 1248, 2304};
+    static const int shapes[][2] = {{16, 16}, {16, 13}, {11, 16}, {1, 1}, {5, 7}, {16, 1}, {2, 16}};
+    uint64_t rs = 2024;
+    long calls = 0;
+    double worst[ENG_NTYPES] = {0};
+    for (size_t t = 0; t < N_WTYPES; t++) {
+        const int wt = wtypes[t];
+        assert_non_null(ks->tile[wt]); /* every set tiles every type it dots */
+        const int64_t be = (int64_t)block_elems(wt);
+        for (size_t l = 0; l < sizeof lens_full / sizeof *lens_full + sizeof lens_long / sizeof *lens_long; l++) {
+            const bool full = l < sizeof lens_full / sizeof *lens_full;
+            const int64_t n = full ? lens_full[l] : lens_long[l - sizeof lens_full / sizeof *lens_full];
+            if (n % be) continue;
+            tile_pool p;
+            tile_pool_make(&p, ks, wt, n, &rs);
+            if (full) {
+                for (int nr = 1; nr <= 16; nr++)
+                    for (int nc = 1; nc <= 16; nc++) {
+                        const int i0 = (nr * 7 + nc) % (17 - nr), j0 = (nc * 5 + nr) % (17 - nc);
+                        const size_t ldc = (nr + nc) % 3 == 0 ? (size_t)nr : (size_t)nr + 1 + (size_t)(nc % 5);
+                        check_tile_call(ks, &p, i0, nr, j0, nc, ldc, &worst[wt]);
+                        calls++;
+                    }
+            } else {
+                for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+                    const int nr = shapes[k][0], nc = shapes[k][1];
+                    check_tile_call(ks, &p, 16 - nr, nr, 0, nc, 16 + (size_t)k, &worst[wt]);
+                    calls++;
+                }
+            }
+            tile_pool_free(&p);
+        }
+    }
+    /* where a set has no tile for a type the backend dots row by row: none here */
+    assert_null(ks->tile[ENG_Q2_K]);
+    fprintf(stderr, "kernels %s: %ld tile calls; worst relative error against the reference:", name,
+            calls);
+    for (size_t t = 0; t < N_WTYPES; t++)
+        fprintf(stderr, " %s %.1e", eng_type_name(wtypes[t]), worst[wtypes[t]]);
+    fprintf(stderr, "\n");
+}
+
+static void t_tiles_ref(void **state)
+{
+    (void)state;
+    check_tiles("ref");
+}
+
+static void t_tiles_avx2(void **state)
+{
+    (void)state;
+    check_tiles("avx2");
+}
+
+static void t_tiles_avx512(void **state)
+{
+    (void)state;
+    check_tiles("avx512");
+}
+
 /* ------------------------------------------------------------------- pool ---- */
 
 typedef struct pool_job {
@@ -1039,6 +1254,9 @@ int main(void)
         cmocka_unit_test(t_simd_avx2),
         cmocka_unit_test(t_simd_avx512),
         cmocka_unit_test(t_simd_float_conversions),
+        cmocka_unit_test(t_tiles_ref),
+        cmocka_unit_test(t_tiles_avx2),
+        cmocka_unit_test(t_tiles_avx512),
         cmocka_unit_test(t_pool_runs),
         cmocka_unit_test(t_pool_one),
         cmocka_unit_test(t_pool_create_free),

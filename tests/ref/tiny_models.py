@@ -15,6 +15,13 @@ agrees with tests/ref/np_forward.py on them.
 Both vocabularies: the 256 GPT-2 byte tokens (bytes_to_unicode order), the results of
 a few dozen merges of common English pairs, then the special tokens (CONTROL type).
 
+Written with gguf-py 0.19.0 the files have SHA-256
+  qwen2 98b1aa3f1404b7694814fd30a4738448b34db673e67f611e04e0dfee79a7f86b
+  llama aba983cfebe25081eac8cf1b5d2f27542dd68ca20518ea120e41a1845cf498d4
+as recorded in tests/golden/llama_tiny_{qwen2,llama}.json (make_llama_golden.py run on
+them). Another gguf-py may lay the bytes out differently with the same values; a test
+that finds another digest should compare with np_forward.py rather than the golden.
+
 usage: tiny_models.py qwen2|llama OUT.gguf
 """
 import sys
