@@ -2,7 +2,7 @@
 # (scripts/deps.sh, scripts/fetch-model.sh), configures and builds.
 #   make run    demo: a local registry holding the real SmolLM2 model
 #   make test   builds and runs every test, then again under ASan+UBSan
-#   make bench  benchmarks (JSON lines)
+#   make bench  benchmarks (JSON lines): ingest vs openssl/dd, engine vs llama.cpp
 
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
@@ -10,13 +10,18 @@ JOBS       ?= $(shell nproc)
 MAKEFLAGS  += --no-print-directory
 MODEL       = $(HOME)/.cache/mlvault/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: all deps build build-asan run test test-fast bench clean
+.PHONY: all deps deps-llama-cpp build build-asan run test test-fast bench clean
 
 all: build
 
 deps:
 	@./scripts/deps.sh
 	@./scripts/fetch-model.sh >/dev/null
+
+# llama.cpp (llama-cpp-python, built from source: minutes, once) — the independent
+# reference some tests load models with, and the peer of bench/engine.
+deps-llama-cpp: deps
+	@./scripts/deps-llama-cpp.sh
 
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMLV_MODEL_GGUF=$(MODEL)
@@ -36,14 +41,15 @@ run: build
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure
 
-test: build build-asan
+test: deps-llama-cpp build build-asan
 	@echo "== tests (release build) =="
 	cd $(BUILD) && ctest --output-on-failure
 	@echo "== tests (ASan + UBSan build) =="
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure
 
-bench: build
+bench: deps-llama-cpp build
 	./bench/ingest $(BUILD)/mlvault
+	./bench/engine --bin $(BUILD)/mlvault
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

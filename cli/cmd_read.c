@@ -126,6 +126,22 @@ int cmd_show(int argc, char **argv)
         core_human_bytes(hb, sizeof hb, (uint64_t)json_integer_value(json_object_get(x, "size")));
         printf("    %-40s %12s  sha256:%s\n", str(x, "path"), hb, str(x, "sha256"));
     }
+    json_t *evs = json_object_get(o, "evaluations");
+    if (json_array_size(evs)) printf("  evaluations\n");
+    json_array_foreach(evs, i, x)
+    {
+        const char *metric = str(x, "metric");
+        const bool pct = strstr(metric, "accuracy") != NULL;
+        const double k = pct ? 100 : 1;
+        printf("    %-20s %9.4f%s  [%.4f, %.4f]  on %s (sha256:%.12s…), %lld samples, ctx %lld, "
+               "%s, %s\n",
+               metric, json_real_value(json_object_get(x, "value")) * k, pct ? "%" : " ",
+               json_real_value(json_object_get(x, "ci_low")) * k,
+               json_real_value(json_object_get(x, "ci_high")) * k, str(x, "dataset"),
+               str(x, "dataset_digest"), (long long)json_integer_value(json_object_get(x, "n_samples")),
+               (long long)json_integer_value(json_object_get(x, "ctx")), str(x, "engine"),
+               str(x, "created_at"));
+    }
     json_decref(o);
     return 0;
 }

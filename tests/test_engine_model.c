@@ -183,8 +183,10 @@ static void check_tiny(const char *arch)
             assert_int_equal(eng_decode(c, &ids[t], 1, one, false), 0);
             for (size_t v = 0; v < cols; v++) inc_diff = fmax(inc_diff, fabs(one[v] - lg[t * cols + v]));
         }
-        if (inc_diff >= 1e-3) printf("incremental vs batch: max difference %g\n", inc_diff);
-        assert_true(inc_diff < 1e-3);
+        /* the same up to summation order, and the F16 rounding of K and V that a last-bit
+         * difference can flip */
+        printf("  one token at a time vs all at once: max difference %g\n", inc_diff);
+        assert_true(inc_diff < 1e-3 * fmax(1.0, max_abs));
         free(one);
         eng_ctx_free(c);
         free(lg);

@@ -89,8 +89,8 @@ class EngineTest(unittest.TestCase):
     def test_chat_uses_the_template(self):
         out = self.run_json(MODEL, "--chat", "--prompt", "What is the capital of France?",
                             "-n", "16", "--temp", "0")
-        # rendered as SmolLM2's Jinja template does: default system prompt, ChatML
-        from llama_cpp import Llama  # noqa: F401  (only to be sure the reference exists)
+        # rendered as SmolLM2's Jinja template does (default system prompt, ChatML) and
+        # tokenized by llama.cpp with its special tokens parsed
         ref = subprocess.run(
             [PY, "-c",
              "import sys, llama_cpp, jinja2, json\n"

@@ -76,7 +76,7 @@ import eval_corpus  # noqa: E402
 try:
     import llama_cpp
 except ImportError:
-    sys.exit("make_llama_golden: llama-cpp-python is missing (scripts/deps-bench.sh installs it)")
+    sys.exit("make_llama_golden: llama-cpp-python is missing (scripts/deps-llama-cpp.sh installs it)")
 
 N_THREADS = 2
 LOGITS_TOKENS = 1100

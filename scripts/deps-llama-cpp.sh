@@ -19,12 +19,12 @@ if "$VENV/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
   exit 0
 fi
 command -v cmake >/dev/null && command -v c++ >/dev/null || {
-  echo "deps-bench: cmake and a C++ compiler are needed (scripts/deps.sh installs them)" >&2
+  echo "deps-llama-cpp: cmake and a C++ compiler are needed (scripts/deps.sh installs them)" >&2
   exit 1
 }
-echo "deps-bench: pip installing $PKG==$VERSION (builds llama.cpp; takes a few minutes)"
+echo "deps-llama-cpp: pip installing $PKG==$VERSION (builds llama.cpp; takes a few minutes)"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$PKG==$VERSION"
 "$VENV/bin/python" -c "import llama_cpp" || {
-  echo "deps-bench: $PKG installed but does not import" >&2
+  echo "deps-llama-cpp: $PKG installed but does not import" >&2
   exit 1
 }
