@@ -34,6 +34,11 @@ typedef struct eng_backend_ops {
     /* y (T, n_out) = x (T, n_in) . W^T (+ bias (n_out) when not NULL) */
     void (*matmul)(eng_backend *b, float *y, const eng_weight *w, const float *bias,
                    const float *x, int T);
+    /* ys[i] (T, ws[i].n_out) = x (T, n_in) . ws[i]^T (+ biases[i]) for i < n <= 3:
+     * products that read the same input (q/k/v, gate/up) in one pass. biases may be
+     * NULL, as may each biases[i]. */
+    void (*matmul_n)(eng_backend *b, int n, float *const *ys, const eng_weight *const *ws,
+                     const float *const *biases, const float *x, int T);
     /* y (T, n) = x / sqrt(mean(x^2) + eps) * g (n);  y may be x */
     void (*rmsnorm)(eng_backend *b, float *y, const float *x, const float *g, int T, int n,
                     float eps);

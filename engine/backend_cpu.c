@@ -75,81 +75,137 @@ static void split(int64_t n, int ith, int nth, int64_t align, int64_t *start, in
 
 /* ------------------------------------------------------------------ matmul ---- */
 
+#define MAX_FUSED 3 /* weights sharing one input in one pass (q, k, v) */
+
+/* One pass over the rows of up to MAX_FUSED weights that read the same input x: x is
+ * quantized once per activation type, then the rows of all weights, taken as one
+ * concatenated range, are split over the threads (one pool run instead of one per
+ * weight, which matters when a decode step is hundreds of small products). */
 typedef struct matmul_job {
     cpu_backend *cb;
-    float *y;
-    const eng_weight *w;
-    const float *bias, *x;
+    int n;
+    float *const *ys;
+    const eng_weight *const *ws;
+    const float *const *biases;
+    const float *x;
     int T;
-    size_t abytes;
-    int act_type;
+    int64_t rows; /* sum of the weights' n_out */
+    /* per weight: where its activation rows are (weights with the same activation
+     * type share them) */
+    const uint8_t *act[MAX_FUSED];
+    size_t abytes[MAX_FUSED];
+    /* the distinct activation types to produce */
+    int n_q;
+    int q_type[MAX_FUSED];
+    uint8_t *q_dst[MAX_FUSED];
+    size_t q_bytes[MAX_FUSED];
 } matmul_job;
 
 static void quantize_job(void *arg, int ith, int nth)
 {
     matmul_job *j = arg;
+    const int64_t n_in = j->ws[0]->n_in;
     int64_t t0, t1;
     split(j->T, ith, nth, 1, &t0, &t1);
-    eng_quantize_fn q = j->cb->k->quantize[j->act_type];
-    for (int64_t t = t0; t < t1; t++)
-        q(j->x + t * j->w->n_in, j->cb->act + (size_t)t * j->abytes, j->w->n_in);
+    for (int q = 0; q < j->n_q; q++) {
+        eng_quantize_fn fn = j->cb->k->quantize[j->q_type[q]];
+        for (int64_t t = t0; t < t1; t++)
+            fn(j->x + t * n_in, j->q_dst[q] + (size_t)t * j->q_bytes[q], n_in);
+    }
 }
 
-/* Rows are taken in tiles so a tile of weight rows stays in L1 while every activation
- * row passes over it (prefill), and each weight byte is read once per product. With a
- * tile kernel, ROW_TILE x ENG_TILE_MAX blocks of the product are computed at once, each
- * weight block loaded once for up to 16 activation rows. */
+/* Rows [r0, r1) of weight i: tiles of weight rows stay in L1 while every activation row
+ * passes over them (prefill); each weight byte is read once per product. With a tile
+ * kernel, ROW_TILE x ENG_TILE_MAX blocks of the product are computed at once. */
 #define ROW_TILE 16
 
-static void matmul_rows_job(void *arg, int ith, int nth)
+static void rows_of(const matmul_job *j, int i, int64_t r0, int64_t r1)
 {
-    matmul_job *j = arg;
-    const eng_weight *w = j->w;
+    const eng_weight *w = j->ws[i];
+    const float *bias = j->biases ? j->biases[i] : NULL;
+    float *y = j->ys[i];
+    const uint8_t *act = j->act[i];
+    const size_t abytes = j->abytes[i];
     eng_vec_dot_fn dot = j->cb->k->vec_dot[w->type];
     eng_tile_fn tile = j->T >= 4 ? j->cb->k->tile[w->type] : NULL;
-    int64_t r0, r1;
-    split(w->n_out, ith, nth, ROW_TILE, &r0, &r1);
     for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
         int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
         if (tile) {
             for (int t = 0; t < j->T; t += ENG_TILE_MAX) {
                 int nc = j->T - t < ENG_TILE_MAX ? j->T - t : ENG_TILE_MAX;
-                tile(w->n_in, (int)(re - rt), nc, j->y + (size_t)t * w->n_out + rt,
-                     (size_t)w->n_out, w->data + (size_t)rt * w->row_bytes, w->row_bytes,
-                     j->cb->act + (size_t)t * j->abytes, j->abytes);
+                tile(w->n_in, (int)(re - rt), nc, y + (size_t)t * w->n_out + rt, (size_t)w->n_out,
+                     w->data + (size_t)rt * w->row_bytes, w->row_bytes, act + (size_t)t * abytes,
+                     abytes);
             }
-            if (j->bias)
+            if (bias)
                 for (int t = 0; t < j->T; t++)
-                    for (int64_t r = rt; r < re; r++) j->y[(size_t)t * w->n_out + r] += j->bias[r];
+                    for (int64_t r = rt; r < re; r++) y[(size_t)t * w->n_out + r] += bias[r];
             continue;
         }
         for (int t = 0; t < j->T; t++) {
-            const uint8_t *a = j->cb->act + (size_t)t * j->abytes;
-            float *yt = j->y + (size_t)t * w->n_out;
+            const uint8_t *a = act + (size_t)t * abytes;
+            float *yt = y + (size_t)t * w->n_out;
             for (int64_t r = rt; r < re; r++) {
                 float s;
                 dot(w->n_in, &s, w->data + (size_t)r * w->row_bytes, a);
-                yt[r] = j->bias ? s + j->bias[r] : s;
+                yt[r] = bias ? s + bias[r] : s;
             }
         }
     }
 }
 
-static void cpu_matmul(eng_backend *b, float *y, const eng_weight *w, const float *bias,
-                       const float *x, int T)
+static void matmul_rows_job(void *arg, int ith, int nth)
+{
+    matmul_job *j = arg;
+    int64_t v0, v1, base = 0;
+    split(j->rows, ith, nth, ROW_TILE, &v0, &v1);
+    for (int i = 0; i < j->n && v0 < v1; i++) {
+        const int64_t n_out = j->ws[i]->n_out;
+        int64_t a = v0 - base, b = v1 - base;
+        if (a < n_out && b > 0) rows_of(j, i, a > 0 ? a : 0, b < n_out ? b : n_out);
+        base += n_out;
+    }
+}
+
+static void cpu_matmul_n(eng_backend *b, int n, float *const *ys, const eng_weight *const *ws,
+                         const float *const *biases, const float *x, int T)
 {
     cpu_backend *cb = cpu(b);
-    matmul_job j = {cb, y, w, bias, x, T, eng_act_row_bytes(w->type, w->n_in),
-                    eng_act_type(w->type)};
-    assert(j.abytes * (size_t)T <= cb->act_cap); /* sized by reserve */
+    assert(n >= 1 && n <= MAX_FUSED);
+    matmul_job j = {.cb = cb, .n = n, .ys = ys, .ws = ws, .biases = biases, .x = x, .T = T};
+    size_t used = 0;
+    int64_t work = 0;
+    for (int i = 0; i < n; i++) {
+        const int type = eng_act_type(ws[i]->type);
+        j.abytes[i] = eng_act_row_bytes(ws[i]->type, ws[i]->n_in);
+        j.rows += ws[i]->n_out;
+        work += ws[i]->n_out * ws[i]->n_in;
+        int q = 0;
+        while (q < j.n_q && j.q_type[q] != type) q++;
+        if (q == j.n_q) {
+            j.q_type[q] = type;
+            j.q_dst[q] = cb->act + used;
+            j.q_bytes[q] = j.abytes[i];
+            used += j.abytes[i] * (size_t)T;
+            j.n_q++;
+        }
+        j.act[i] = j.q_dst[q];
+    }
+    assert(used <= cb->act_cap); /* sized by reserve */
     if (T >= 4 && cb->pool)
         core_pool_run(cb->pool, quantize_job, &j);
     else
         quantize_job(&j, 0, 1);
-    if (cb->pool && (int64_t)w->n_out * T * w->n_in >= 32768)
+    if (cb->pool && work * T >= 32768)
         core_pool_run(cb->pool, matmul_rows_job, &j);
     else
         matmul_rows_job(&j, 0, 1);
+}
+
+static void cpu_matmul(eng_backend *b, float *y, const eng_weight *w, const float *bias,
+                       const float *x, int T)
+{
+    cpu_matmul_n(b, 1, &y, &w, &bias, x, T);
 }
 
 /* ------------------------------------------------------- elementwise ops ---- */
@@ -309,7 +365,7 @@ static void cpu_free(eng_backend *b)
 static int cpu_reserve(eng_backend *b, size_t max_act_bytes, int max_T, int n_ctx, int hd)
 {
     cpu_backend *cb = cpu(b);
-    int rc = grow((void **)&cb->act, &cb->act_cap, max_act_bytes * (size_t)max_T);
+    int rc = grow((void **)&cb->act, &cb->act_cap, MAX_FUSED * max_act_bytes * (size_t)max_T);
     if (rc || ((size_t)n_ctx <= cb->scores_cap && (size_t)hd <= cb->qh_cap)) return rc;
     size_t ns = (size_t)n_ctx > cb->scores_cap ? (size_t)n_ctx : cb->scores_cap;
     size_t nq = (size_t)hd > cb->qh_cap ? (size_t)hd : cb->qh_cap;
@@ -335,6 +391,7 @@ static const eng_backend_ops CPU_OPS = {
     .release = cpu_release,
     .reserve = cpu_reserve,
     .matmul = cpu_matmul,
+    .matmul_n = cpu_matmul_n,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .store_kv = cpu_store_kv,

@@ -462,9 +462,12 @@ static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, boo
         const layer *L = &m->layers[l];
         /* attention block: x += Wo . attn(rope(Wq xn), rope(Wk xn), Wv xn) */
         op->rmsnorm(be, c->xb, c->x, L->attn_norm, T, d, hp->rms_eps);
-        op->matmul(be, c->q, &L->wq, L->bq, c->xb, T);
-        op->matmul(be, c->k, &L->wk, L->bk, c->xb, T);
-        op->matmul(be, c->v, &L->wv, L->bv, c->xb, T);
+        {
+            float *const ys[3] = {c->q, c->k, c->v};
+            const eng_weight *const ws[3] = {&L->wq, &L->wk, &L->wv};
+            const float *const bs[3] = {L->bq, L->bk, L->bv};
+            op->matmul_n(be, 3, ys, ws, bs, c->xb, T);
+        }
         op->rope(be, c->q, T, nh, hd, (int)hp->n_rot, c->positions, hp->rope_base, hp->rope_scale,
                  m->rope_freqs, hp->rope_neox);
         op->rope(be, c->k, T, nkv, hd, (int)hp->n_rot, c->positions, hp->rope_base, hp->rope_scale,
@@ -475,8 +478,11 @@ static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, boo
         op->add(be, c->x, c->xb, (int64_t)T * d);
         /* feed-forward block: x += W_down . (silu(W_gate xn) * (W_up xn)) */
         op->rmsnorm(be, c->xb, c->x, L->ffn_norm, T, d, hp->rms_eps);
-        op->matmul(be, c->gate, &L->w_gate, NULL, c->xb, T);
-        op->matmul(be, c->up, &L->w_up, NULL, c->xb, T);
+        {
+            float *const ys[2] = {c->gate, c->up};
+            const eng_weight *const ws[2] = {&L->w_gate, &L->w_up};
+            op->matmul_n(be, 2, ys, ws, NULL, c->xb, T);
+        }
         op->swiglu(be, c->gate, c->gate, c->up, (int64_t)T * ff);
         op->matmul(be, c->xb, &L->w_down, NULL, c->gate, T);
         op->add(be, c->x, c->xb, (int64_t)T * d);

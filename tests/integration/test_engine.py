@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_vault import BIN, EXIT, MODEL, TMP, VENV, Vault  # noqa: E402
 
 SRC = os.environ.get("MLV_SOURCE_DIR", ".")
+# Under sanitizers (several times slower) the evaluations use less text.
+SANITIZED = os.environ.get("MLV_SANITIZED") == "1"
 PY = os.path.join(VENV, "bin", "python")
 
 
@@ -44,7 +46,7 @@ class EngineTest(unittest.TestCase):
         corpus = os.path.join(cls.root, "corpus.txt")
         subprocess.run([PY, os.path.join(SRC, "tests/ref/eval_corpus.py"), corpus], check=True)
         with open(corpus, "rb") as f:
-            text = f.read()[:12000]
+            text = f.read()[:4000 if SANITIZED else 12000]
         cls.text = os.path.join(cls.root, "eval.txt")
         with open(cls.text, "wb") as f:
             f.write(text)
@@ -112,7 +114,7 @@ class EngineTest(unittest.TestCase):
                             "next_token_accuracy", "--ctx", "256", token="eng")
         self.assertFalse(first["cached"])
         self.assertEqual(first["dataset_digest"], digest)
-        self.assertGreater(first["n_samples"], 1000)
+        self.assertGreater(first["n_samples"], 300 if SANITIZED else 1000)
         self.assertTrue(0.2 < first["value"] < 0.9)
         self.assertLess(first["ci_low"], first["value"])
         self.assertGreater(first["ci_high"], first["value"])
@@ -139,12 +141,16 @@ class EngineTest(unittest.TestCase):
                        "--ctx", "128", token="view")
         self.assertEqual(r.returncode, EXIT["EFORBIDDEN"], r.stderr)
 
-    def test_mc_and_kld(self):
+    def test_mc(self):
+        if SANITIZED:
+            self.skipTest("77 questions x 4 choices: the release build's run covers this")
         mc = self.v.json("eval", "smollm2", "--data", "mc", "--metric", "mc_accuracy",
                          token="eng")
         self.assertGreaterEqual(mc["n_samples"], 50)
         want = golden()["mc"]["accuracy"]
         self.assertLessEqual(abs(mc["value"] - want), 2.0 / mc["n_samples"] + 1e-9)
+
+    def test_kld_against_itself_is_zero(self):
         kld = self.v.json("eval", MODEL, "--data", self.text, "--metric", "kld", "--baseline",
                           "smollm2", "--ctx", "128", token="eng")
         self.assertLess(abs(kld["value"]), 1e-6)
