@@ -4,9 +4,11 @@
  * to GGUF with another weight type (F32, F16, BF16, Q8_0). Bytes are laid out by
  * engine/gguf_write.c, weights are produced tensor by tensor (a few rows at a time)
  * while the file is written, so memory stays bounded by a row, not the model.
- * Not a quantizer beyond Q8_0 (quantize/ owns the k-quants) and not a loader.
+ * safetensors headers are validated by engine/safetensors.c, the tokenizer's metadata
+ * written by engine/convert_tokenizer.c. Not a quantizer beyond Q8_0 (quantize/ owns
+ * the k-quants) and not a loader.
  *
- * Where we follow llama.cpp (convert_hf_to_gguf.py, gguf-py's SpecialVocab):
+ * Where we follow llama.cpp (convert_hf_to_gguf.py):
  *   - tensor names model.layers.N.self_attn.q_proj.weight -> blk.N.attn_q.weight, ...;
  *     rotary_emb.inv_freq dropped; lm_head.weight -> output.weight (dropped when
  *     tie_word_embeddings is set: the model then reads token_embd.weight);
@@ -16,22 +18,14 @@
  *   - out-types: 1-D tensors and *_norm.weight stay F32; others become the out-type,
  *     except Q8_0 rows that are not a multiple of 32, which fall back to F16; the
  *     Q8_0 blocks as ggml's quantize_row_q8_0_ref; general.file_type as llama.cpp's
- *     LlamaFileType (ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q8_0 7, MOSTLY_BF16 32);
- *   - the tokenizer: model.vocab + added_tokens, [PAD<i>] (UNUSED) filling holes up to
- *     config vocab_size; added tokens CONTROL when special or looking special
- *     (<|...|>), else USER_DEFINED; merges in the "a b" form (["a","b"] pairs joined,
- *     spaces inside a part written as U+0120); special ids from tokenizer_config.json
- *     (string or {content} matched against added_tokens), then config.json's *_token_id;
- *     add_bos/eos/sep from tokenizer_config.json, else a TemplateProcessing
- *     post-processor; chat_template (string or named list).
+ *     LlamaFileType (ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q8_0 7, MOSTLY_BF16 32).
  * Where we differ (see each place): ENG_OUT_AUTO keeps each weight's own dtype
- * (llama.cpp's "auto" picks one type for the file); tokenizer.ggml.pre is named from
- * the model and tokenizer.json's pre-tokenizer rather than by hashing a tokenization:
- * qwen2 -> "qwen2"; llama with the Llama-3 Split regex -> "llama-bpe", with
- * Digits(individual) + ByteLevel -> "smollm", with ByteLevel alone -> "gpt2"; anything
- * else is refused, as llama.cpp refuses an unknown hash. general.name is config.json's
+ * (llama.cpp's "auto" picks one type for the file); general.name is config.json's
  * _name_or_path (last component), else the folder's name, with no further heuristics. */
 #include "engine.h"
+#include "engine/bytes.h"
+#include "engine/convert_internal.h"
+#include "engine/safetensors.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -47,11 +41,9 @@
 #include <unistd.h>
 
 #define QK8_0 32
-#define ST_MAX_HEADER (100ull << 20) /* safetensors' own limit on the JSON header */
 #define HF_MAX_FILES 4096
 
 enum { FTYPE_ALL_F32 = 0, FTYPE_MOSTLY_F16 = 1, FTYPE_MOSTLY_Q8_0 = 7, FTYPE_MOSTLY_BF16 = 32 };
-enum { TOK_NORMAL = 1, TOK_CONTROL = 3, TOK_USER_DEFINED = 4, TOK_UNUSED = 5 };
 
 static bool outtype_valid(int t)
 {
@@ -93,12 +85,6 @@ static uint16_t fp32_to_bf16(float f)
     return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
 }
 
-static void put16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-}
-
 /* ggml's quantize_row_q8_0_ref, block by block: d = amax/127 (stored as half),
  * q = roundf(x/d). x: (k,) floats, k a multiple of 32; y: k/32 blocks of 34 bytes.
  * (The quantize issue moves this beside the other quantizers.) */
@@ -110,7 +96,7 @@ static void quantize_row_q8_0(const float *x, unsigned char *y, int64_t k)
             amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]); /* ggml's MAX() */
         const float d = amax / ((1 << 7) - 1);
         const float id = d ? 1.0f / d : 0.0f;
-        put16(y, eng_fp32_to_fp16(d));
+        wr16(y, eng_fp32_to_fp16(d));
         for (int j = 0; j < QK8_0; j++) {
             const float x0 = x[j] * id;
             y[2 + j] = x0 == x0 ? (unsigned char)(int8_t)roundf(x0) : 0; /* NaN: 0, not UB */
@@ -124,11 +110,11 @@ static void encode_row(int type, const float *x, unsigned char *dst, int64_t n)
     switch (type) {
     case ENG_F16:
         for (int64_t i = 0; i < n; i++)
-            put16(dst + 2 * i, eng_fp32_to_fp16(x[i]));
+            wr16(dst + 2 * i, eng_fp32_to_fp16(x[i]));
         break;
     case ENG_BF16:
         for (int64_t i = 0; i < n; i++)
-            put16(dst + 2 * i, fp32_to_bf16(x[i]));
+            wr16(dst + 2 * i, fp32_to_bf16(x[i]));
         break;
     case ENG_Q8_0: quantize_row_q8_0(x, dst, n); break;
     default:
@@ -338,38 +324,7 @@ typedef struct hf_ctx {
     float rope_theta, rms_eps, rope_linear;
     st_tensor *t;
     size_t n_t, t_cap;
-    char **owned; /* strings we made (pad tokens, joined merges) */
-    size_t n_owned, owned_cap;
 } hf_ctx;
-
-static int hf_oom(void)
-{
-    return core_err_set(MLV_ENOMEM, "convert: out of memory");
-}
-
-static char *hf_own(hf_ctx *c, char *s)
-{
-    if (!s) return NULL;
-    if (c->n_owned == c->owned_cap) {
-        size_t nc = c->owned_cap ? c->owned_cap * 2 : 64;
-        char **o = realloc(c->owned, nc * sizeof *o);
-        if (!o) {
-            free(s);
-            return NULL;
-        }
-        c->owned = o;
-        c->owned_cap = nc;
-    }
-    return c->owned[c->n_owned++] = s;
-}
-
-/* A JSON string as a C string, or NULL when it is not a string or holds a NUL byte
- * (GGUF strings could, but the writer takes C strings). */
-static const char *json_cstr(const json_t *v)
-{
-    const char *s = json_string_value(v);
-    return s && strlen(s) == json_string_length(v) ? s : NULL;
-}
 
 static const eng_hf_file *hf_find(const hf_ctx *c, const char *name)
 {
@@ -395,193 +350,51 @@ static int hf_json(const eng_hf_file *f, json_t **out)
 
 /* ------------------------------------------------------------ safetensors ---- */
 
-typedef struct st_range {
-    uint64_t begin, end;
-    const char *name;
-} st_range;
+/* What conversion reads: F32, F16 and BF16 weights of 1 to 4 non-empty dimensions;
+ * __metadata__ is ignored, whatever it holds. */
+static const eng_st_rules convert_rules = {
+    .prefix = "convert: ",
+    .dtypes = 1u << ENG_ST_F32 | 1u << ENG_ST_F16 | 1u << ENG_ST_BF16,
+    .min_dims = 1,
+    .max_dims = 4,
+    .positive_dims = true,
+};
 
-static int cmp_range(const void *a, const void *b)
-{
-    const st_range *x = a, *y = b;
-    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
-    return x->end < y->end ? -1 : x->end > y->end;
-}
-
-static bool json_u64(const json_t *v, uint64_t *out)
-{
-    if (!json_is_integer(v) || json_integer_value(v) < 0) return false;
-    *out = (uint64_t)json_integer_value(v);
-    return true;
-}
-
-/* One .safetensors file: 8-byte little-endian header length, a JSON header of
- * name -> {dtype, shape, data_offsets} (plus __metadata__, ignored), then the data,
- * indexed entirely by the tensors without overlaps or holes (the format's rule). */
+/* One .safetensors file (validated by engine/safetensors.c): its tensors are added to
+ * c->t, their data borrowed from the file's bytes. */
 static int st_parse(hf_ctx *c, const eng_hf_file *f)
 {
-    const unsigned char *p = f->data;
-    json_t *root = NULL;
-    st_range *ranges = NULL;
-    int rc = 0;
-    if (f->len < 8)
-        return core_err_set(MLV_EINVAL,
-                            "convert: safetensors %s: shorter than its 8-byte header "
-                            "length",
-                            f->name);
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = hlen << 8 | p[i];
-    if (hlen > ST_MAX_HEADER || hlen > f->len - 8)
-        return core_err_set(MLV_EINVAL,
-                            "convert: safetensors %s: header length %" PRIu64
-                            " exceeds the file (%zu bytes) or 100 MiB",
-                            f->name, hlen, f->len);
-    json_error_t jerr;
-    root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return core_err_set(MLV_EINVAL, "convert: safetensors %s: header is not valid JSON: %s",
-                            f->name, jerr.text);
-    if (!json_is_object(root)) {
-        rc = core_err_set(MLV_EINVAL, "convert: safetensors %s: header is not a JSON object",
-                          f->name);
-        goto done;
-    }
-    const unsigned char *data = p + 8 + hlen;
-    uint64_t data_len = f->len - 8 - hlen;
-    size_t n = json_object_size(root), nr = 0;
-    if (!(ranges = calloc(n ? n : 1, sizeof *ranges))) {
-        rc = hf_oom();
-        goto done;
-    }
-    const char *name;
-    json_t *v;
-    json_object_foreach(root, name, v)
-    {
-        if (!strcmp(name, "__metadata__")) continue;
-        json_t *dt = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape"),
-               *offs = json_object_get(v, "data_offsets");
-        if (!json_is_object(v) || !json_is_string(dt) || !json_is_array(shape) ||
-            !json_is_array(offs) || json_array_size(offs) != 2) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: safetensors %s: tensor '%.120s': needs dtype, shape and "
-                              "data_offsets [begin, end]",
-                              f->name, name);
-            goto done;
-        }
-        const char *dtype = json_string_value(dt);
-        int type;
-        unsigned esize;
-        if (!strcmp(dtype, "F32"))
-            type = ENG_F32, esize = 4;
-        else if (!strcmp(dtype, "F16"))
-            type = ENG_F16, esize = 2;
-        else if (!strcmp(dtype, "BF16"))
-            type = ENG_BF16, esize = 2;
-        else {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: safetensors %s: tensor '%.120s': dtype '%.40s' is not "
-                              "supported (F32, F16 and BF16 are)",
-                              f->name, name, dtype);
-            goto done;
-        }
-        size_t nd = json_array_size(shape);
-        if (nd < 1 || nd > 4) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: safetensors %s: tensor '%.120s': %zu dimensions (1 to 4 "
-                              "are supported)",
-                              f->name, name, nd);
-            goto done;
-        }
+    eng_st_header h;
+    int rc = eng_st_parse(&h, f->data, f->len, f->len, f->name, &convert_rules);
+    if (rc) return rc;
+    const unsigned char *data = (const unsigned char *)f->data + h.data_offset;
+    for (size_t i = 0; i < h.n; i++) {
+        const eng_st_tensor *s = &h.t[i];
         st_tensor t = {0};
-        t.n_elems = 1;
-        for (size_t d = 0; d < nd; d++) {
-            uint64_t dim;
-            if (!json_u64(json_array_get(shape, d), &dim) || dim == 0) {
-                rc = core_err_set(MLV_EINVAL,
-                                  "convert: safetensors %s: tensor '%.120s': shape is not a list "
-                                  "of positive integers",
-                                  f->name, name);
-                goto done;
-            }
-            if (dim > (uint64_t)INT64_MAX / esize ||
-                t.n_elems > (uint64_t)INT64_MAX / esize / dim) {
-                rc = core_err_set(MLV_EINVAL,
-                                  "convert: safetensors %s: tensor '%.120s': shape overflows",
-                                  f->name, name);
-                goto done;
-            }
-            t.shape[d] = dim;
-            t.n_elems *= dim;
-        }
-        uint64_t begin, end;
-        if (!json_u64(json_array_get(offs, 0), &begin) ||
-            !json_u64(json_array_get(offs, 1), &end) || end < begin) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: safetensors %s: tensor '%.120s': bad "
-                              "data_offsets",
-                              f->name, name);
-            goto done;
-        }
-        if (end > data_len) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: safetensors %s: tensor '%.120s': data_offsets [%" PRIu64
-                              ", %" PRIu64 "] are past the %" PRIu64 " data bytes",
-                              f->name, name, begin, end, data_len);
-            goto done;
-        }
-        if (end - begin != t.n_elems * esize) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: safetensors %s: tensor '%.120s': %" PRIu64
-                              " bytes for a %s tensor of %" PRIu64 " elements",
-                              f->name, name, end - begin, dtype, t.n_elems);
-            goto done;
-        }
-        t.dtype = type;
-        t.n_dims = (uint32_t)nd;
-        t.data = data + begin;
+        t.dtype = s->dtype == ENG_ST_F32 ? ENG_F32 : s->dtype == ENG_ST_F16 ? ENG_F16 : ENG_BF16;
+        t.n_dims = s->n_dims;
+        memcpy(t.shape, s->shape, s->n_dims * sizeof *s->shape);
+        t.n_elems = s->n_elems;
+        t.data = data + s->offset;
         t.file = f->name;
         if (c->n_t == c->t_cap) {
             size_t nc = c->t_cap ? c->t_cap * 2 : 256;
             st_tensor *x = realloc(c->t, nc * sizeof *x);
             if (!x) {
-                rc = hf_oom();
+                rc = eng_convert_oom();
                 goto done;
             }
             c->t = x;
             c->t_cap = nc;
         }
-        if (!(t.name = strdup(name))) {
-            rc = hf_oom();
+        if (!(t.name = strdup(s->name))) {
+            rc = eng_convert_oom();
             goto done;
         }
         c->t[c->n_t++] = t;
-        ranges[nr++] = (st_range){begin, end, c->t[c->n_t - 1].name};
     }
-    qsort(ranges, nr, sizeof *ranges, cmp_range);
-    uint64_t at = 0;
-    for (size_t i = 0; i < nr; i++) {
-        if (ranges[i].begin < at) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: safetensors %s: tensor '%.120s' overlaps tensor '%.120s'",
-                              f->name, ranges[i].name, ranges[i - 1].name);
-            goto done;
-        }
-        if (ranges[i].begin > at) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: safetensors %s: unindexed bytes before tensor '%.120s'",
-                              f->name, ranges[i].name);
-            goto done;
-        }
-        at = ranges[i].end;
-    }
-    if (at != data_len)
-        rc = core_err_set(MLV_EINVAL,
-                          "convert: safetensors %s: %" PRIu64 " data bytes but the tensors cover "
-                          "%" PRIu64,
-                          f->name, data_len, at);
 done:
-    free(ranges);
-    json_decref(root);
+    eng_st_header_clear(&h);
     return rc;
 }
 
@@ -605,7 +418,7 @@ static int st_load_all(hf_ctx *c)
     json_t *index = NULL;
     size_t ns = 0;
     int rc = 0;
-    if (!sts) return hf_oom();
+    if (!sts) return eng_convert_oom();
     for (size_t i = 0; i < c->n_files; i++)
         if (ends_with(c->files[i].name, ".safetensors")) sts[ns++] = &c->files[i];
     if (ns == 0) {
@@ -616,7 +429,7 @@ static int st_load_all(hf_ctx *c)
     for (size_t i = 0; i < ns; i++)
         if ((rc = st_parse(c, sts[i]))) goto done;
     if (!(byname = malloc((c->n_t ? c->n_t : 1) * sizeof *byname))) {
-        rc = hf_oom();
+        rc = eng_convert_oom();
         goto done;
     }
     for (size_t i = 0; i < c->n_t; i++)
@@ -870,447 +683,6 @@ static int hf_fill(void *arg, uint64_t row, uint64_t n, void *dst)
     return 0;
 }
 
-/* -------------------------------------------------------------- tokenizer ---- */
-
-/* gguf-py's SpecialVocab types; cls has no GGUF key, unk's is "unknown". */
-static const struct {
-    const char *typ, *id_key, *add_key;
-} specials[] = {
-    {"bos", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.add_bos_token"},
-    {"eos", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_eos_token"},
-    {"unk", "tokenizer.ggml.unknown_token_id", NULL},
-    {"sep", "tokenizer.ggml.seperator_token_id", "tokenizer.ggml.add_sep_token"},
-    {"pad", "tokenizer.ggml.padding_token_id", NULL},
-    {"cls", NULL, NULL},
-    {"mask", "tokenizer.ggml.mask_token_id", NULL},
-};
-#define N_SPECIAL (sizeof specials / sizeof specials[0])
-
-/* Insertion-ordered (as the Python dicts are) special ids and add_* flags. */
-typedef struct special_set {
-    int id_order[N_SPECIAL], n_ids;
-    int64_t id[N_SPECIAL];
-    int add_order[N_SPECIAL], n_add;
-    bool add[N_SPECIAL];
-    bool add_set[N_SPECIAL], id_set[N_SPECIAL];
-} special_set;
-
-static void special_id(special_set *s, size_t typ, int64_t id)
-{
-    if (s->id_set[typ]) return; /* the first source wins */
-    s->id_set[typ] = true;
-    s->id[typ] = id;
-    s->id_order[s->n_ids++] = (int)typ;
-}
-
-static void special_add(special_set *s, size_t typ, bool v)
-{
-    if (!s->add_set[typ]) s->add_order[s->n_add++] = (int)typ;
-    s->add_set[typ] = true;
-    s->add[typ] = v;
-}
-
-/* tokenizer_config.json's "<typ>_token": a string or {"content": ...}; NULL if none. */
-static const char *tcfg_token(const hf_ctx *c, const char *typ)
-{
-    char key[32];
-    snprintf(key, sizeof key, "%s_token", typ);
-    json_t *e = c->tcfg ? json_object_get(c->tcfg, key) : NULL;
-    if (json_is_object(e)) e = json_object_get(e, "content");
-    return json_is_string(e) ? json_string_value(e) : NULL;
-}
-
-static const char *special_content(const json_t *proc_item)
-{
-    json_t *st = json_object_get(proc_item, "SpecialToken");
-    return json_is_string(json_object_get(st, "id")) ? json_string_value(json_object_get(st, "id"))
-                                                     : NULL;
-}
-
-/* SpecialVocab._try_load_from_tokenizer_json: the post-processor's say on add_bos /
- * add_eos (RobertaProcessing, or a TemplateProcessing whose single template starts or
- * ends with a special token), then tokenizer_config.json's tokens and add_* flags,
- * then config.json's *_token_id. (The EOT/EOM fallback for a template ending in
- * another token than eos is not reproduced.) */
-static int special_tokens(hf_ctx *c, json_t *added, size_t n_vocab, special_set *s)
-{
-    memset(s, 0, sizeof *s);
-    const char *bos = tcfg_token(c, "bos"), *eos = tcfg_token(c, "eos");
-    const char *cls = tcfg_token(c, "cls"), *sep = tcfg_token(c, "sep");
-    if (!bos && cls && c->tcfg) bos = cls;
-    if (!eos && sep && c->tcfg) eos = sep;
-    json_t *pp = json_object_get(c->tok, "post_processor");
-    if (json_is_object(pp)) {
-        json_t *procs = json_object_get(pp, "processors");
-        size_t np = json_is_array(procs) ? json_array_size(procs) : 1;
-        for (size_t i = 0; i < np; i++) {
-            json_t *pr = json_is_array(procs) ? json_array_get(procs, i) : pp;
-            const char *ty = json_string_value(json_object_get(pr, "type"));
-            if (!ty) continue;
-            if (!strcmp(ty, "RobertaProcessing")) {
-                special_add(s, 0, true);
-                special_add(s, 1, true);
-                special_add(s, 3, true);
-            } else if (!strcmp(ty, "TemplateProcessing")) {
-                json_t *single = json_object_get(pr, "single");
-                size_t ns = json_is_array(single) ? json_array_size(single) : 0;
-                if (ns > 1) {
-                    const char *first = special_content(json_array_get(single, 0));
-                    const char *last = special_content(json_array_get(single, ns - 1));
-                    if (first) {
-                        if (!c->tcfg) bos = first;
-                        special_add(s, 0,
-                                    (bos && !strcmp(first, bos)) || (cls && !strcmp(first, cls)));
-                    }
-                    if (last) {
-                        if (!c->tcfg) eos = last;
-                        special_add(s, 1, eos && !strcmp(last, eos));
-                    }
-                }
-            }
-        }
-    }
-    for (size_t k = 0; c->tcfg && k < N_SPECIAL; k++) {
-        char key[32];
-        snprintf(key, sizeof key, "add_%s_token", specials[k].typ);
-        json_t *a = json_object_get(c->tcfg, key);
-        if (json_is_boolean(a)) special_add(s, k, json_is_true(a));
-        const char *content = k == 0 ? bos : k == 1 ? eos : tcfg_token(c, specials[k].typ);
-        if (!content) continue;
-        size_t i;
-        json_t *at;
-        json_array_foreach(added, i, at)
-        {
-            const char *ac = json_string_value(json_object_get(at, "content"));
-            json_t *id = json_object_get(at, "id");
-            if (ac && !strcmp(ac, content)) {
-                if (json_is_integer(id)) special_id(s, k, json_integer_value(id));
-                break;
-            }
-        }
-    }
-    for (size_t k = 0; k < N_SPECIAL; k++) {
-        char key[32];
-        snprintf(key, sizeof key, "%s_token_id", specials[k].typ);
-        json_t *id = json_object_get(c->cfg, key);
-        if (json_is_integer(id)) special_id(s, k, json_integer_value(id));
-    }
-    for (int i = 0; i < s->n_ids; i++) {
-        int k = s->id_order[i];
-        if (!specials[k].id_key) continue; /* cls: not written */
-        if (s->id[k] < 0 || (uint64_t)s->id[k] >= n_vocab)
-            return core_err_set(MLV_EINVAL,
-                                "convert: %s token id %" PRId64 " is outside the "
-                                "vocabulary of %zu",
-                                specials[k].typ, s->id[k], n_vocab);
-    }
-    return 0;
-}
-
-static bool looks_special(const char *t)
-{
-    size_t n = strlen(t);
-    if (!strcmp(t, "<pad>") || !strcmp(t, "<mask>") || !strcmp(t, "<2mass>") ||
-        !strcmp(t, "[@BOS@]"))
-        return true;
-    if (n >= 4 && !strncmp(t, "<|", 2) && !strcmp(t + n - 2, "|>")) return true;
-    /* "<｜" ... "｜>" (fullwidth bar, deepseek) */
-    if (n >= 8 && !strncmp(t, "<\xef\xbd\x9c", 4) && !strcmp(t + n - 4, "\xef\xbd\x9c>"))
-        return true;
-    return n >= 8 && !strncmp(t, "<unused", 7) && t[n - 1] == '>';
-}
-
-/* A user-defined token with "▁" (U+2581) written as a space, as llama.cpp does. */
-static char *lower_blocks_to_spaces(const char *t)
-{
-    size_t n = strlen(t), o = 0;
-    char *r = malloc(n + 1);
-    if (!r) return NULL;
-    for (size_t i = 0; i < n;) {
-        if (i + 3 <= n && !memcmp(t + i, "\xe2\x96\x81", 3)) {
-            r[o++] = ' ';
-            i += 3;
-        } else {
-            r[o++] = t[i++];
-        }
-    }
-    r[o] = 0;
-    return r;
-}
-
-/* Which pre-tokenizer llama.cpp's hash would name (see the file comment). */
-static int detect_pre(const hf_ctx *c, const char **out)
-{
-    static const char *llama3_re[] = {
-        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
-        "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-        "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-        "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-    };
-    if (c->arch == ARCH_QWEN2) {
-        *out = "qwen2";
-        return 0;
-    }
-    json_t *pt = json_object_get(c->tok, "pre_tokenizer");
-    json_t *seq = json_object_get(pt, "pretokenizers");
-    size_t n = json_is_array(seq) ? json_array_size(seq) : pt && !json_is_null(pt) ? 1 : 0;
-    bool digits = false, bytelevel = false, bl_regex = false, llama3 = false;
-    int other = 0, splits = 0;
-    for (size_t i = 0; i < n; i++) {
-        json_t *p = json_is_array(seq) ? json_array_get(seq, i) : pt;
-        const char *ty = json_string_value(json_object_get(p, "type"));
-        if (!ty) {
-            other++;
-        } else if (!strcmp(ty, "Digits") && json_is_true(json_object_get(p, "individual_digits"))) {
-            digits = true;
-        } else if (!strcmp(ty, "ByteLevel")) {
-            json_t *ur = json_object_get(p, "use_regex");
-            bytelevel = true;
-            bl_regex = !ur || json_is_true(ur);
-        } else if (!strcmp(ty, "Split")) {
-            const char *re =
-                json_string_value(json_object_get(json_object_get(p, "pattern"), "Regex"));
-            splits++;
-            for (size_t k = 0; re && k < 2; k++)
-                llama3 = llama3 || !strcmp(re, llama3_re[k]);
-        } else {
-            other++;
-        }
-    }
-    if (!other && bytelevel) {
-        if (splits == 1 && llama3 && !digits && !bl_regex)
-            *out = "llama-bpe";
-        else if (!splits && digits && bl_regex)
-            *out = "smollm";
-        else if (!splits && !digits && bl_regex)
-            *out = "gpt2";
-        else
-            *out = NULL;
-        if (*out) return 0;
-    }
-    return core_err_set(MLV_EUNSUPPORTED,
-                        "convert: tokenizer.json: pre-tokenizer not recognised (Llama-3 Split + "
-                        "ByteLevel, Digits + ByteLevel and ByteLevel are)");
-}
-
-/* tokenizer.json (byte-level BPE) -> tokenizer.ggml.* and the chat template. */
-static int add_tokenizer(hf_ctx *c, eng_gguf_writer *w)
-{
-    const char **tokens = NULL, **merges = NULL;
-    int32_t *types = NULL;
-    int rc;
-    json_t *model = json_object_get(c->tok, "model");
-    json_t *vocab = json_object_get(model, "vocab"), *mj = json_object_get(model, "merges");
-    json_t *added = json_object_get(c->tok, "added_tokens");
-    const char *mtype = json_string_value(json_object_get(model, "type"));
-    if (!mtype || strcmp(mtype, "BPE") || !json_is_object(vocab))
-        return core_err_set(MLV_EUNSUPPORTED, "convert: tokenizer.json: only a BPE model with a "
-                                              "vocab object is supported");
-    if (added && !json_is_array(added))
-        return core_err_set(MLV_EINVAL, "convert: tokenizer.json: added_tokens is not a list");
-    if (!added)
-        added = json_array(); /* an empty list for the loops below */
-    else
-        json_incref(added);
-    if (!added) return hf_oom();
-
-    /* the vocabulary size: config's vocab_size, else the largest id + 1 */
-    uint64_t n_vocab = c->n_vocab, max_id = 0;
-    bool any = false;
-    const char *k;
-    json_t *v;
-    json_object_foreach(vocab, k, v)
-    {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-            json_integer_value(v) >= (json_int_t)INT32_MAX) {
-            rc = core_err_set(MLV_EINVAL, "convert: tokenizer.json: token '%.80s' has a bad id", k);
-            goto done;
-        }
-        if ((uint64_t)json_integer_value(v) > max_id) max_id = (uint64_t)json_integer_value(v);
-        any = true;
-    }
-    size_t i;
-    json_array_foreach(added, i, v)
-    {
-        json_t *id = json_object_get(v, "id"), *ct = json_object_get(v, "content");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 ||
-            json_integer_value(id) >= (json_int_t)INT32_MAX || !json_is_string(ct)) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: tokenizer.json: added token %zu needs an id "
-                              "and a content",
-                              i);
-            goto done;
-        }
-        if ((uint64_t)json_integer_value(id) > max_id) max_id = (uint64_t)json_integer_value(id);
-        any = true;
-    }
-    if (!any) {
-        rc = core_err_set(MLV_EINVAL, "convert: tokenizer.json: empty vocabulary");
-        goto done;
-    }
-    if (!n_vocab) n_vocab = max_id + 1;
-    if (max_id >= n_vocab) {
-        rc = core_err_set(MLV_EINVAL,
-                          "convert: tokenizer.json: token id %" PRIu64 " is not below "
-                          "vocab_size %" PRIu64,
-                          max_id, n_vocab);
-        goto done;
-    }
-    if (!(tokens = calloc(n_vocab, sizeof *tokens)) || !(types = calloc(n_vocab, sizeof *types))) {
-        rc = hf_oom();
-        goto done;
-    }
-    json_object_foreach(vocab, k, v)
-    {
-        tokens[json_integer_value(v)] = k; /* a later duplicate id wins, as in Python */
-        types[json_integer_value(v)] = TOK_NORMAL;
-    }
-    json_array_foreach(added, i, v)
-    {
-        json_t *ct = json_object_get(v, "content");
-        size_t id = (size_t)json_integer_value(json_object_get(v, "id"));
-        const char *t = json_cstr(ct);
-        if (!t) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: tokenizer.json: added token %zu contains a "
-                              "NUL byte",
-                              id);
-            goto done;
-        }
-        if (json_is_true(json_object_get(v, "special")) || looks_special(t)) {
-            tokens[id] = t;
-            types[id] = TOK_CONTROL;
-        } else {
-            if (!(tokens[id] = hf_own(c, lower_blocks_to_spaces(t)))) {
-                rc = hf_oom();
-                goto done;
-            }
-            types[id] = TOK_USER_DEFINED;
-        }
-    }
-    for (uint64_t id = 0; id < n_vocab; id++) {
-        if (tokens[id]) continue;
-        char pad[32];
-        snprintf(pad, sizeof pad, "[PAD%" PRIu64 "]", id);
-        if (!(tokens[id] = hf_own(c, strdup(pad)))) {
-            rc = hf_oom();
-            goto done;
-        }
-        types[id] = TOK_UNUSED;
-    }
-
-    /* merges: "a b" strings, or ["a", "b"] pairs (transformers >= 4.45) */
-    size_t n_merges = json_is_array(mj) ? json_array_size(mj) : 0;
-    if (mj && !json_is_array(mj)) {
-        rc = core_err_set(MLV_EINVAL, "convert: tokenizer.json: model.merges is not a list");
-        goto done;
-    }
-    if (!(merges = calloc(n_merges ? n_merges : 1, sizeof *merges))) {
-        rc = hf_oom();
-        goto done;
-    }
-    json_array_foreach(mj, i, v)
-    {
-        if (json_is_string(v) && (merges[i] = json_cstr(v))) continue;
-        const char *a = json_cstr(json_array_get(v, 0));
-        const char *b = json_cstr(json_array_get(v, 1));
-        if (!json_is_array(v) || json_array_size(v) != 2 || !a || !b) {
-            rc = core_err_set(MLV_EINVAL,
-                              "convert: tokenizer.json: merge %zu is neither \"a b\" "
-                              "nor [\"a\", \"b\"]",
-                              i);
-            goto done;
-        }
-        core_buf m = {0};
-        for (const char *part = a;; part = b) {
-            for (const char *q = part; *q; q++) {
-                if (*q == ' ')
-                    core_buf_append(&m, "\xc4\xa0", 2); /* chr(ord(' ') + 256) */
-                else
-                    core_buf_append(&m, q, 1);
-            }
-            if (part == b) break;
-            core_buf_append(&m, " ", 1);
-        }
-        if (!(merges[i] = hf_own(c, core_buf_take(&m)))) {
-            rc = hf_oom();
-            goto done;
-        }
-    }
-
-    const char *pre;
-    if ((rc = detect_pre(c, &pre))) goto done;
-    special_set ss;
-    if ((rc = special_tokens(c, added, (size_t)n_vocab, &ss))) goto done;
-
-    if ((rc = eng_gguf_set_str(w, "tokenizer.ggml.model", "gpt2")) ||
-        (rc = eng_gguf_set_str(w, "tokenizer.ggml.pre", pre)) ||
-        (rc = eng_gguf_set_arr_str(w, "tokenizer.ggml.tokens", tokens, (size_t)n_vocab)) ||
-        (rc = eng_gguf_set_arr_data(w, "tokenizer.ggml.token_type", ENG_GGUF_I32, types,
-                                    (size_t)n_vocab)))
-        goto done;
-    if (n_merges && (rc = eng_gguf_set_arr_str(w, "tokenizer.ggml.merges", merges, n_merges)))
-        goto done;
-    for (int s = 0; s < ss.n_ids; s++) {
-        int t = ss.id_order[s];
-        if (specials[t].id_key &&
-            (rc = eng_gguf_set_u32(w, specials[t].id_key, (uint32_t)ss.id[t])))
-            goto done;
-    }
-    for (int s = 0; s < ss.n_add; s++) {
-        int t = ss.add_order[s];
-        if (specials[t].add_key && (rc = eng_gguf_set_bool(w, specials[t].add_key, ss.add[t])))
-            goto done;
-    }
-    json_t *ct = c->tcfg ? json_object_get(c->tcfg, "chat_template") : NULL;
-    if (json_is_string(ct)) {
-        if (!json_cstr(ct)) {
-            rc = core_err_set(MLV_EINVAL, "convert: tokenizer_config.json: chat_template "
-                                          "contains a NUL byte");
-            goto done;
-        }
-        rc = eng_gguf_set_str(w, "tokenizer.chat_template", json_string_value(ct));
-    } else if (json_is_array(ct)) {
-        /* named templates: tokenizer.chat_template.NAME, the names in
-         * tokenizer.chat_templates, "default" as tokenizer.chat_template */
-        const char *names[64], *def = NULL;
-        size_t nn = 0;
-        json_array_foreach(ct, i, v)
-        {
-            const char *nm = json_cstr(json_object_get(v, "name"));
-            const char *tp = json_cstr(json_object_get(v, "template"));
-            if (!nm || !*nm || !tp) continue;
-            char key[160], clean[100];
-            size_t l = 0;
-            for (const char *q = nm; *q && l < sizeof clean - 1; q++)
-                clean[l++] =
-                    (*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9')
-                        ? *q
-                        : '_';
-            clean[l] = 0;
-            if (!strcmp(clean, "default")) {
-                def = tp;
-                continue;
-            }
-            snprintf(key, sizeof key, "tokenizer.chat_template.%s", clean);
-            if ((rc = eng_gguf_set_str(w, key, tp))) goto done;
-            if (nn < 64 && !(names[nn] = hf_own(c, strdup(clean)))) {
-                rc = hf_oom();
-                goto done;
-            }
-            if (nn < 64) nn++;
-        }
-        if (nn && (rc = eng_gguf_set_arr_str(w, "tokenizer.chat_templates", names, nn))) goto done;
-        if (def) rc = eng_gguf_set_str(w, "tokenizer.chat_template", def);
-    }
-done:
-    json_decref(added);
-    free(tokens);
-    free(types);
-    free(merges);
-    return rc;
-}
-
 /* --------------------------------------------------------------- assembly ---- */
 
 static int set_arch_u32(eng_gguf_writer *w, const hf_ctx *c, const char *key, uint32_t v)
@@ -1369,7 +741,7 @@ static int add_hparams(hf_ctx *c, eng_gguf_writer *w, const char *name, uint32_t
  * (the folder's name), else the architecture. */
 static void model_name(const hf_ctx *c, const char *fallback, char out[256])
 {
-    const char *n = json_cstr(json_object_get(c->cfg, "_name_or_path"));
+    const char *n = eng_json_cstr(json_object_get(c->cfg, "_name_or_path"));
     if (n) {
         size_t l = strlen(n);
         while (l && n[l - 1] == '/')
@@ -1393,9 +765,6 @@ static void hf_ctx_clear(hf_ctx *c)
     for (size_t i = 0; i < c->n_t; i++)
         free(c->t[i].name);
     free(c->t);
-    for (size_t i = 0; i < c->n_owned; i++)
-        free(c->owned[i]);
-    free(c->owned);
 }
 
 /* The whole HF conversion; writes to out_path, or into *out / *len when out_path is
@@ -1441,7 +810,7 @@ static int convert_hf(const eng_hf_file *files, size_t n, int outtype, const cha
 
     /* names, types and shapes of every output tensor, checked before anything is written */
     if (!(jobs = calloc(c.n_t ? c.n_t : 1, sizeof *jobs))) {
-        rc = hf_oom();
+        rc = eng_convert_oom();
         goto done;
     }
     if ((rc = eng_gguf_writer_new(&w))) goto done;
@@ -1450,7 +819,7 @@ static int convert_hf(const eng_hf_file *files, size_t n, int outtype, const cha
         if (c.t[i].shape[c.t[i].n_dims - 1] > max_row) max_row = c.t[i].shape[c.t[i].n_dims - 1];
     if (max_row > SIZE_MAX / 2 / sizeof(float) ||
         !(scratch = malloc(2 * (size_t)max_row * sizeof(float)))) {
-        rc = hf_oom();
+        rc = eng_convert_oom();
         goto done;
     }
     uint32_t ftype = outtype == ENG_OUT_AUTO ? FTYPE_ALL_F32 : file_type_of(outtype);
@@ -1458,7 +827,7 @@ static int convert_hf(const eng_hf_file *files, size_t n, int outtype, const cha
     /* the KV pairs come first in the file but general.file_type depends on the tensors:
      * map the tensors first, add them after the metadata */
     if (!(gnames = calloc(c.n_t ? c.n_t : 1, sizeof *gnames))) {
-        rc = hf_oom();
+        rc = eng_convert_oom();
         goto done;
     }
     size_t nj = 0;
@@ -1501,7 +870,8 @@ static int convert_hf(const eng_hf_file *files, size_t n, int outtype, const cha
     }
     char name[256];
     model_name(&c, fallback_name, name);
-    if ((rc = add_hparams(&c, w, name, ftype)) || (rc = add_tokenizer(&c, w))) goto done;
+    eng_hf_tokenizer tk = {c.tok, c.tcfg, c.cfg, c.arch_name, c.n_vocab};
+    if ((rc = add_hparams(&c, w, name, ftype)) || (rc = eng_convert_tokenizer(w, &tk))) goto done;
     for (size_t i = 0; i < nj; i++) {
         const st_tensor *t = jobs[i].src;
         uint64_t dims[4];
@@ -1569,7 +939,7 @@ int eng_convert_hf_dir(const char *dir, int outtype, const char *out_path)
             if (mx) maps = mx;
             char **nx = mx ? realloc(names, nc * sizeof *nx) : NULL;
             if (!nx) {
-                rc = hf_oom();
+                rc = eng_convert_oom();
                 goto done;
             }
             names = nx;
@@ -1578,7 +948,7 @@ int eng_convert_hf_dir(const char *dir, int outtype, const char *out_path)
         char *path = core_path_join(dir, e->d_name);
         if (!path || !(names[nf] = strdup(e->d_name))) {
             free(path);
-            rc = hf_oom();
+            rc = eng_convert_oom();
             goto done;
         }
         rc = map_file(path, &maps[nf]);

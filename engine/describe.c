@@ -1,16 +1,15 @@
 /* engine/describe.c: what a model artifact is, for its manifest — format,
  * architecture, parameter count and tensor types — for a GGUF file (through
  * engine/gguf.c) or a Hugging Face folder (config.json + *.safetensors, whose headers
- * are read and validated here per the safetensors format spec: 8-byte little-endian
- * header length, JSON header, a data area indexed entirely and without holes).
+ * are read here and validated by engine/safetensors.c per the format's spec).
  * Not a loader: no tensor data is read. */
 #include "engine.h"
+#include "engine/safetensors.h"
 
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +17,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define ST_MAX_HEADER (100ull << 20) /* safetensors' own limit on the JSON header */
 #define CONFIG_MAX (16u << 20)
 
 void eng_model_info_clear(eng_model_info *m)
@@ -105,41 +103,6 @@ done:
 
 /* ---------------------------------------------------------- safetensors ---- */
 
-static const struct {
-    const char *name;
-    unsigned size;
-} st_dtypes[] = {
-    {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"F8_E8M0", 1},
-    {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},     {"U32", 4},
-    {"F32", 4},  {"I64", 8}, {"U64", 8}, {"F64", 8},
-};
-
-static unsigned st_dtype_size(const char *d)
-{
-    for (size_t i = 0; i < sizeof st_dtypes / sizeof st_dtypes[0]; i++)
-        if (!strcmp(st_dtypes[i].name, d)) return st_dtypes[i].size;
-    return 0;
-}
-
-typedef struct st_range {
-    uint64_t begin, end;
-    const char *name; /* borrowed from the JSON header */
-} st_range;
-
-static int cmp_range(const void *a, const void *b)
-{
-    const st_range *x = a, *y = b;
-    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
-    return x->end < y->end ? -1 : x->end > y->end;
-}
-
-static bool json_u64(const json_t *v, uint64_t *out)
-{
-    if (!json_is_integer(v) || json_integer_value(v) < 0) return false;
-    *out = (uint64_t)json_integer_value(v);
-    return true;
-}
-
 static int pread_all(int fd, void *buf, size_t n, uint64_t off, const char *path)
 {
     size_t got = 0;
@@ -153,155 +116,41 @@ static int pread_all(int fd, void *buf, size_t n, uint64_t off, const char *path
     return 0;
 }
 
-/* Validates one .safetensors file's header and adds its tensors to `m`. */
+/* Any dtype and shape the format allows (empty tensors and scalars too); __metadata__,
+ * when there, must be an object. */
+static const eng_st_rules describe_rules = {.strict_metadata = true};
+
+/* Validates one .safetensors file's header (engine/safetensors.c) and adds its tensors
+ * to `m`. Only the header is read. */
 static int describe_safetensors(const char *path, eng_model_info *m)
 {
     int rc = 0;
-    char *hdr = NULL;
-    json_t *root = NULL;
-    st_range *ranges = NULL;
+    unsigned char *head = NULL;
+    eng_st_header h = {0};
     int fd;
-    uint64_t fsize;
+    uint64_t fsize, hlen;
     if ((rc = core_open_regular(path, &fd, &fsize)) != 0) return rc;
-    if (fsize < 8) {
-        rc =
-            core_err_set(MLV_EINVAL, "safetensors %s: shorter than its 8-byte header length", path);
-        goto done;
-    }
-    unsigned char lb[8];
-    if ((rc = pread_all(fd, lb, 8, 0, path))) goto done;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = hlen << 8 | lb[i];
-    if (hlen > ST_MAX_HEADER || hlen > fsize - 8) {
-        rc = core_err_set(MLV_EINVAL,
-                          "safetensors %s: header length %" PRIu64 " exceeds the file or 100 MiB",
-                          path, hlen);
-        goto done;
-    }
-    if (!(hdr = malloc(hlen + 1))) {
+    unsigned char lb[8] = {0};
+    if (fsize >= 8 && (rc = pread_all(fd, lb, 8, 0, path))) goto done;
+    if ((rc = eng_st_header_length(&hlen, lb, fsize, path, &describe_rules))) goto done;
+    if (!(head = malloc(8 + hlen))) {
         rc = core_err_set(MLV_ENOMEM, "out of memory");
         goto done;
     }
-    if ((rc = pread_all(fd, hdr, (size_t)hlen, 8, path))) goto done;
-    hdr[hlen] = 0;
-    json_error_t jerr;
-    root = json_loadb(hdr, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        rc = core_err_set(MLV_EINVAL, "safetensors %s: header is not valid JSON: %s", path,
-                          jerr.text);
-        goto done;
-    }
-    if (!json_is_object(root)) {
-        rc = core_err_set(MLV_EINVAL, "safetensors %s: header is not a JSON object", path);
-        goto done;
-    }
-    uint64_t data_len = fsize - 8 - hlen;
-    size_t n = json_object_size(root), nr = 0;
-    if (!(ranges = calloc(n ? n : 1, sizeof *ranges))) {
-        rc = core_err_set(MLV_ENOMEM, "out of memory");
-        goto done;
-    }
-    const char *name;
-    json_t *v;
-    json_object_foreach(root, name, v)
-    {
-        if (!strcmp(name, "__metadata__")) {
-            if (!json_is_object(v)) {
-                rc =
-                    core_err_set(MLV_EINVAL, "safetensors %s: __metadata__ is not an object", path);
-                goto done;
-            }
-            continue;
-        }
-        json_t *dt = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape"),
-               *offs = json_object_get(v, "data_offsets");
-        if (!json_is_object(v) || !json_is_string(dt) || !json_is_array(shape) ||
-            !json_is_array(offs) || json_array_size(offs) != 2) {
-            rc = core_err_set(MLV_EINVAL,
-                              "safetensors %s: tensor '%.120s': needs dtype, shape and "
-                              "data_offsets [begin, end]",
-                              path, name);
-            goto done;
-        }
-        const char *dtype = json_string_value(dt);
-        unsigned esize = st_dtype_size(dtype);
-        if (!esize) {
-            rc = core_err_set(MLV_EINVAL, "safetensors %s: tensor '%.120s': unknown dtype '%.40s'",
-                              path, name, dtype);
-            goto done;
-        }
-        uint64_t elems = 1;
-        for (size_t d = 0; d < json_array_size(shape); d++) {
-            uint64_t dim;
-            if (!json_u64(json_array_get(shape, d), &dim)) {
-                rc = core_err_set(MLV_EINVAL,
-                                  "safetensors %s: tensor '%.120s': shape is not a list of "
-                                  "non-negative integers",
-                                  path, name);
-                goto done;
-            }
-            if (dim && elems > UINT64_MAX / dim) {
-                rc = core_err_set(MLV_EINVAL, "safetensors %s: tensor '%.120s': shape overflows",
-                                  path, name);
-                goto done;
-            }
-            elems *= dim;
-        }
-        uint64_t begin, end;
-        if (!json_u64(json_array_get(offs, 0), &begin) ||
-            !json_u64(json_array_get(offs, 1), &end) || end < begin) {
-            rc = core_err_set(MLV_EINVAL, "safetensors %s: tensor '%.120s': bad data_offsets", path,
-                              name);
-            goto done;
-        }
-        if (elems > UINT64_MAX / esize || end - begin != elems * esize) {
-            rc = core_err_set(MLV_EINVAL,
-                              "safetensors %s: tensor '%.120s': %" PRIu64
-                              " bytes for a %s tensor of %" PRIu64 " elements",
-                              path, name, end - begin, dtype, elems);
-            goto done;
-        }
-        if (end > data_len) {
-            rc = core_err_set(MLV_EINVAL, "safetensors %s: tensor '%.120s': data past end of file",
-                              path, name);
-            goto done;
-        }
-        if (elems > UINT64_MAX - m->parameters) {
+    memcpy(head, lb, 8);
+    if ((rc = pread_all(fd, head + 8, (size_t)hlen, 8, path))) goto done;
+    if ((rc = eng_st_parse(&h, head, 8 + hlen, fsize, path, &describe_rules))) goto done;
+    for (size_t i = 0; i < h.n; i++) {
+        if (h.t[i].n_elems > UINT64_MAX - m->parameters) {
             rc = core_err_set(MLV_EINVAL, "safetensors %s: parameter count overflows", path);
             goto done;
         }
-        m->parameters += elems;
-        if ((rc = types_add(m, dtype))) goto done;
-        ranges[nr++] = (st_range){begin, end, name};
-    }
-    /* The spec: the data area is indexed entirely, with neither overlaps nor holes
-     * (so a file cannot hide a second payload). */
-    qsort(ranges, nr, sizeof *ranges, cmp_range);
-    uint64_t at = 0;
-    for (size_t i = 0; i < nr; i++) {
-        if (ranges[i].begin < at) {
-            rc = core_err_set(MLV_EINVAL, "safetensors %s: tensor '%.120s' overlaps another", path,
-                              ranges[i].name);
-            goto done;
-        }
-        if (ranges[i].begin > at) {
-            rc = core_err_set(MLV_EINVAL, "safetensors %s: unindexed bytes before tensor '%.120s'",
-                              path, ranges[i].name);
-            goto done;
-        }
-        at = ranges[i].end;
-    }
-    if (at != data_len) {
-        rc = core_err_set(MLV_EINVAL,
-                          "safetensors %s: %" PRIu64 " data bytes but the tensors cover %" PRIu64,
-                          path, data_len, at);
-        goto done;
+        m->parameters += h.t[i].n_elems;
+        if ((rc = types_add(m, eng_st_dtype_name(h.t[i].dtype)))) goto done;
     }
 done:
-    free(ranges);
-    json_decref(root);
-    free(hdr);
+    eng_st_header_clear(&h);
+    free(head);
     close(fd);
     return rc;
 }

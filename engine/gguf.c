@@ -10,6 +10,7 @@
  * more than about twice its own size. Parsed values live in one arena per handle;
  * getters hand out borrowed pointers into it. */
 #include "engine.h"
+#include "engine/gguf_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,14 +21,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define GGUF_MAX_TENSORS 1000000u
-#define GGUF_MAX_KV 1000000u
 #define GGUF_MAX_KEY (1u << 20)       /* bytes in a key */
-#define GGUF_MAX_STR (64u << 20)      /* bytes in one string value */
 #define GGUF_MAX_META (1024ull << 20) /* bytes of parsed metadata in all */
-#define GGUF_MAX_NAME 63              /* ggml's GGML_MAX_NAME (64) with its NUL */
-#define GGUF_DEFAULT_ALIGN 32
-#define GGUF_WINDOW (1u << 20) /* pread window when reading a file */
+#define GGUF_WINDOW (1u << 20)        /* pread window when reading a file */
 
 /* ------------------------------------------------------------------ types ---- */
 
@@ -61,25 +57,6 @@ int eng_type_block(int type, size_t *block_elems, size_t *block_bytes)
     if (block_elems) *block_elems = 0;
     if (block_bytes) *block_bytes = 0;
     return core_err_set(MLV_EINVAL, "unknown tensor type %d", type);
-}
-
-/* Size in the file of one scalar value of a KV type; 0 for string, array, unknown. */
-static size_t vtype_size(uint32_t t)
-{
-    switch (t) {
-    case ENG_GGUF_U8:
-    case ENG_GGUF_I8:
-    case ENG_GGUF_BOOL: return 1;
-    case ENG_GGUF_U16:
-    case ENG_GGUF_I16: return 2;
-    case ENG_GGUF_U32:
-    case ENG_GGUF_I32:
-    case ENG_GGUF_F32: return 4;
-    case ENG_GGUF_U64:
-    case ENG_GGUF_I64:
-    case ENG_GGUF_F64: return 8;
-    default: return 0;
-    }
 }
 
 static bool vtype_known(uint32_t t)
@@ -294,7 +271,7 @@ static int read_str(parser *p, uint64_t max, bool no_nul, const char *what, uint
 /* Decodes one scalar into the kv's value union. */
 static void scalar_set(gkv *kv, uint32_t t, const unsigned char *b)
 {
-    uint64_t u = le(b, vtype_size(t));
+    uint64_t u = le(b, eng_gguf_vtype_size(t));
     switch (t) {
     case ENG_GGUF_I8: kv->v.i = (int8_t)u; break;
     case ENG_GGUF_I16: kv->v.i = (int16_t)u; break;
@@ -315,7 +292,7 @@ static void scalar_set(gkv *kv, uint32_t t, const unsigned char *b)
 /* Appends one scalar to the arena in host layout. */
 static int scalar_put(eng_gguf *g, uint32_t t, const unsigned char *b)
 {
-    size_t sz = vtype_size(t);
+    size_t sz = eng_gguf_vtype_size(t);
     uint64_t u = le(b, sz);
     unsigned char tmp[8];
     switch (sz) {
@@ -340,7 +317,7 @@ static uint64_t min_elem_size(uint32_t t)
 {
     if (t == ENG_GGUF_STRING) return 8;
     if (t == ENG_GGUF_ARRAY) return 12;
-    return vtype_size(t);
+    return eng_gguf_vtype_size(t);
 }
 
 /* An inner array of an array of arrays: validated and skipped (not exposed). */
@@ -354,7 +331,7 @@ static int skip_inner_array(parser *p)
     if (!vtype_known(et)) return perr(p, "unknown array element type %" PRIu32, et);
     if (n > remaining(p) / min_elem_size(et))
         return perr(p, "array of %" PRIu64 " elements is larger than the file", n);
-    if (et != ENG_GGUF_STRING) return skip(p, n * vtype_size(et));
+    if (et != ENG_GGUF_STRING) return skip(p, n * eng_gguf_vtype_size(et));
     for (uint64_t i = 0; i < n; i++) {
         uint64_t len;
         if ((rc = rd_u64(p, &len))) return rc;
@@ -384,7 +361,7 @@ static int read_array(parser *p, gkv *kv)
         return 0;
     }
     if (et != ENG_GGUF_STRING) {
-        size_t sz = vtype_size(et);
+        size_t sz = eng_gguf_vtype_size(et);
         if ((rc = arena_align8(g))) return rc;
         kv->off = g->arena_len;
         for (uint64_t i = 0; i < n;) {
@@ -451,7 +428,7 @@ static int read_kv(parser *p, size_t idx)
         rc = read_array(p, kv);
     } else {
         const unsigned char *b;
-        if ((rc = take(p, vtype_size(kv->type), &b)) == 0) scalar_set(kv, kv->type, b);
+        if ((rc = take(p, eng_gguf_vtype_size(kv->type), &b)) == 0) scalar_set(kv, kv->type, b);
     }
     if (rc) return rc;
     g->n_kv++;
@@ -868,7 +845,7 @@ int eng_gguf_arr_data(const eng_gguf *g, const char *key, int *elem_type, uint64
     const gkv *kv = NULL;
     int rc = lookup(g, key, &kv);
     if (rc) return rc;
-    if (kv->type != ENG_GGUF_ARRAY || !vtype_size(kv->elem_type))
+    if (kv->type != ENG_GGUF_ARRAY || !eng_gguf_vtype_size(kv->elem_type))
         return core_err_set(MLV_EINVAL, "gguf: key '%s' is not an array of numbers", key);
     if (elem_type) *elem_type = (int)kv->elem_type;
     if (n) *n = kv->n;

@@ -10,6 +10,7 @@
  * writes is a file engine/gguf.c accepts. Tensor data is borrowed and streamed to the
  * file descriptor; nothing but the header is assembled in memory. */
 #include "engine.h"
+#include "engine/gguf_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,11 +23,7 @@
 #include <unistd.h>
 
 #define W_MAX_KEY (64u << 10) /* bytes in a key */
-#define W_MAX_STR (64u << 20) /* bytes in one string (engine/gguf.c's limit) */
-#define W_MAX_NAME 63         /* ggml's GGML_MAX_NAME (64) with its NUL */
-#define W_MAX_ITEMS 1000000u  /* KV pairs or tensors (engine/gguf.c's limit) */
-#define W_DEFAULT_ALIGN 32
-#define W_CHUNK (4u << 20) /* bytes a fill callback produces at a time */
+#define W_CHUNK (4u << 20)    /* bytes a fill callback produces at a time */
 
 typedef struct wkv {
     char *key;
@@ -158,24 +155,6 @@ static void put_le(unsigned char *p, uint64_t v, size_t n)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static size_t scalar_size(int t)
-{
-    switch (t) {
-    case ENG_GGUF_U8:
-    case ENG_GGUF_I8:
-    case ENG_GGUF_BOOL: return 1;
-    case ENG_GGUF_U16:
-    case ENG_GGUF_I16: return 2;
-    case ENG_GGUF_U32:
-    case ENG_GGUF_I32:
-    case ENG_GGUF_F32: return 4;
-    case ENG_GGUF_U64:
-    case ENG_GGUF_I64:
-    case ENG_GGUF_F64: return 8;
-    default: return 0;
-    }
-}
-
 static int check_key(const char *key)
 {
     if (!key || !*key) return core_err_set(MLV_EINVAL, "gguf write: empty key");
@@ -215,9 +194,9 @@ static int put_kv(eng_gguf_writer *w, const char *key, uint32_t type, unsigned c
         w->kv[at].val_len = val_len;
         return 0;
     }
-    if (w->n_kv >= W_MAX_ITEMS) {
+    if (w->n_kv >= GGUF_MAX_KV) {
         free(val);
-        return core_err_set(MLV_EINVAL, "gguf write: more than %u KV pairs", W_MAX_ITEMS);
+        return core_err_set(MLV_EINVAL, "gguf write: more than %u KV pairs", GGUF_MAX_KV);
     }
     if (w->n_kv == w->kv_cap) {
         size_t nc = w->kv_cap ? w->kv_cap * 2 : 32;
@@ -243,7 +222,7 @@ static int put_kv(eng_gguf_writer *w, const char *key, uint32_t type, unsigned c
 
 static int put_scalar(eng_gguf_writer *w, const char *key, int type, uint64_t bits)
 {
-    size_t n = scalar_size(type);
+    size_t n = eng_gguf_vtype_size(type);
     unsigned char *v = malloc(n);
     if (!v) return core_err_set(MLV_ENOMEM, "gguf write: out of memory");
     put_le(v, bits, n);
@@ -255,9 +234,9 @@ int eng_gguf_set_str(eng_gguf_writer *w, const char *key, const char *val)
     if (!val)
         return core_err_set(MLV_EINVAL, "gguf write: key '%.120s': no string", key ? key : "");
     size_t n = strlen(val);
-    if (n > W_MAX_STR)
+    if (n > GGUF_MAX_STR)
         return core_err_set(MLV_EINVAL, "gguf write: key '%.120s': string longer than %u bytes",
-                            key ? key : "", W_MAX_STR);
+                            key ? key : "", GGUF_MAX_STR);
     unsigned char *v = malloc(8 + n);
     if (!v) return core_err_set(MLV_ENOMEM, "gguf write: out of memory");
     put_le(v, n, 8);
@@ -302,7 +281,7 @@ int eng_gguf_set_arr_str(eng_gguf_writer *w, const char *key, const char *const 
             return core_err_set(MLV_EINVAL, "gguf write: key '%.120s': string %zu is NULL",
                                 key ? key : "", i);
         size_t l = strlen(vals[i]);
-        if (l > W_MAX_STR || total > SIZE_MAX - 8 - l)
+        if (l > GGUF_MAX_STR || total > SIZE_MAX - 8 - l)
             return core_err_set(MLV_EINVAL, "gguf write: key '%.120s': string %zu is too long",
                                 key ? key : "", i);
         total += 8 + l;
@@ -324,7 +303,7 @@ int eng_gguf_set_arr_str(eng_gguf_writer *w, const char *key, const char *const 
 int eng_gguf_set_arr_data(eng_gguf_writer *w, const char *key, int elem_type, const void *data,
                           size_t n)
 {
-    size_t es = scalar_size(elem_type);
+    size_t es = eng_gguf_vtype_size(elem_type);
     if (!es)
         return core_err_set(MLV_EINVAL, "gguf write: key '%.120s': array element type %d",
                             key ? key : "", elem_type);
@@ -418,7 +397,7 @@ int eng_gguf_copy_kv(eng_gguf_writer *w, const eng_gguf *src, size_t i)
         return rc;
     }
     default: {
-        if (!scalar_size(type))
+        if (!eng_gguf_vtype_size(type))
             return core_err_set(MLV_EINVAL, "gguf write: key '%.120s': value type %d", key, type);
         int64_t v;
         if ((rc = eng_gguf_get_int(src, key, &v))) return rc;
@@ -434,10 +413,10 @@ static int add_common(eng_gguf_writer *w, const char *name, int type, uint32_t n
 {
     memset(t, 0, sizeof *t);
     if (!name || !*name) return core_err_set(MLV_EINVAL, "gguf write: empty tensor name");
-    size_t nl = strnlen(name, W_MAX_NAME + 1);
-    if (nl > W_MAX_NAME)
+    size_t nl = strnlen(name, GGUF_MAX_NAME + 1);
+    if (nl > GGUF_MAX_NAME)
         return core_err_set(MLV_EINVAL, "gguf write: tensor name '%.80s' is longer than %d bytes",
-                            name, W_MAX_NAME);
+                            name, GGUF_MAX_NAME);
     size_t blck, bytes;
     if (!eng_type_name(type) || eng_type_block(type, &blck, &bytes))
         return core_err_set(MLV_EINVAL, "gguf write: tensor '%s': unknown type %d", name, type);
@@ -464,8 +443,8 @@ static int add_common(eng_gguf_writer *w, const char *name, int type, uint32_t n
         return core_err_set(MLV_EINVAL, "gguf write: tensor '%s': byte size overflows", name);
     if (ix_find(&w->t_ix, name, t_name, w, NULL) >= 0)
         return core_err_set(MLV_EINVAL, "gguf write: duplicate tensor name '%s'", name);
-    if (w->n_t >= W_MAX_ITEMS)
-        return core_err_set(MLV_EINVAL, "gguf write: more than %u tensors", W_MAX_ITEMS);
+    if (w->n_t >= GGUF_MAX_TENSORS)
+        return core_err_set(MLV_EINVAL, "gguf write: more than %u tensors", GGUF_MAX_TENSORS);
     t->type = type;
     t->n_dims = n_dims;
     for (uint32_t d = 0; d < 4; d++)
@@ -532,7 +511,7 @@ static uint64_t pad_to(uint64_t n, uint64_t align)
 static size_t alignment_of(const eng_gguf_writer *w)
 {
     int64_t i = ix_find(&w->kv_ix, "general.alignment", kv_name, w, NULL);
-    if (i < 0) return W_DEFAULT_ALIGN;
+    if (i < 0) return GGUF_DEFAULT_ALIGN;
     const unsigned char *v = w->kv[i].val; /* validated by put_kv */
     return (size_t)v[0] | (size_t)v[1] << 8 | (size_t)v[2] << 16 | (size_t)v[3] << 24;
 }

@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "engine/bytes.h"
 #include "engine/engine.h"
 
 #define QK4_0 32
@@ -110,23 +111,6 @@ float eng_bf16_to_fp32(uint16_t b)
     return f32_from_bits((uint32_t)b << 16);
 }
 
-/* ---------------------------------------------------------------- helpers ---- */
-
-static uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static float rd_half(const uint8_t *p)
-{
-    return eng_fp16_to_fp32(rd16(p));
-}
-
 /* ----------------------------------------------------------- block kernels ----
  * Each takes nb blocks at src and writes nb * block_elems floats at y. */
 
@@ -134,7 +118,7 @@ static float rd_half(const uint8_t *p)
 static void deq_f32(const uint8_t *src, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = f32_from_bits(rd32(src + 4 * i));
+        y[i] = rd_f32(src + 4 * i);
 }
 
 /* F16: x (n,) halves */
