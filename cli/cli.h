@@ -53,13 +53,13 @@ void cli_print_json(json_t *j);
 typedef struct cli_source {
     reg_ctx *r; /* opened when a REF needed it */
     reg_user user;
-    eng_model *model;      /* models */
-    char *data;            /* datasets: the bytes */
+    eng_model *model; /* models */
+    char *data;       /* datasets: the bytes */
     size_t len;
-    bool stored;           /* a stored version (results may be recorded) */
+    bool stored; /* a stored version (results may be recorded) */
     int64_t version_id;
-    char label[160];       /* "name:version" or the path ("file:NAME" for data) */
-    char digest[65];       /* manifest digest of a stored version */
+    char label[160];         /* "name:version" or the path ("file:NAME" for data) */
+    char digest[65];         /* manifest digest of a stored version */
     char content_digest[65]; /* datasets: SHA-256 of the bytes */
 } cli_source;
 int cli_open_model(const cli_args *a, const char *what, const eng_load_opts *lo, cli_source *s);

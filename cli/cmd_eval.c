@@ -16,7 +16,8 @@ static void progress_bar(void *arg, double f)
     const char *label = arg;
     int w = 30, k = (int)(f * w + 0.5);
     fprintf(stderr, "\r%s [", label);
-    for (int i = 0; i < w; i++) fputc(i < k ? '#' : '.', stderr);
+    for (int i = 0; i < w; i++)
+        fputc(i < k ? '#' : '.', stderr);
     fprintf(stderr, "] %3.0f%%", f * 100);
     if (f >= 1) fputc('\n', stderr);
     fflush(stderr);
@@ -24,13 +25,12 @@ static void progress_bar(void *arg, double f)
 
 static json_t *eval_json(const reg_eval *e, bool cached)
 {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:f,s:f,s:f,s:I,s:I,s:f,s:f,s:f,s:s,s:b}", "model",
-                          e->model_ref, "dataset", e->dataset_ref, "dataset_digest",
-                          e->dataset_digest, "metric", e->metric, "value", e->value, "ci_low",
-                          e->ci_low, "ci_high", e->ci_high, "n_samples", (json_int_t)e->n_samples,
-                          "ctx", (json_int_t)e->n_ctx, "accuracy", e->accuracy, "perplexity",
-                          e->perplexity, "seconds", e->seconds, "engine", e->engine, "cached",
-                          cached);
+    json_t *o = json_pack(
+        "{s:s,s:s,s:s,s:s,s:f,s:f,s:f,s:I,s:I,s:f,s:f,s:f,s:s,s:b}", "model", e->model_ref,
+        "dataset", e->dataset_ref, "dataset_digest", e->dataset_digest, "metric", e->metric,
+        "value", e->value, "ci_low", e->ci_low, "ci_high", e->ci_high, "n_samples",
+        (json_int_t)e->n_samples, "ctx", (json_int_t)e->n_ctx, "accuracy", e->accuracy,
+        "perplexity", e->perplexity, "seconds", e->seconds, "engine", e->engine, "cached", cached);
     if (!strcmp(e->metric, "kld")) {
         json_object_set_new(o, "same_top", json_real(e->same_top));
         json_object_set_new(o, "baseline_digest", json_string(e->baseline_digest));
@@ -62,8 +62,8 @@ static void print_eval(const cli_args *a, const reg_eval *e, bool cached)
 int cmd_eval(int argc, char **argv)
 {
     static const cli_opt_spec spec[] = {
-        {"data", 0, true, false},    {"metric", 0, true, false},  {"baseline", 0, true, false},
-        {"ctx", 'c', true, false},   {"threads", 't', true, false}, {"backend", 0, true, false},
+        {"data", 0, true, false},      {"metric", 0, true, false},    {"baseline", 0, true, false},
+        {"ctx", 'c', true, false},     {"threads", 't', true, false}, {"backend", 0, true, false},
         {"no-cache", 0, false, false},
     };
     cli_args a;
@@ -78,8 +78,9 @@ int cmd_eval(int argc, char **argv)
                                         "[--baseline REF|FILE] [--ctx N] [--json]");
     int metric = eng_metric_parse(mname);
     if (metric < 0)
-        return core_err_set(MLV_EINVAL, "--metric %s: expected next_token_accuracy, perplexity, "
-                                        "mc_accuracy or kld",
+        return core_err_set(MLV_EINVAL,
+                            "--metric %s: expected next_token_accuracy, perplexity, "
+                            "mc_accuracy or kld",
                             mname);
     if ((metric == ENG_METRIC_KLD) != (bname != NULL))
         return core_err_set(MLV_EINVAL, metric == ENG_METRIC_KLD
@@ -90,7 +91,8 @@ int cmd_eval(int argc, char **argv)
         char *end;
         ctx = strtoul(cli_opt(&a, "ctx"), &end, 10);
         if (*end || ctx < 16 || ctx > 65536)
-            return core_err_set(MLV_EINVAL, "--ctx %s: expected 16 to 65536 tokens", cli_opt(&a, "ctx"));
+            return core_err_set(MLV_EINVAL, "--ctx %s: expected 16 to 65536 tokens",
+                                cli_opt(&a, "ctx"));
     }
     eng_load_opts lo;
     if ((rc = cli_load_opts(&a, &lo)) != 0) return rc;
@@ -114,8 +116,8 @@ int cmd_eval(int argc, char **argv)
     const bool record = model.stored && (!bname || base.stored);
     if (record && !cli_flag(&a, "no-cache")) {
         reg_eval hit;
-        rc = reg_eval_find(model.r, &model.user, e.model_digest, e.dataset_digest, e.metric, e.n_ctx,
-                           e.baseline_digest, &hit);
+        rc = reg_eval_find(model.r, &model.user, e.model_digest, e.dataset_digest, e.metric,
+                           e.n_ctx, e.baseline_digest, &hit);
         if (rc == 0) {
             print_eval(&a, &hit, true);
             goto done;

@@ -138,7 +138,8 @@ int cmd_show(int argc, char **argv)
                metric, json_real_value(json_object_get(x, "value")) * k, pct ? "%" : " ",
                json_real_value(json_object_get(x, "ci_low")) * k,
                json_real_value(json_object_get(x, "ci_high")) * k, str(x, "dataset"),
-               str(x, "dataset_digest"), (long long)json_integer_value(json_object_get(x, "n_samples")),
+               str(x, "dataset_digest"),
+               (long long)json_integer_value(json_object_get(x, "n_samples")),
                (long long)json_integer_value(json_object_get(x, "ctx")), str(x, "engine"),
                str(x, "created_at"));
     }

@@ -20,7 +20,8 @@ static int parse_num(const cli_args *a, const char *name, double lo, double hi, 
     errno = 0;
     double d = strtod(v, &end);
     if (errno || end == v || *end || !(d >= lo && d <= hi))
-        return core_err_set(MLV_EINVAL, "--%s %s: expected a number from %g to %g", name, v, lo, hi);
+        return core_err_set(MLV_EINVAL, "--%s %s: expected a number from %g to %g", name, v, lo,
+                            hi);
     *out = d;
     return 0;
 }
@@ -34,9 +35,12 @@ int cli_load_opts(const cli_args *a, eng_load_opts *lo)
     if (rc) return rc;
     lo->threads = (int)th;
     const char *b = cli_opt(a, "backend");
-    if (!b || !strcmp(b, "cpu")) lo->backend = ENG_BACKEND_CPU;
-    else if (!strcmp(b, "ref")) lo->backend = ENG_BACKEND_REF;
-    else return core_err_set(MLV_EINVAL, "--backend %s: expected cpu or ref", b);
+    if (!b || !strcmp(b, "cpu"))
+        lo->backend = ENG_BACKEND_CPU;
+    else if (!strcmp(b, "ref"))
+        lo->backend = ENG_BACKEND_REF;
+    else
+        return core_err_set(MLV_EINVAL, "--backend %s: expected cpu or ref", b);
     return 0;
 }
 
@@ -53,7 +57,8 @@ static int stream_piece(void *arg, int32_t id, const char *piece, size_t len)
 static json_t *ids_json(const int32_t *ids, size_t n)
 {
     json_t *a = json_array();
-    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_integer(ids[i]));
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
     return a;
 }
 
@@ -64,21 +69,26 @@ static int print_result(const cli_args *a, const cli_source *src, const eng_gen_
     const double dec = g->decode_s > 0 ? g->n_decoded / g->decode_s : 0;
     if (a->json) {
         char *text = core_utf8_valid_copy(g->text, strlen(g->text));
-        json_t *o = !text ? NULL : json_pack(
-            "{s:s,s:s,s:i,s:o,s:o,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:s,s:I,s:f}", "model", src->label,
-            "backend", eng_model_backend_name(src->model), "threads", threads, "prompt_ids",
-            ids_json(g->prompt_ids, g->n_prompt), "ids", ids_json(g->ids, g->n_gen), "text",
-            text, "n_prompt", (json_int_t)g->n_prompt, "n_gen", (json_int_t)g->n_gen,
-            "n_decoded", (json_int_t)g->n_decoded, "prefill_s", g->prefill_s, "decode_s",
-            g->decode_s, "prefill_tokens_per_s", pre, "decode_tokens_per_s", dec, "stop_reason",
-            g->stop_reason, "seed", (json_int_t)sp->seed, "temp", (double)sp->temp);
+        json_t *o =
+            !text
+                ? NULL
+                : json_pack("{s:s,s:s,s:i,s:o,s:o,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:s,s:I,s:f}",
+                            "model", src->label, "backend", eng_model_backend_name(src->model),
+                            "threads", threads, "prompt_ids", ids_json(g->prompt_ids, g->n_prompt),
+                            "ids", ids_json(g->ids, g->n_gen), "text", text, "n_prompt",
+                            (json_int_t)g->n_prompt, "n_gen", (json_int_t)g->n_gen, "n_decoded",
+                            (json_int_t)g->n_decoded, "prefill_s", g->prefill_s, "decode_s",
+                            g->decode_s, "prefill_tokens_per_s", pre, "decode_tokens_per_s", dec,
+                            "stop_reason", g->stop_reason, "seed", (json_int_t)sp->seed, "temp",
+                            (double)sp->temp);
         free(text);
         if (!o) return core_err_set(MLV_ENOMEM, "out of memory");
         cli_print_json(o);
     } else {
-        fprintf(stderr,
-                "\n[%s] prompt %zu tokens, %.1f tok/s; generated %zu tokens, %.1f tok/s; stop: %s\n",
-                eng_model_backend_name(src->model), g->n_prompt, pre, g->n_gen, dec, g->stop_reason);
+        fprintf(
+            stderr,
+            "\n[%s] prompt %zu tokens, %.1f tok/s; generated %zu tokens, %.1f tok/s; stop: %s\n",
+            eng_model_backend_name(src->model), g->n_prompt, pre, g->n_gen, dec, g->stop_reason);
     }
     return 0;
 }
@@ -109,7 +119,8 @@ static int chat_loop(const cli_args *a, cli_source *src, eng_ctx *c, const eng_s
         if (tty) fputs("> ", stderr);
         ssize_t got = getline(&line, &cap, stdin);
         if (got < 0) break;
-        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = 0;
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
+            line[--got] = 0;
         if (got == 0) continue;
         eng_chat_msg *nm = realloc(msgs, sizeof *msgs * (n + 2));
         if (!nm) {
@@ -134,7 +145,8 @@ static int chat_loop(const cli_args *a, cli_source *src, eng_ctx *c, const eng_s
         if (!a->json) print_result(a, src, &g, sp, 0);
         eng_gen_result_clear(&g);
     }
-    for (size_t i = 0; i < n; i++) free((char *)msgs[i].content);
+    for (size_t i = 0; i < n; i++)
+        free((char *)msgs[i].content);
     free(msgs);
     free(line);
     return rc;
@@ -143,10 +155,12 @@ static int chat_loop(const cli_args *a, cli_source *src, eng_ctx *c, const eng_s
 int cmd_run(int argc, char **argv)
 {
     static const cli_opt_spec spec[] = {
-        {"prompt", 'p', true, false}, {"chat", 0, false, false},    {"n", 'n', true, false},
-        {"temp", 0, true, false},     {"top-k", 0, true, false},    {"top-p", 0, true, false},
-        {"min-p", 0, true, false},    {"seed", 0, true, false},     {"threads", 't', true, false},
-        {"ctx", 'c', true, false},    {"backend", 0, true, false},  {"repeat-penalty", 0, true, false},
+        {"prompt", 'p', true, false},  {"chat", 0, false, false},
+        {"n", 'n', true, false},       {"temp", 0, true, false},
+        {"top-k", 0, true, false},     {"top-p", 0, true, false},
+        {"min-p", 0, true, false},     {"seed", 0, true, false},
+        {"threads", 't', true, false}, {"ctx", 'c', true, false},
+        {"backend", 0, true, false},   {"repeat-penalty", 0, true, false},
     };
     cli_args a;
     int rc = cli_parse(&a, argc, argv, spec, sizeof spec / sizeof *spec);
@@ -154,19 +168,22 @@ int cmd_run(int argc, char **argv)
     const char *prompt = cli_opt(&a, "prompt");
     bool chat = cli_flag(&a, "chat");
     if (a.npos != 1 || (!prompt && !chat))
-        return core_err_set(MLV_EINVAL, "usage: mlvault run REF|FILE (--prompt TEXT | --chat) [-n N] "
-                                        "[--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] "
-                                        "[--threads N] [--json]");
-    double n = 128, temp = 0.8, top_k = 40, top_p = 0.95, min_p = 0.05, rp = 1.0, ctx = 0, seed = -1;
+        return core_err_set(MLV_EINVAL,
+                            "usage: mlvault run REF|FILE (--prompt TEXT | --chat) [-n N] "
+                            "[--temp T] [--top-k K] [--top-p P] [--min-p P] [--seed S] "
+                            "[--threads N] [--json]");
+    double n = 128, temp = 0.8, top_k = 40, top_p = 0.95, min_p = 0.05, rp = 1.0, ctx = 0,
+           seed = -1;
     if ((rc = parse_num(&a, "n", 1, 1 << 20, &n)) || (rc = parse_num(&a, "temp", 0, 100, &temp)) ||
         (rc = parse_num(&a, "top-k", 0, 1 << 24, &top_k)) ||
-        (rc = parse_num(&a, "top-p", 0, 1, &top_p)) || (rc = parse_num(&a, "min-p", 0, 1, &min_p)) ||
+        (rc = parse_num(&a, "top-p", 0, 1, &top_p)) ||
+        (rc = parse_num(&a, "min-p", 0, 1, &min_p)) ||
         (rc = parse_num(&a, "repeat-penalty", 0.01, 100, &rp)) ||
         (rc = parse_num(&a, "ctx", 16, 1 << 20, &ctx)) ||
         (rc = parse_num(&a, "seed", 0, 18446744073709549568.0, &seed)))
         return rc;
-    eng_sampler_params sp = {(float)temp, (int32_t)top_k, (float)top_p, (float)min_p, (float)rp, 64,
-                             0};
+    eng_sampler_params sp = {
+        (float)temp, (int32_t)top_k, (float)top_p, (float)min_p, (float)rp, 64, 0};
     if (seed >= 0) {
         sp.seed = (uint64_t)seed;
     } else if ((rc = core_random(&sp.seed, sizeof sp.seed)) != 0) {

@@ -32,8 +32,8 @@ typedef struct eng_backend_ops {
      * allocates afterwards (ops assume it was called). 0 or MLV_ENOMEM. */
     int (*reserve)(eng_backend *b, size_t max_act_bytes, int max_T, int n_ctx, int hd);
     /* y (T, n_out) = x (T, n_in) . W^T (+ bias (n_out) when not NULL) */
-    void (*matmul)(eng_backend *b, float *y, const eng_weight *w, const float *bias,
-                   const float *x, int T);
+    void (*matmul)(eng_backend *b, float *y, const eng_weight *w, const float *bias, const float *x,
+                   int T);
     /* ys[i] (T, ws[i].n_out) = x (T, n_in) . ws[i]^T (+ biases[i]) for i < n <= 3:
      * products that read the same input (q/k/v, gate/up) in one pass. biases may be
      * NULL, as may each biases[i]. */

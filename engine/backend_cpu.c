@@ -30,9 +30,15 @@ typedef struct cpu_backend {
     char name[32];
 } cpu_backend;
 
-static cpu_backend *cpu(eng_backend *b) { return (cpu_backend *)b; }
+static cpu_backend *cpu(eng_backend *b)
+{
+    return (cpu_backend *)b;
+}
 
-static const char *cpu_name(const eng_backend *b) { return ((const cpu_backend *)b)->name; }
+static const char *cpu_name(const eng_backend *b)
+{
+    return ((const cpu_backend *)b)->name;
+}
 
 static void *cpu_alloc(eng_backend *b, size_t bytes)
 {
@@ -139,7 +145,8 @@ static void rows_of(const matmul_job *j, int i, int64_t r0, int64_t r1)
             }
             if (bias)
                 for (int t = 0; t < j->T; t++)
-                    for (int64_t r = rt; r < re; r++) y[(size_t)t * w->n_out + r] += bias[r];
+                    for (int64_t r = rt; r < re; r++)
+                        y[(size_t)t * w->n_out + r] += bias[r];
             continue;
         }
         for (int t = 0; t < j->T; t++) {
@@ -181,7 +188,8 @@ static void cpu_matmul_n(eng_backend *b, int n, float *const *ys, const eng_weig
         j.rows += ws[i]->n_out;
         work += ws[i]->n_out * ws[i]->n_in;
         int q = 0;
-        while (q < j.n_q && j.q_type[q] != type) q++;
+        while (q < j.n_q && j.q_type[q] != type)
+            q++;
         if (q == j.n_q) {
             j.q_type[q] = type;
             j.q_dst[q] = cb->act + used;
@@ -218,10 +226,12 @@ static void cpu_rmsnorm(eng_backend *b, float *y, const float *x, const float *g
         const float *xr = x + (size_t)t * n;
         float *yr = y + (size_t)t * n;
         double sum = 0.0;
-        for (int i = 0; i < n; i++) sum += (double)(xr[i] * xr[i]);
+        for (int i = 0; i < n; i++)
+            sum += (double)(xr[i] * xr[i]);
         const float mean = (float)(sum / n);
         const float scale = 1.0f / sqrtf(mean + eps);
-        for (int i = 0; i < n; i++) yr[i] = (xr[i] * scale) * g[i];
+        for (int i = 0; i < n; i++)
+            yr[i] = (xr[i] * scale) * g[i];
     }
 }
 
@@ -276,15 +286,16 @@ static void cpu_swiglu(eng_backend *b, float *y, const float *gate, const float 
 static void cpu_add(eng_backend *b, float *y, const float *x, int64_t n)
 {
     (void)b;
-    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+    for (int64_t i = 0; i < n; i++)
+        y[i] += x[i];
 }
 
 static void cpu_get_rows(eng_backend *b, float *y, const eng_weight *w, const int32_t *ids, int T)
 {
     (void)b;
     for (int t = 0; t < T; t++)
-        eng_dequantize_row(w->type, w->data + (size_t)ids[t] * w->row_bytes, y + (size_t)t * w->n_in,
-                           w->n_in);
+        eng_dequantize_row(w->type, w->data + (size_t)ids[t] * w->row_bytes,
+                           y + (size_t)t * w->n_in, w->n_in);
 }
 
 /* --------------------------------------------------------------- attention ---- */
@@ -311,7 +322,8 @@ static void attn_rows_job(void *arg, int ith, int nth)
         const int t = (int)(u / j->n_head), h = (int)(u % j->n_head), g = h / group;
         const int n_keys = j->pos0 + t + 1;
         const float *qr = j->q + (size_t)u * j->hd;
-        for (int i = 0; i < j->hd; i++) qh[i] = eng_fp32_to_fp16(qr[i]);
+        for (int i = 0; i < j->hd; i++)
+            qh[i] = eng_fp32_to_fp16(qr[i]);
         float mx = -INFINITY;
         for (int p = 0; p < n_keys; p++) {
             float s;

@@ -156,7 +156,6 @@ uint16_t eng_fp32_to_fp16(float f);
 /* bfloat16 -> float: exact (the 16 bits become the float's upper half). */
 float eng_bf16_to_fp32(uint16_t b);
 
-
 /* ================================================================ GGUF write ====
  * engine/gguf_write.c: builds a GGUF v3 file (or buffer) as llama.cpp writes it: the
  * header, KV pairs in the order they were set, tensor infos in the order they were
@@ -305,7 +304,7 @@ const char *eng_model_backend_name(const eng_model *m); /* "ref", "avx2", "avx51
 /* A sequence context of up to n_ctx positions (0 = min(train context, 4096)). */
 int eng_ctx_new(eng_ctx **out, eng_model *m, uint32_t n_ctx);
 void eng_ctx_free(eng_ctx *c);
-uint32_t eng_ctx_pos(const eng_ctx *c);   /* tokens in the KV cache */
+uint32_t eng_ctx_pos(const eng_ctx *c); /* tokens in the KV cache */
 const eng_model *eng_ctx_model(const eng_ctx *c);
 uint32_t eng_ctx_n_ctx(const eng_ctx *c);
 void eng_ctx_truncate(eng_ctx *c, uint32_t pos); /* forget positions >= pos */
@@ -348,8 +347,8 @@ typedef struct eng_gen_result {
 } eng_gen_result;
 int eng_generate(eng_ctx *c, const int32_t *prompt, size_t n_prompt, uint32_t n_predict,
                  const eng_sampler_params *sp,
-                 int (*on_token)(void *arg, int32_t id, const char *piece, size_t len),
-                 void *arg, eng_gen_result *out);
+                 int (*on_token)(void *arg, int32_t id, const char *piece, size_t len), void *arg,
+                 eng_gen_result *out);
 void eng_gen_result_clear(eng_gen_result *r);
 
 /* ============================================================== evaluation ====
@@ -367,22 +366,22 @@ const char *eng_metric_name(int metric);
 int eng_metric_parse(const char *name); /* ENG_METRIC_* or -1 */
 typedef struct eng_eval_result {
     int metric;
-    double value;             /* accuracy as a fraction; perplexity; mean KLD */
-    double ci_low, ci_high;   /* 95% confidence interval */
-    uint64_t n_samples;       /* scored tokens, or questions */
+    double value;                /* accuracy as a fraction; perplexity; mean KLD */
+    double ci_low, ci_high;      /* 95% confidence interval */
+    uint64_t n_samples;          /* scored tokens, or questions */
     double accuracy, perplexity; /* both text metrics, whichever was asked */
-    double same_top;          /* kld: fraction of tokens with the same top-1 token */
+    double same_top;             /* kld: fraction of tokens with the same top-1 token */
     double seconds;
 } eng_eval_result;
 typedef struct eng_eval_opts {
-    uint32_t n_ctx; /* 0 = 512 */
+    uint32_t n_ctx;      /* 0 = 512 */
     eng_model *baseline; /* kld only */
     void (*progress)(void *arg, double fraction);
     void *progress_arg;
 } eng_eval_opts;
 /* data: UTF-8 text (text metrics) or JSONL {"context","choices":[...],"answer":i}
  * (mc_accuracy). MLV_EINVAL with the line number for bad JSONL or a text too short. */
-int eng_evaluate(eng_model *m, int metric, const char *data, size_t len,
-                 const eng_eval_opts *opts, eng_eval_result *out);
+int eng_evaluate(eng_model *m, int metric, const char *data, size_t len, const eng_eval_opts *opts,
+                 eng_eval_result *out);
 
 #endif

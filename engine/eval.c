@@ -65,7 +65,8 @@ static void log_norm(const float *x, uint32_t n, double *mx, double *lse, int32_
     for (uint32_t i = 1; i < n; i++)
         if (x[i] > x[best]) best = (int32_t)i;
     double m = x[best], sum = 0;
-    for (uint32_t i = 0; i < n; i++) sum += exp((double)x[i] - m);
+    for (uint32_t i = 0; i < n; i++)
+        sum += exp((double)x[i] - m);
     *mx = m;
     *lse = log(sum);
     *argmax = best;
@@ -82,19 +83,21 @@ static int run_window(eng_ctx *c, const int32_t *win, uint32_t n_ctx, uint32_t h
     return rc;
 }
 
-static int eval_text(eng_model *m, int metric, const char *data, size_t len,
-                     const eng_eval_opts *o, eng_eval_result *r)
+static int eval_text(eng_model *m, int metric, const char *data, size_t len, const eng_eval_opts *o,
+                     eng_eval_result *r)
 {
     const eng_tokenizer *tok = eng_model_tokenizer(m);
     const uint32_t nv = eng_model_hparams(m)->n_vocab;
     const uint32_t n_ctx = o && o->n_ctx ? o->n_ctx : 512;
     eng_model *base = o ? o->baseline : NULL;
-    if (n_ctx < 8) return core_err_set(MLV_EINVAL, "eval: a context of %u tokens is too short", n_ctx);
+    if (n_ctx < 8)
+        return core_err_set(MLV_EINVAL, "eval: a context of %u tokens is too short", n_ctx);
     if (metric == ENG_METRIC_KLD) {
         if (!base) return core_err_set(MLV_EINVAL, "eval: kld needs a baseline model");
         if (eng_model_hparams(base)->n_vocab != nv)
-            return core_err_set(MLV_EINVAL, "eval: the baseline's vocabulary (%u) differs from the "
-                                            "model's (%u)",
+            return core_err_set(MLV_EINVAL,
+                                "eval: the baseline's vocabulary (%u) differs from the "
+                                "model's (%u)",
                                 eng_model_hparams(base)->n_vocab, nv);
     }
     int32_t *ids = NULL;
@@ -252,7 +255,8 @@ static int eval_mc(eng_model *m, const char *data, size_t len, const eng_eval_op
     uint64_t correct = 0, n = 0;
     int rc = eng_ctx_new(&c, m, o && o->n_ctx ? o->n_ctx : 2048);
     if (rc) return rc;
-    for (size_t i = 0; i < len; i++) total += data[i] == '\n';
+    for (size_t i = 0; i < len; i++)
+        total += data[i] == '\n';
     const char *p = data, *end = data + len;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -261,7 +265,8 @@ static int eval_mc(eng_model *m, const char *data, size_t len, const eng_eval_op
         const char *line = p;
         p += ll + (nl ? 1 : 0);
         size_t k = 0;
-        while (k < ll && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
+        while (k < ll && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r'))
+            k++;
         if (k == ll) continue;
         json_error_t je;
         json_t *q = json_loadb(line, ll, JSON_REJECT_DUPLICATES, &je);
@@ -270,10 +275,11 @@ static int eval_mc(eng_model *m, const char *data, size_t len, const eng_eval_op
         if (!q || !json_is_string(ctx) || !json_is_array(choices) || json_array_size(choices) < 2 ||
             !json_is_integer(ans) || json_integer_value(ans) < 0 ||
             (size_t)json_integer_value(ans) >= json_array_size(choices)) {
-            rc = core_err_set(MLV_EINVAL,
-                              "eval: line %zu: expected {\"context\": text, \"choices\": [two or more "
-                              "texts], \"answer\": index of the right choice}%s%s",
-                              lines, q ? "" : ": ", q ? "" : je.text);
+            rc = core_err_set(
+                MLV_EINVAL,
+                "eval: line %zu: expected {\"context\": text, \"choices\": [two or more "
+                "texts], \"answer\": index of the right choice}%s%s",
+                lines, q ? "" : ": ", q ? "" : je.text);
             json_decref(q);
             goto done;
         }
@@ -284,7 +290,8 @@ static int eval_mc(eng_model *m, const char *data, size_t len, const eng_eval_op
         {
             double s = 0;
             if (!json_is_string(ch)) {
-                rc = core_err_set(MLV_EINVAL, "eval: line %zu: choice %zu is not a string", lines, j);
+                rc = core_err_set(MLV_EINVAL, "eval: line %zu: choice %zu is not a string", lines,
+                                  j);
                 break;
             }
             if ((rc = score_choice(c, tok, nv, json_string_value(ctx), json_string_value(ch), &lg,
@@ -298,7 +305,8 @@ static int eval_mc(eng_model *m, const char *data, size_t len, const eng_eval_op
         json_decref(q);
         if (rc) goto done;
         n++;
-        if (o && o->progress && total) o->progress(o->progress_arg, fmin(1.0, (double)lines / total));
+        if (o && o->progress && total)
+            o->progress(o->progress_arg, fmin(1.0, (double)lines / total));
     }
     if (n == 0) {
         rc = core_err_set(MLV_EINVAL, "eval: the data has no questions");

@@ -25,8 +25,8 @@ void eng_gen_result_clear(eng_gen_result *r)
 
 int eng_generate(eng_ctx *c, const int32_t *prompt, size_t n_prompt, uint32_t n_predict,
                  const eng_sampler_params *sp,
-                 int (*on_token)(void *arg, int32_t id, const char *piece, size_t len),
-                 void *arg, eng_gen_result *out)
+                 int (*on_token)(void *arg, int32_t id, const char *piece, size_t len), void *arg,
+                 eng_gen_result *out)
 {
     memset(out, 0, sizeof *out);
     const eng_model *m = eng_ctx_model(c);
@@ -34,8 +34,9 @@ int eng_generate(eng_ctx *c, const int32_t *prompt, size_t n_prompt, uint32_t n_
     const uint32_t nv = eng_model_hparams(m)->n_vocab;
     if (n_prompt == 0) return core_err_set(MLV_EINVAL, "generate: the prompt is empty");
     if (n_prompt >= eng_ctx_n_ctx(c) - eng_ctx_pos(c))
-        return core_err_set(MLV_EINVAL, "generate: a prompt of %zu tokens does not fit a context "
-                                        "of %u",
+        return core_err_set(MLV_EINVAL,
+                            "generate: a prompt of %zu tokens does not fit a context "
+                            "of %u",
                             n_prompt, eng_ctx_n_ctx(c));
     eng_sampler *s = NULL;
     float *logits = malloc(sizeof *logits * nv);

@@ -22,7 +22,7 @@
 
 #include "engine/engine.h"
 
-#define ENG_NTYPES 40 /* type ids are below this */
+#define ENG_NTYPES 40   /* type ids are below this */
 #define ENG_TILE_MAX 16 /* largest nr and nc of a tile call */
 
 /* x: n floats -> dst: n / block activation blocks (n a multiple of the block size). */
@@ -40,10 +40,10 @@ typedef void (*eng_tile_fn)(int64_t n, int nr, int nc, float *s, size_t ldc, con
                             size_t w_stride, const void *a, size_t a_stride);
 
 typedef struct eng_kernels {
-    const char *name;                       /* "ref", "avx2", "avx512" */
-    eng_vec_dot_fn vec_dot[ENG_NTYPES];     /* by weight type; NULL = unsupported */
-    eng_tile_fn tile[ENG_NTYPES];           /* by weight type; NULL = vec_dot one by one */
-    eng_quantize_fn quantize[ENG_NTYPES];   /* by activation type (F32 = copy) */
+    const char *name;                     /* "ref", "avx2", "avx512" */
+    eng_vec_dot_fn vec_dot[ENG_NTYPES];   /* by weight type; NULL = unsupported */
+    eng_tile_fn tile[ENG_NTYPES];         /* by weight type; NULL = vec_dot one by one */
+    eng_quantize_fn quantize[ENG_NTYPES]; /* by activation type (F32 = copy) */
     /* Attention on the F16 KV cache: *s = dot(x, y) (x, y fp16), f32 accumulation. */
     void (*dot_f16)(int64_t n, float *s, const uint16_t *x, const uint16_t *y);
     /* y[i] += v[i] * a (v fp16, y f32). */
@@ -61,5 +61,8 @@ const eng_kernels *eng_kernels_ref(void);
 const eng_kernels *eng_kernels_best(void);
 /* A named set if this CPU can run it, else NULL (tests iterate over these). */
 const eng_kernels *eng_kernels_get(const char *name);
+/* kernels_x86.c: the SIMD sets ("avx2", "avx512") when this CPU runs them, else NULL
+ * (always NULL off x86). Only the selection in kernels_ref.c calls it. */
+const eng_kernels *eng_kernels_x86(const char *name);
 
 #endif

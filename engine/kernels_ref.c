@@ -1,6 +1,7 @@
 /* engine/kernels_ref.c: the plain C reference row kernels (engine/kernels.h) — activation
- * quantizers and weight-row x activation-row dot products — whose results define the
- * engine's numbers, and the choice of kernel set at run time (eng_kernels_best/get).
+ * quantizers, weight-row x activation-row dot products and tiles of them — whose results
+ * define the engine's numbers, and the choice of kernel set at run time
+ * (eng_kernels_best/get).
  * The arithmetic and its order are those of llama.cpp's portable CPU code: ggml-quants.c's
  * quantize_row_q8_0_ref / q8_1_ref / q8_K_ref and ggml-cpu's ggml_vec_dot_*_generic
  * (integer sums per block, then scaled), ggml_vec_dot_f32/f16/bf16 (double accumulation)
@@ -19,46 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/bytes.h"
 #include "engine/kernels.h"
 
 #define QK8_0 32
 #define QK_K 256
 
-/* kernels_x86.c: the SIMD sets by name ("avx2", "avx512") when this CPU runs them,
- * else NULL (also on other architectures). Declared here rather than in kernels.h:
- * nothing but the selection below may use them. */
-const eng_kernels *eng_kernels_x86(const char *name);
-
 /* ---------------------------------------------------------------- helpers ---- */
-
-static uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static float rd_half(const uint8_t *p)
-{
-    return eng_fp16_to_fp32(rd16(p));
-}
-
-static float rd_f32(const uint8_t *p)
-{
-    uint32_t u = rd32(p);
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static void wr16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
 
 static void wr_f32(uint8_t *p, float f)
 {

@@ -13,11 +13,11 @@
  *   to even like the reference's nearest_int; blocks whose scale is not finite (inf or
  *   NaN input, |max| below ~1e-37) go through a scalar copy of the reference. F16 and
  *   BF16 rounding is exact, NaNs included.
- * - Dot products sum the same integers per block; only the float accumulation of the
- *   scaled block sums differs in order (several vector lanes, fused multiply-adds), so
- *   results agree with the reference to float rounding, not bit for bit. F32/F16/BF16
- *   rows accumulate in float (ggml's SIMD code does the same) where the reference uses
- *   double.
+ * - Dot products and tiles (blocks of dot products for prompts: see "tiles" below) sum
+ *   the same integers per block; only the float accumulation of the scaled block sums
+ *   differs in order (several vector lanes, fused multiply-adds), so results agree with
+ *   the reference to float rounding, not bit for bit. F32/F16/BF16 rows accumulate in
+ *   float (ggml's SIMD code does the same) where the reference uses double.
  * - mad_f16 multiplies and adds separately, bit for bit the reference.
  *
  * Activation blocks must come from the quantizers: the integer tricks below (u8 x s8
@@ -29,8 +29,6 @@
 #include <string.h>
 
 #include "engine/kernels.h"
-
-const eng_kernels *eng_kernels_x86(const char *name);
 
 #if defined(__x86_64__)
 
@@ -1030,9 +1028,9 @@ TA5 static void vec_dot_bf16_avx512(int64_t n, float *s, const void *w, const vo
  * group stays in L1 while the weight rows pass); MK(rm, rn) sees i0 and j0. */
 #define TILE_LOOP(RM, RN, nr, nc, MK)                                                              \
     for (int j0 = 0; j0 < (nc); j0 += (RN)) {                                                      \
-        const int rn_ = (nc) - j0 < (RN) ? (nc) - j0 : (RN);                                       \
+        const int rn_ = (nc)-j0 < (RN) ? (nc)-j0 : (RN);                                           \
         for (int i0 = 0; i0 < (nr); i0 += (RM)) {                                                  \
-            const int rm_ = (nr) - i0 < (RM) ? (nr) - i0 : (RM);                                   \
+            const int rm_ = (nr)-i0 < (RM) ? (nr)-i0 : (RM);                                       \
             TILE_SWITCH(MK, rm_, rn_)                                                              \
         }                                                                                          \
     }
@@ -1087,10 +1085,11 @@ TA2 static AI void ftile_mk(int64_t n, float *s, size_t ldc, const uint8_t *w, s
 {
     __m256 acc[4][4];
     UNROLL
-    for (int j = 0; j < rn; j++)
+    for (int j = 0; j < rn; j++) {
         UNROLL
         for (int i = 0; i < rm; i++)
             acc[j][i] = _mm256_setzero_ps();
+    }
     int64_t k = 0;
     for (; k + 8 <= n; k += 8) {
         __m256 wv[4];
@@ -1141,17 +1140,20 @@ DEF_FTILE(tile_f16_avx512, TA5, 4, 4, FT_F16)
 DEF_FTILE(tile_bf16_avx512, TA5, 4, 4, FT_BF16)
 
 /* ---- quantized tiles: prepared groups ----
- * A quantized tile first rewrites ("prepares") a chunk of its weight rows and of its
- * activation rows — once per call, so each costs 1/16 of the products it feeds — into
- * groups laid out for vertical integer products. A group has 8 lanes of 32 bits and up
- * to 8 steps of 32 bytes; lane l of every step holds 4 bytes of the same block, so an
- * integer multiply-add over the steps (VPDPBUSD; VPMADDUBSW + VPMADDWD on AVX2) leaves
- * in each lane a part of one block's integer sum — the sums vec_dot computes — and one
- * vector of per-lane scales (d_w * d_a) brings a whole group to floats with a single
- * fused multiply-add per pair of rows. A group of 8 blocks gives each block one lane
- * (8 steps: step k holds bytes 4k..4k+3 of each block); the tail of a row goes in
- * groups of 4, 2 and 1 blocks with 2, 4 and 8 lanes per block (4, 2, 1 steps), so no
- * step is spent on padding. K-quant sub-blocks are the blocks of their groups.
+ * A quantized tile first rewrites ("prepares") its nr weight rows and nc activation rows,
+ * a chunk of each row at a time, into groups laid out for vertical integer products; a
+ * prepared row then serves every row of the other side (up to 16), which pays for the
+ * rewriting. A group has 8 lanes of 32 bits and up to 8 steps of 32 bytes; lane l of
+ * every step holds 4 bytes of the same block, so an integer multiply-add over the steps
+ * (VPDPBUSD; VPMADDUBSW + VPMADDWD on AVX2) leaves in each lane a part of one block's
+ * integer sum, and one vector of per-lane scales (d_w * d_a) brings a whole group to
+ * floats with one fused multiply-add per pair of rows (vec_dot needs one per block). A
+ * group of 8 blocks gives each block one lane (8 steps: step k holds bytes 4k..4k+3 of
+ * each block); the tail of a row goes in groups of 4, 2 and 1 blocks with 2, 4 and 8
+ * lanes per block (4, 2, 1 steps), so no step is spent on padding. K-quant sub-blocks
+ * are the blocks of their groups. The integer sums are exact (no saturation anywhere:
+ * see the micro-kernels), so a tile's results differ from vec_dot's only in the order
+ * of the float operations that scale and add them.
  *
  * A prepared group (QG_BYTES), each part written only for the types that use it:
  *   q[8][32]    the steps: unsigned or signed bytes, per type
@@ -1159,16 +1161,11 @@ DEF_FTILE(tile_bf16_avx512, TA5, 4, 4, FT_BF16)
  *   m[8]        float, a second product added per lane: Q4_1/Q5_1 m_w (first lane of a
  *               block only) and s_a; Q4_K dmin_w * m_j and -d_a * (bsums of j)
  *   init[8]     int32 added to the lane's integer sum before scaling: Q8_0 weights
- *               -128 * sum(w) (the activation goes in as a + 128, unsigned), Q4_0/Q5_0
- *               and Q6_K activations -off * sum(a) (the weights go in as q, not q - off)
+ *               -128 * sum(w) (with VNNI the activation goes in as a + 128, unsigned:
+ *               exact for every int8 a), Q4_0/Q5_0 and Q6_K activations -off * sum(a)
+ *               (the weights go in as q, not q - off)
  *   sc[8]       int32 K-quant sub-block scale the lane's integer sum is multiplied by */
 enum { QG_Q = 0, QG_D = 256, QG_M = 288, QG_I = 320, QG_SC = 352, QG_BYTES = 384 };
-
-/* Chunks of the row: at most QT_CHUNK_BLOCKS 32-element blocks (4 full groups; the
- * last chunk of a row may add its tail groups: at most 7), so a chunk's prepared rows
- * (up to 16 + 16 rows) stay near L1. */
-#define QT_CHUNK_BLOCKS 32
-#define QT_MAX_GROUPS 8
 
 /* Blocks v[0..nb-1] (32 bytes each; nb = 8, 4, 2 or 1) as nb steps at q: step k holds
  * in lanes [b*L, (b+1)*L) (L = 8 / nb) bytes [4Lk, 4L(k+1)) of block b (a transpose
@@ -1196,8 +1193,10 @@ TA2 static AI void qg_store_steps(uint8_t *q, const __m256i *v, int nb)
             _mm256_store_si256(o + k + 4, _mm256_permute2x128_si256(u[k], u[k + 4], 0x31));
         }
     } else if (nb == 4) {
-        const __m256i t0 = _mm256_unpacklo_epi64(v[0], v[1]), t1 = _mm256_unpackhi_epi64(v[0], v[1]);
-        const __m256i t2 = _mm256_unpacklo_epi64(v[2], v[3]), t3 = _mm256_unpackhi_epi64(v[2], v[3]);
+        const __m256i t0 = _mm256_unpacklo_epi64(v[0], v[1]),
+                      t1 = _mm256_unpackhi_epi64(v[0], v[1]);
+        const __m256i t2 = _mm256_unpacklo_epi64(v[2], v[3]),
+                      t3 = _mm256_unpackhi_epi64(v[2], v[3]);
         _mm256_store_si256(o + 0, _mm256_permute2x128_si256(t0, t2, 0x20));
         _mm256_store_si256(o + 1, _mm256_permute2x128_si256(t1, t3, 0x20));
         _mm256_store_si256(o + 2, _mm256_permute2x128_si256(t0, t2, 0x31));
@@ -1232,28 +1231,78 @@ TA2 static AI __m256 qg_spread(__m256 f, int nb, bool first)
     return _mm256_and_ps(v, _mm256_castsi256_ps(m));
 }
 
-/* The halves at p, p + st, ... (nb of them; nothing read past the last), as floats. */
+/* The halves at p, p + st, ... (nb = 8, 4, 2 or 1 of them; nothing read past the last),
+ * as floats. */
 TA2 static AI __m256 qg_halves(const uint8_t *p, size_t st, int nb)
 {
     if (nb == 8) return halves8(p, st);
-    uint16_t h[8] = {0};
-    UNROLL
-    for (int b = 0; b < nb; b++)
-        h[b] = ld16(p + b * st);
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    __m128i v = _mm_cvtsi32_si128(ld16(p)); /* (in registers: no store-to-load stall) */
+    if (nb > 1) v = _mm_insert_epi16(v, ld16(p + st), 1);
+    if (nb > 2) v = _mm_insert_epi16(v, ld16(p + 2 * st), 2);
+    if (nb > 3) v = _mm_insert_epi16(v, ld16(p + 3 * st), 3);
+    return _mm256_cvtph_ps(v);
 }
 
-/* Per lane, the sum of its signed bytes over the nsteps steps at q. */
+/* Per lane, the sum of its signed bytes over the nsteps (<= 8) steps at q (16-bit
+ * partial sums: at most 8 * 2 * 128). */
 TA2 static AI __m256i qg_lane_sums(const uint8_t *q, int nsteps)
 {
     __m256i acc = _mm256_setzero_si256();
     UNROLL
     for (int k = 0; k < nsteps; k++)
-        acc = _mm256_add_epi32(
-            acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1),
-                                                         _mm256_load_si256((const __m256i *)(q + 32 * k))),
-                                   _mm256_set1_epi16(1)));
-    return acc;
+        acc = _mm256_add_epi16(
+            acc, _mm256_maddubs_epi16(_mm256_set1_epi8(1),
+                                      _mm256_load_si256((const __m256i *)(q + 32 * k))));
+    return _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+}
+
+/* The two halves at the start of 8 blocks st bytes apart (d, m of Q4_1/Q5_1; d, s of
+ * Q8_1) as floats, one vector each: one gather of 32-bit words instead of two of
+ * halves. */
+TA2 static AI void qg_half_pairs8(const uint8_t *p, size_t st, __m256 *first, __m256 *second)
+{
+    const __m256 lo = _mm256_cvtph_ps(dwords4(p, st));          /* d0 m0 d1 m1 | d2 m2 d3 m3 */
+    const __m256 hi = _mm256_cvtph_ps(dwords4(p + 4 * st, st)); /* d4 m4 ...  */
+    /* d0 d1 d4 d5 | d2 d3 d6 d7, then the middle 64-bit pieces swapped */
+    *first = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xd8));
+    *second = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xdd)), 0xd8));
+}
+
+/* 8 pieces of 16 bytes, two per vector (y[m] = pieces m and m + 4 in its low and high
+ * halves), transposed: out[k] holds 32-bit word k of piece l in lane l. */
+TA2 static AI void qg_transpose16(const __m256i *y, __m256i *out)
+{
+    const __m256i t0 = _mm256_unpacklo_epi32(y[0], y[1]), t1 = _mm256_unpackhi_epi32(y[0], y[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(y[2], y[3]), t3 = _mm256_unpackhi_epi32(y[2], y[3]);
+    out[0] = _mm256_unpacklo_epi64(t0, t2);
+    out[1] = _mm256_unpackhi_epi64(t0, t2);
+    out[2] = _mm256_unpacklo_epi64(t1, t3);
+    out[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* 8 blocks of 32 bytes (at p + b * st) as 8 steps at q, lane b = block b, optionally
+ * with every byte's top bit flipped: two 16-byte transposes whose first stage is the
+ * loads themselves (fewer shuffles than qg_store_steps's 8 x 8). */
+TA2 static AI void qg_store_steps8(uint8_t *q, const uint8_t *p, size_t st, bool flip)
+{
+    __m256i *o = (__m256i *)q;
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        __m256i y[4], t[4];
+        UNROLL
+        for (int m = 0; m < 4; m++) {
+            y[m] = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + m * st + 16 * h))),
+                _mm_loadu_si128((const __m128i *)(p + (m + 4) * st + 16 * h)), 1);
+            if (flip) y[m] = _mm256_xor_si256(y[m], _mm256_set1_epi8((char)0x80));
+        }
+        qg_transpose16(y, t);
+        UNROLL
+        for (int k = 0; k < 4; k++)
+            _mm256_store_si256(o + 4 * h + k, t[k]);
+    }
 }
 
 /* The weight types of 32-element blocks, by their prepared form. */
@@ -1270,22 +1319,56 @@ TA2 static AI int qt_wbytes(int qt)
 TA2 static AI void qprep_w32_nb(uint8_t *g, const uint8_t *x, int nb, int qt, bool vnni)
 {
     const int xb = qt_wbytes(qt);
-    __m256i v[8] = {0}; /* (nb of them are read) */
-    UNROLL
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *p = x + b * xb;
-        switch (qt) {
-        case QT_Q8_0: v[b] = _mm256_loadu_si256((const __m256i *)(p + 2)); break;
-        case QT_Q4_0: v[b] = nibbles32(p + 2); break;
-        case QT_Q4_1: v[b] = nibbles32(p + 4); break;
-        case QT_Q5_0: v[b] = _mm256_or_si256(nibbles32(p + 6), bits32_avx2((uint32_t)ld32(p + 2))); break;
-        default: v[b] = _mm256_or_si256(nibbles32(p + 8), bits32_avx2((uint32_t)ld32(p + 4))); break;
+    const bool with_m = qt == QT_Q4_1 || qt == QT_Q5_1;
+    if (nb == 8 && qt == QT_Q8_0) {
+        qg_store_steps8(g + QG_Q, x + 2, xb, false);
+    } else if (nb == 8 && (qt == QT_Q4_0 || qt == QT_Q4_1)) {
+        /* the 8 x 16 bytes of nibbles transposed as they are (half the bytes of the
+         * values), then split: word k's low nibbles are step k, its high ones step k + 4 */
+        const int qo = qt == QT_Q4_0 ? 2 : 4;
+        const __m256i m4 = _mm256_set1_epi8(0x0f);
+        __m256i y[4], t[4];
+        UNROLL
+        for (int m = 0; m < 4; m++)
+            y[m] = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(x + m * xb + qo))),
+                _mm_loadu_si128((const __m128i *)(x + (m + 4) * xb + qo)), 1);
+        qg_transpose16(y, t);
+        __m256i *o = (__m256i *)(g + QG_Q);
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            _mm256_store_si256(o + k, _mm256_and_si256(t[k], m4));
+            _mm256_store_si256(o + k + 4, _mm256_and_si256(_mm256_srli_epi16(t[k], 4), m4));
         }
+    } else {
+        __m256i v[8] = {0}; /* (nb of them are read) */
+        UNROLL
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *p = x + b * xb;
+            switch (qt) {
+            case QT_Q8_0: v[b] = _mm256_loadu_si256((const __m256i *)(p + 2)); break;
+            case QT_Q4_0: v[b] = nibbles32(p + 2); break;
+            case QT_Q4_1: v[b] = nibbles32(p + 4); break;
+            case QT_Q5_0:
+                v[b] = _mm256_or_si256(nibbles32(p + 6), bits32_avx2((uint32_t)ld32(p + 2)));
+                break;
+            default:
+                v[b] = _mm256_or_si256(nibbles32(p + 8), bits32_avx2((uint32_t)ld32(p + 4)));
+                break;
+            }
+        }
+        qg_store_steps(g + QG_Q, v, nb);
     }
-    qg_store_steps(g + QG_Q, v, nb);
-    _mm256_store_ps((float *)(g + QG_D), qg_spread(qg_halves(x, xb, nb), nb, false));
-    if (qt == QT_Q4_1 || qt == QT_Q5_1)
-        _mm256_store_ps((float *)(g + QG_M), qg_spread(qg_halves(x + 2, xb, nb), nb, true));
+    if (with_m && nb == 8) {
+        __m256 d, m;
+        qg_half_pairs8(x, xb, &d, &m);
+        _mm256_store_ps((float *)(g + QG_D), d);
+        _mm256_store_ps((float *)(g + QG_M), m);
+    } else {
+        _mm256_store_ps((float *)(g + QG_D), qg_spread(qg_halves(x, xb, nb), nb, false));
+        if (with_m)
+            _mm256_store_ps((float *)(g + QG_M), qg_spread(qg_halves(x + 2, xb, nb), nb, true));
+    }
     if (qt == QT_Q8_0 && vnni)
         _mm256_store_si256((__m256i *)(g + QG_I),
                            _mm256_sub_epi32(_mm256_setzero_si256(),
@@ -1300,15 +1383,27 @@ TA2 static AI void qprep_a32_nb(uint8_t *g, const uint8_t *y, int nb, int qt, bo
     const bool q81 = qt == QT_Q4_1 || qt == QT_Q5_1;
     const int yb = q81 ? 36 : 34, qo = q81 ? 4 : 2;
     const bool flip = qt == QT_Q8_0 && vnni;
-    __m256i v[8] = {0};
-    UNROLL
-    for (int b = 0; b < nb; b++) {
-        v[b] = _mm256_loadu_si256((const __m256i *)(y + b * yb + qo));
-        if (flip) v[b] = _mm256_xor_si256(v[b], _mm256_set1_epi8((char)0x80));
+    if (nb == 8) {
+        qg_store_steps8(g + QG_Q, y + qo, yb, flip);
+    } else {
+        __m256i v[8] = {0};
+        UNROLL
+        for (int b = 0; b < nb; b++) {
+            v[b] = _mm256_loadu_si256((const __m256i *)(y + b * yb + qo));
+            if (flip) v[b] = _mm256_xor_si256(v[b], _mm256_set1_epi8((char)0x80));
+        }
+        qg_store_steps(g + QG_Q, v, nb);
     }
-    qg_store_steps(g + QG_Q, v, nb);
-    _mm256_store_ps((float *)(g + QG_D), qg_spread(qg_halves(y, yb, nb), nb, false));
-    if (q81) _mm256_store_ps((float *)(g + QG_M), qg_spread(qg_halves(y + 2, yb, nb), nb, false));
+    if (q81 && nb == 8) {
+        __m256 d, sa;
+        qg_half_pairs8(y, yb, &d, &sa);
+        _mm256_store_ps((float *)(g + QG_D), d);
+        _mm256_store_ps((float *)(g + QG_M), sa);
+    } else {
+        _mm256_store_ps((float *)(g + QG_D), qg_spread(qg_halves(y, yb, nb), nb, false));
+        if (q81)
+            _mm256_store_ps((float *)(g + QG_M), qg_spread(qg_halves(y + 2, yb, nb), nb, false));
+    }
     if (qt == QT_Q4_0 || qt == QT_Q5_0) {
         const int sh = qt == QT_Q4_0 ? 3 : 4;
         _mm256_store_si256((__m256i *)(g + QG_I),
@@ -1340,12 +1435,12 @@ TA2 static AI void qprep_a32(uint8_t *g, const uint8_t *y, int nb, int qt, bool 
 
 /* Flags of a prepared type for the micro-kernels. */
 enum {
-    QF_AU = 1,     /* the activation is the unsigned side of the products (else the weight) */
-    QF_WINIT = 2,  /* init from the weight group */
-    QF_AINIT = 4,  /* init from the activation group */
-    QF_M = 8,      /* add m_w * m_a per lane */
-    QF_SC = 16,    /* multiply the integer lanes by the weight's sc */
-    QF_SIGN = 32,  /* AVX2 Q8_0: both signed; |w| times a with w's sign */
+    QF_AU = 1,    /* the activation is the unsigned side of the products (else the weight) */
+    QF_WINIT = 2, /* init from the weight group */
+    QF_AINIT = 4, /* init from the activation group */
+    QF_M = 8,     /* add m_w * m_a per lane */
+    QF_SC = 16,   /* multiply the integer lanes by the weight's sc */
+    QF_SIGN = 32, /* AVX2 Q8_0: both signed; |w| times a with w's sign */
 };
 
 /* rm x rn pairs over the ng prepared groups of a chunk (gs[g] steps each): W holds rm
@@ -1355,12 +1450,14 @@ enum {
 #define QMK_HEAD                                                                                   \
     __m256 f[4][4];                                                                                \
     UNROLL                                                                                         \
-    for (int j = 0; j < rn; j++)                                                                   \
+    for (int j = 0; j < rn; j++) {                                                                 \
         UNROLL                                                                                     \
         for (int i = 0; i < rm; i++)                                                               \
-            f[j][i] = first ? _mm256_setzero_ps() : fm[16 * j + i];
+            f[j][i] = first ? _mm256_setzero_ps() : fm[16 * j + i];                                \
+    }
 
-/* The group's integer lanes acc[j][i] to floats: (+ init), (* sc), * d_w * d_a, (+ m). */
+/* The group's integer lanes acc[j][i] (init included) into the float accumulators:
+ * (times sc), times d_w * d_a, (plus m_w * m_a). */
 #define QMK_SCALE                                                                                  \
     UNROLL                                                                                         \
     for (int j = 0; j < rn; j++) {                                                                 \
@@ -1369,16 +1466,19 @@ enum {
         for (int i = 0; i < rm; i++) {                                                             \
             __m256i iv = acc[j][i];                                                                \
             if (fl & QF_SC)                                                                        \
-                iv = _mm256_mullo_epi32(iv, _mm256_load_si256((const __m256i *)(wg + i * rs + QG_SC))); \
-            const __m256 d = _mm256_mul_ps(_mm256_load_ps((const float *)(wg + i * rs + QG_D)), da); \
+                iv = _mm256_mullo_epi32(                                                           \
+                    iv, _mm256_load_si256((const __m256i *)(wg + i * rs + QG_SC)));                \
+            const __m256 d =                                                                       \
+                _mm256_mul_ps(_mm256_load_ps((const float *)(wg + i * rs + QG_D)), da);            \
             f[j][i] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(iv), f[j][i]);                         \
             if (fl & QF_M)                                                                         \
-                f[j][i] = _mm256_fmadd_ps(_mm256_load_ps((const float *)(wg + i * rs + QG_M)),     \
-                                          _mm256_load_ps((const float *)(ag + j * rs + QG_M)),     \
-                                          f[j][i]);                                                \
+                f[j][i] =                                                                          \
+                    _mm256_fmadd_ps(_mm256_load_ps((const float *)(wg + i * rs + QG_M)),           \
+                                    _mm256_load_ps((const float *)(ag + j * rs + QG_M)), f[j][i]); \
         }                                                                                          \
     }
 
+/* After the last chunk the pairs' sums, else their accumulators kept for the next. */
 #define QMK_TAIL                                                                                   \
     UNROLL                                                                                         \
     for (int j = 0; j < rn; j++) {                                                                 \
@@ -1386,19 +1486,20 @@ enum {
             store_rm(s + j * ldc, hsum4_ps(f[j], rm), rm);                                         \
         else                                                                                       \
             UNROLL                                                                                 \
-            for (int i = 0; i < rm; i++)                                                           \
-                fm[16 * j + i] = f[j][i];                                                          \
+        for (int i = 0; i < rm; i++)                                                               \
+            fm[16 * j + i] = f[j][i];                                                              \
     }
 
 /* The integer start of a pair's lanes. */
 #define QMK_INIT(j, i)                                                                             \
-    ((fl & QF_WINIT)   ? _mm256_load_si256((const __m256i *)(wg + (i) * rs + QG_I))                \
-     : (fl & QF_AINIT) ? _mm256_load_si256((const __m256i *)(ag + (j) * rs + QG_I))                \
+    ((fl & QF_WINIT)   ? _mm256_load_si256((const __m256i *)(wg + (i)*rs + QG_I))                  \
+     : (fl & QF_AINIT) ? _mm256_load_si256((const __m256i *)(ag + (j)*rs + QG_I))                  \
                        : _mm256_setzero_si256())
 
-/* VNNI: one VPDPBUSD per pair and step, accumulating in 32 bits. */
-TA5 static AI void qmk_step_vnni(__m256i acc[4][4], const uint8_t *wg, const uint8_t *ag,
-                                 size_t rs, int k, const int rm, const int rn, const int fl)
+/* VNNI: one VPDPBUSD per pair and step (unsigned x signed bytes, four products added
+ * into each 32-bit lane, no saturation), the lanes starting from init. */
+TA5 static AI void qmk_step_vnni(__m256i acc[4][4], const uint8_t *wg, const uint8_t *ag, size_t rs,
+                                 int k, const int rm, const int rn, const int fl)
 {
     __m256i wq[4];
     UNROLL
@@ -1423,10 +1524,11 @@ TA5 static AI void qmk_vnni(const uint8_t *W, const uint8_t *A, size_t rs, const
         const uint8_t *wg = W + g * QG_BYTES, *ag = A + g * QG_BYTES;
         __m256i acc[4][4];
         UNROLL
-        for (int j = 0; j < rn; j++)
+        for (int j = 0; j < rn; j++) {
             UNROLL
             for (int i = 0; i < rm; i++)
                 acc[j][i] = QMK_INIT(j, i);
+        }
         if (gs[g] == 8) {
             UNROLL
             for (int k = 0; k < 8; k++)
@@ -1455,17 +1557,19 @@ TA2 static AI void qmk_avx2(const uint8_t *W, const uint8_t *A, size_t rs, const
         const int ns = gs[g];
         __m256i acc[4][4];
         UNROLL
-        for (int j = 0; j < rn; j++)
+        for (int j = 0; j < rn; j++) {
             UNROLL
             for (int i = 0; i < rm; i++)
                 acc[j][i] = _mm256_setzero_si256();
+        }
         for (int k0 = 0; k0 < ns; k0 += flush) {
             __m256i p[4][4];
             UNROLL
-            for (int j = 0; j < rn; j++)
+            for (int j = 0; j < rn; j++) {
                 UNROLL
                 for (int i = 0; i < rm; i++)
                     p[j][i] = _mm256_setzero_si256();
+            }
             const int k1 = k0 + flush < ns ? k0 + flush : ns;
             for (int k = k0; k < k1; k++) {
                 __m256i wq[4], wa[4];
@@ -1486,16 +1590,18 @@ TA2 static AI void qmk_avx2(const uint8_t *W, const uint8_t *A, size_t rs, const
                 }
             }
             UNROLL
-            for (int j = 0; j < rn; j++)
+            for (int j = 0; j < rn; j++) {
                 UNROLL
                 for (int i = 0; i < rm; i++)
                     acc[j][i] = _mm256_add_epi32(acc[j][i], _mm256_madd_epi16(p[j][i], ones));
+            }
         }
         UNROLL
-        for (int j = 0; j < rn; j++)
+        for (int j = 0; j < rn; j++) {
             UNROLL
             for (int i = 0; i < rm; i++)
                 acc[j][i] = _mm256_add_epi32(acc[j][i], QMK_INIT(j, i));
+        }
         QMK_SCALE
     }
     QMK_TAIL
@@ -1518,7 +1624,8 @@ TA2 static AI void qprep_w_q4k(uint8_t *g, const uint8_t *x)
     qg_store_steps(g + QG_Q, v, 8);
     uint32_t sm[4];
     q4k_scales_mins(x + 4, sm);
-    const __m128i scm = _mm_loadu_si128((const __m128i *)sm);
+    /* (from registers: a 16-byte load of four 4-byte stores would stall) */
+    const __m128i scm = _mm_setr_epi32((int)sm[0], (int)sm[1], (int)sm[2], (int)sm[3]);
     _mm256_store_si256((__m256i *)(g + QG_SC), _mm256_cvtepu8_epi32(scm));
     const __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8)));
     _mm256_store_ps((float *)(g + QG_M), _mm256_mul_ps(_mm256_set1_ps(half_to_f32(x + 2)), mins));
@@ -1537,22 +1644,22 @@ TA2 static AI void qprep_a_q4k(uint8_t *g, const uint8_t *y)
     const float dy = ldf(y);
     const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)(y + 4 + QK_K)),
                                       _mm_loadu_si128((const __m128i *)(y + 4 + QK_K + 16)));
-    _mm256_store_ps((float *)(g + QG_M), _mm256_mul_ps(_mm256_set1_ps(-dy),
-                                                       _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(bs))));
+    _mm256_store_ps(
+        (float *)(g + QG_M),
+        _mm256_mul_ps(_mm256_set1_ps(-dy), _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(bs))));
     _mm256_store_ps((float *)(g + QG_D), _mm256_set1_ps(dy));
 }
 
-/* Four vectors of two 16-byte sub-blocks each (y[k] = sub-blocks 2k, 2k+1) as 4 steps:
- * lane order 0, 2, 4, 6, 1, 3, 5, 7 (Q6_K_LANES). */
-TA2 static AI void qg_store_steps16(uint8_t *q, const __m256i *y)
+/* Q6_K's 128 elements of a half as 4 vectors of two 16-element sub-blocks (y[k]:
+ * sub-blocks 2k, 2k+1) -> 4 steps, lane order 0, 2, 4, 6, 1, 3, 5, 7 (qg_transpose16
+ * with those pieces). */
+TA2 static AI void qg_store_q6k(uint8_t *q, const __m256i *y)
 {
-    __m256i *o = (__m256i *)q;
-    const __m256i t0 = _mm256_unpacklo_epi32(y[0], y[1]), t1 = _mm256_unpackhi_epi32(y[0], y[1]);
-    const __m256i t2 = _mm256_unpacklo_epi32(y[2], y[3]), t3 = _mm256_unpackhi_epi32(y[2], y[3]);
-    _mm256_store_si256(o + 0, _mm256_unpacklo_epi64(t0, t2));
-    _mm256_store_si256(o + 1, _mm256_unpackhi_epi64(t0, t2));
-    _mm256_store_si256(o + 2, _mm256_unpacklo_epi64(t1, t3));
-    _mm256_store_si256(o + 3, _mm256_unpackhi_epi64(t1, t3));
+    __m256i t[4];
+    qg_transpose16(y, t);
+    UNROLL
+    for (int k = 0; k < 4; k++)
+        _mm256_store_si256((__m256i *)q + k, t[k]);
 }
 
 /* Q6_K (210 B), half h (128 elements, sub-blocks 8h .. 8h+7 of 16) -> one group of 4
@@ -1567,14 +1674,18 @@ TA2 static AI void qprep_w_q6k(uint8_t *g, const uint8_t *x, int h)
     const __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
     const __m256i bh = _mm256_loadu_si256((const __m256i *)qhp);
     __m256i q[4];
-    q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
-    q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2h), 2));
-    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), _mm256_and_si256(bh, m30));
+    q[0] =
+        _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+    q[1] =
+        _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2h), 2));
+    q[2] =
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), _mm256_and_si256(bh, m30));
     q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
                            _mm256_and_si256(_mm256_srli_epi16(bh, 2), m30));
-    qg_store_steps16(g + QG_Q, q);
-    const __m128i sc = _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(x + 192 + 8 * h)),
-                                        _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 0, 0, 0, 0, 0, 0, 0, 0));
+    qg_store_q6k(g + QG_Q, q);
+    const __m128i sc =
+        _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(x + 192 + 8 * h)),
+                         _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 0, 0, 0, 0, 0, 0, 0, 0));
     _mm256_store_si256((__m256i *)(g + QG_SC), _mm256_cvtepi8_epi32(sc));
     _mm256_store_ps((float *)(g + QG_D), _mm256_set1_ps(half_to_f32(x + 208)));
 }
@@ -1586,13 +1697,13 @@ TA2 static AI void qprep_a_q6k(uint8_t *g, const uint8_t *y, int h)
     UNROLL
     for (int k = 0; k < 4; k++)
         v[k] = _mm256_loadu_si256((const __m256i *)(y + 4 + 128 * h + 32 * k));
-    qg_store_steps16(g + QG_Q, v);
-    const __m128i bs = _mm_shuffle_epi8(
-        _mm_loadu_si128((const __m128i *)(y + 4 + QK_K + 16 * h)),
-        _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
-    _mm256_store_si256((__m256i *)(g + QG_I),
-                       _mm256_sub_epi32(_mm256_setzero_si256(),
-                                        _mm256_slli_epi32(_mm256_cvtepi16_epi32(bs), 5)));
+    qg_store_q6k(g + QG_Q, v);
+    const __m128i bs =
+        _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(y + 4 + QK_K + 16 * h)),
+                         _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    _mm256_store_si256(
+        (__m256i *)(g + QG_I),
+        _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_cvtepi16_epi32(bs), 5)));
     _mm256_store_ps((float *)(g + QG_D), _mm256_set1_ps(ldf(y)));
 }
 
@@ -1661,8 +1772,10 @@ TA2 static AI int qt_prep(uint8_t *wg, const uint8_t *w, size_t ws, int nr, uint
     return nb;
 }
 
-/* A quantized tile: chunks of up to 4 groups are prepared (all nr weight and nc
- * activation rows) and then run through the micro-tiles. */
+/* A quantized tile: chunks of up to QT_CHUNK_GROUPS groups of the rows are prepared (all
+ * nr weight and nc activation rows: 2 x 24 KiB on the stack, near L1) and run through
+ * the micro-tiles, whose float accumulators wait in fm between chunks (a 576-element
+ * row, 8 + 8 + 2 blocks, is one chunk; 1536 elements are two). */
 #define QT_CHUNK_GROUPS 4
 #define DEF_QTILE_DRIVER(SFX, TGT, VNNI, RM, RN, MK)                                               \
     TGT static AI void qtile_##SFX(int64_t n, int nr, int nc, float *s, size_t ldc,                \
@@ -1697,10 +1810,11 @@ TA2 static AI int qt_prep(uint8_t *wg, const uint8_t *w, size_t ws, int nr, uint
     qmk_avx2(wp + i0 * rs, ap + j0 * rs, rs, gs, ng, fm + 16 * j0 + i0, first, last,               \
              s + j0 * ldc + i0, ldc, rm, rn, fl, flush)
 
-/* AVX-512 (32 registers): 4 x 3 pairs, 12 integer and 12 float accumulators. AVX2: 2 x 2
- * (16-bit, 32-bit and float accumulators per pair). */
+/* AVX-512 (32 registers): 4 x 3 pairs, 12 integer and 12 float accumulators. AVX2 (16):
+ * 2 x 3, with 16-bit, 32-bit and float accumulators per pair (some spilled: still the
+ * fastest shape measured). */
 DEF_QTILE_DRIVER(vnni, TA5, true, 4, 3, QMK_VNNI)
-DEF_QTILE_DRIVER(avx2, TA2, false, 2, 2, QMK_AVX2)
+DEF_QTILE_DRIVER(avx2, TA2, false, 2, 3, QMK_AVX2)
 
 #define DEF_QTILE(NAME, SFX, TGT, QT, FL, FLUSH)                                                   \
     TGT static void NAME(int64_t n, int nr, int nc, float *s, size_t ldc, const void *w,           \
@@ -1723,7 +1837,6 @@ DEF_QTILE(tile_q5_0_avx512, vnni, TA5, QT_Q5_0, QF_AINIT, 0)
 DEF_QTILE(tile_q5_1_avx512, vnni, TA5, QT_Q5_1, QF_M, 0)
 DEF_QTILE(tile_q4_k_avx512, vnni, TA5, QT_Q4_K, QF_SC | QF_M, 0)
 DEF_QTILE(tile_q6_k_avx512, vnni, TA5, QT_Q6_K, QF_SC | QF_AINIT, 0)
-
 
 /* ================================================================= tables ===== */
 

@@ -104,15 +104,15 @@ static int weight(eng_model *m, const char *name, int64_t n_in, int64_t n_out, b
     int rc = find(m, name, required, &t, &found);
     if (rc || !found) return rc;
     if (t.n_dims != 2 || (int64_t)t.dims[0] != n_in || (int64_t)t.dims[1] != n_out) {
-        return core_err_set(MLV_EINVAL,
-                            "model: tensor %s has shape [%llu, %llu], expected [%lld, %lld]", name,
-                            (unsigned long long)t.dims[0],
-                            (unsigned long long)(t.n_dims > 1 ? t.dims[1] : 1), (long long)n_in,
-                            (long long)n_out);
+        return core_err_set(
+            MLV_EINVAL, "model: tensor %s has shape [%llu, %llu], expected [%lld, %lld]", name,
+            (unsigned long long)t.dims[0], (unsigned long long)(t.n_dims > 1 ? t.dims[1] : 1),
+            (long long)n_in, (long long)n_out);
     }
     if (t.type >= ENG_NTYPES || !eng_kernels_ref()->vec_dot[t.type])
-        return core_err_set(MLV_EUNSUPPORTED, "model: tensor %s has type %s, which the engine "
-                                              "cannot compute with",
+        return core_err_set(MLV_EUNSUPPORTED,
+                            "model: tensor %s has type %s, which the engine "
+                            "cannot compute with",
                             name, eng_type_name(t.type) ? eng_type_name(t.type) : "(unknown)");
     w->type = t.type;
     w->n_in = n_in;
@@ -164,8 +164,8 @@ static int load_hparams(eng_model *m)
         (rc = hp_u32(m, "context_length", &hp->n_ctx_train, false, 2048)))
         return rc;
     if (hp->n_layer > 1024 || hp->n_head > 1024)
-        return core_err_set(MLV_EINVAL, "model: %u layers / %u heads is out of range",
-                            hp->n_layer, hp->n_head);
+        return core_err_set(MLV_EINVAL, "model: %u layers / %u heads is out of range", hp->n_layer,
+                            hp->n_head);
     if ((rc = hp_u32(m, "attention.key_length", &hp->head_dim, false, hp->n_embd / hp->n_head)))
         return rc;
     if (hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0 || hp->head_dim % 2 != 0 ||
@@ -217,15 +217,18 @@ static int load_tensors(eng_model *m)
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         layer *L = &m->layers[l];
         char n[9][64];
-        const char *parts[9] = {"attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v",
+        const char *parts[9] = {"attn_norm",   "ffn_norm", "attn_q", "attn_k",  "attn_v",
                                 "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-        for (int i = 0; i < 9; i++) snprintf(n[i], sizeof n[i], "blk.%u.%s.weight", l, parts[i]);
+        for (int i = 0; i < 9; i++)
+            snprintf(n[i], sizeof n[i], "blk.%u.%s.weight", l, parts[i]);
         char bq[64], bk[64], bv[64];
         snprintf(bq, sizeof bq, "blk.%u.attn_q.bias", l);
         snprintf(bk, sizeof bk, "blk.%u.attn_k.bias", l);
         snprintf(bv, sizeof bv, "blk.%u.attn_v.bias", l);
-        if ((rc = vec(m, n[0], d, true, &L->attn_norm)) || (rc = vec(m, n[1], d, true, &L->ffn_norm)) ||
-            (rc = weight(m, n[2], d, qd, true, &L->wq)) || (rc = weight(m, n[3], d, kvd, true, &L->wk)) ||
+        if ((rc = vec(m, n[0], d, true, &L->attn_norm)) ||
+            (rc = vec(m, n[1], d, true, &L->ffn_norm)) ||
+            (rc = weight(m, n[2], d, qd, true, &L->wq)) ||
+            (rc = weight(m, n[3], d, kvd, true, &L->wk)) ||
             (rc = weight(m, n[4], d, kvd, true, &L->wv)) ||
             (rc = weight(m, n[5], qd, d, true, &L->wo)) ||
             (rc = weight(m, n[6], d, ff, true, &L->w_gate)) ||
@@ -258,7 +261,8 @@ static void model_release(eng_model *m)
     if (m->be) m->be->ops->free(m->be);
     eng_tokenizer_free(m->tok);
     eng_gguf_free(m->g);
-    for (size_t i = 0; i < m->n_f32_owned; i++) free(m->f32_owned[i]);
+    for (size_t i = 0; i < m->n_f32_owned; i++)
+        free(m->f32_owned[i]);
     free(m->f32_owned);
     free(m->layers);
     if (m->mapped) munmap((void *)m->image, m->image_len);
@@ -330,10 +334,22 @@ void eng_model_free(eng_model *m)
     free(m);
 }
 
-const eng_hparams *eng_model_hparams(const eng_model *m) { return &m->hp; }
-const eng_tokenizer *eng_model_tokenizer(const eng_model *m) { return m->tok; }
-const eng_gguf *eng_model_gguf(const eng_model *m) { return m->g; }
-const char *eng_model_backend_name(const eng_model *m) { return m->be->ops->name(m->be); }
+const eng_hparams *eng_model_hparams(const eng_model *m)
+{
+    return &m->hp;
+}
+const eng_tokenizer *eng_model_tokenizer(const eng_model *m)
+{
+    return m->tok;
+}
+const eng_gguf *eng_model_gguf(const eng_model *m)
+{
+    return m->g;
+}
+const char *eng_model_backend_name(const eng_model *m)
+{
+    return m->be->ops->name(m->be);
+}
 
 uint64_t eng_model_weight_bytes(const eng_model *m)
 {
@@ -354,7 +370,8 @@ int eng_ctx_new(eng_ctx **out, eng_model *m, uint32_t n_ctx)
     *out = NULL;
     const eng_hparams *hp = &m->hp;
     if (n_ctx == 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
-    if (n_ctx > (1u << 20)) return core_err_set(MLV_EINVAL, "context of %u tokens is too large", n_ctx);
+    if (n_ctx > (1u << 20))
+        return core_err_set(MLV_EINVAL, "context of %u tokens is too large", n_ctx);
     eng_backend *be = m->be;
     eng_ctx *c = calloc(1, sizeof *c);
     if (!c) return core_err_set(MLV_ENOMEM, "out of memory");
@@ -428,14 +445,24 @@ void eng_ctx_free(eng_ctx *c)
     free(c->k_cache);
     free(c->v_cache);
     float *bufs[] = {c->x, c->xb, c->q, c->k, c->v, c->att, c->gate, c->up};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) be->ops->release(be, bufs[i]);
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        be->ops->release(be, bufs[i]);
     free(c->positions);
     free(c);
 }
 
-uint32_t eng_ctx_pos(const eng_ctx *c) { return c->pos; }
-uint32_t eng_ctx_n_ctx(const eng_ctx *c) { return c->n_ctx; }
-const eng_model *eng_ctx_model(const eng_ctx *c) { return c->m; }
+uint32_t eng_ctx_pos(const eng_ctx *c)
+{
+    return c->pos;
+}
+uint32_t eng_ctx_n_ctx(const eng_ctx *c)
+{
+    return c->n_ctx;
+}
+const eng_model *eng_ctx_model(const eng_ctx *c)
+{
+    return c->m;
+}
 
 void eng_ctx_truncate(eng_ctx *c, uint32_t pos)
 {
@@ -455,7 +482,8 @@ static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, boo
     const int d = (int)hp->n_embd, hd = (int)hp->head_dim, nh = (int)hp->n_head,
               nkv = (int)hp->n_head_kv, ff = (int)hp->n_ff, pos0 = (int)c->pos;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int t = 0; t < T; t++) c->positions[t] = pos0 + t;
+    for (int t = 0; t < T; t++)
+        c->positions[t] = pos0 + t;
 
     op->get_rows(be, c->x, &m->tok_embd, tokens, T);
     for (uint32_t l = 0; l < hp->n_layer; l++) {
@@ -504,8 +532,9 @@ int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool 
     const eng_hparams *hp = &c->m->hp;
     if (n == 0) return core_err_set(MLV_EINVAL, "decode: no tokens");
     if (n > c->n_ctx - c->pos)
-        return core_err_set(MLV_EINVAL, "decode: %zu more tokens do not fit the context (%u of %u used)",
-                            n, c->pos, c->n_ctx);
+        return core_err_set(MLV_EINVAL,
+                            "decode: %zu more tokens do not fit the context (%u of %u used)", n,
+                            c->pos, c->n_ctx);
     for (size_t i = 0; i < n; i++)
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= hp->n_vocab)
             return core_err_set(MLV_EINVAL, "decode: token id %d is out of range (vocabulary %u)",
@@ -515,8 +544,10 @@ int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool 
         int T = (int)(n - i < N_BATCH ? n - i : N_BATCH);
         bool last = i + (size_t)T == n;
         float *lg = NULL;
-        if (logits && all_logits) lg = logits + i * hp->n_vocab;
-        else if (logits && last) lg = logits;
+        if (logits && all_logits)
+            lg = logits + i * hp->n_vocab;
+        else if (logits && last)
+            lg = logits;
         forward(c, tokens + i, T, lg, all_logits);
     }
     pthread_mutex_unlock(&c->m->lock);

@@ -31,7 +31,10 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t next_u64(uint64_t s[4])
 {
@@ -61,7 +64,8 @@ int eng_sampler_new(eng_sampler **out, const eng_sampler_params *p, uint32_t n_v
     s->p = *p;
     s->n_vocab = n_vocab;
     uint64_t x = p->seed;
-    for (int i = 0; i < 4; i++) s->s[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++)
+        s->s[i] = splitmix64(&x);
     *out = s;
     return 0;
 }
@@ -104,7 +108,8 @@ static void sift_down(cand *h, size_t k, size_t i)
 
 static void select_top(cand *c, size_t n, size_t k)
 {
-    for (size_t i = k / 2; i-- > 0;) sift_down(c, k, i);
+    for (size_t i = k / 2; i-- > 0;)
+        sift_down(c, k, i);
     for (size_t i = k; i < n; i++) {
         if (!worse(&c[0], &c[i])) continue;
         c[0] = c[i];
@@ -122,7 +127,8 @@ static void softmax(cand *c, size_t n)
         c[i].p = expf(c[i].logit - mx);
         sum += c[i].p;
     }
-    for (size_t i = 0; i < n; i++) c[i].p = (float)(c[i].p / sum);
+    for (size_t i = 0; i < n; i++)
+        c[i].p = (float)(c[i].p / sum);
 }
 
 int32_t eng_sample(eng_sampler *s, float *logits, const int32_t *history, size_t n_history)
@@ -135,7 +141,8 @@ int32_t eng_sample(eng_sampler *s, float *logits, const int32_t *history, size_t
             int32_t t = history[i];
             if (t < 0 || (uint32_t)t >= nv || s->seen[t]) continue;
             s->seen[t] = 1;
-            logits[t] = logits[t] > 0 ? logits[t] / p->repeat_penalty : logits[t] * p->repeat_penalty;
+            logits[t] =
+                logits[t] > 0 ? logits[t] / p->repeat_penalty : logits[t] * p->repeat_penalty;
         }
         for (size_t i = from; i < n_history; i++)
             if (history[i] >= 0 && (uint32_t)history[i] < nv) s->seen[history[i]] = 0;
@@ -174,10 +181,12 @@ int32_t eng_sample(eng_sampler *s, float *logits, const int32_t *history, size_t
         softmax(s->c, n);
         const float floor_p = s->c[0].p * p->min_p;
         size_t keep = 1;
-        while (keep < n && s->c[keep].p >= floor_p) keep++;
+        while (keep < n && s->c[keep].p >= floor_p)
+            keep++;
         n = keep;
     }
-    for (size_t i = 0; i < n; i++) s->c[i].logit /= p->temp;
+    for (size_t i = 0; i < n; i++)
+        s->c[i].logit /= p->temp;
     softmax(s->c, n);
     double r = (double)(next_u64(s->s) >> 11) * 0x1.0p-53, cum = 0;
     for (size_t i = 0; i < n; i++) {

@@ -161,7 +161,8 @@ static int db_open(reg_ctx *r, bool create)
         sqlite3_finalize(st);
         if ((rc = reg_exec(r, "BEGIN IMMEDIATE")) != 0) return rc;
         if ((rc = reg_exec(r, SCHEMA)) != 0 ||
-            (rc = reg_exec(r, "UPDATE meta SET value = '" SCHEMA_VERSION "' WHERE key = 'schema'")) != 0 ||
+            (rc = reg_exec(r, "UPDATE meta SET value = '" SCHEMA_VERSION
+                              "' WHERE key = 'schema'")) != 0 ||
             (rc = reg_exec(r, "COMMIT")) != 0) {
             reg_exec(r, "ROLLBACK");
             return rc;

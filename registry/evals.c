@@ -74,9 +74,9 @@ fail:
     return rc;
 }
 
-#define EVAL_COLUMNS                                                                           \
-    "e.model_digest, e.dataset_ref, e.dataset_digest, e.metric, e.value, e.ci_low, e.ci_high," \
-    " e.n_samples, e.n_ctx, e.baseline_digest, e.accuracy, e.perplexity, e.same_top,"          \
+#define EVAL_COLUMNS                                                                               \
+    "e.model_digest, e.dataset_ref, e.dataset_digest, e.metric, e.value, e.ci_low, e.ci_high,"     \
+    " e.n_samples, e.n_ctx, e.baseline_digest, e.accuracy, e.perplexity, e.same_top,"              \
     " e.seconds, e.engine, e.created_by, e.created_at, a.name, v.version"
 
 static void row_to_eval(sqlite3_stmt *st, reg_eval *e)
@@ -126,9 +126,12 @@ int reg_eval_find(reg_ctx *r, const reg_user *actor, const char *model_digest,
     sqlite3_bind_int64(st, 4, n_ctx);
     sqlite3_bind_text(st, 5, baseline_digest ? baseline_digest : "", -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
-    if (step == SQLITE_ROW) row_to_eval(st, out);
-    else if (step == SQLITE_DONE) rc = MLV_ENOTFOUND;
-    else rc = reg_db_err(r, "evaluations");
+    if (step == SQLITE_ROW)
+        row_to_eval(st, out);
+    else if (step == SQLITE_DONE)
+        rc = MLV_ENOTFOUND;
+    else
+        rc = reg_db_err(r, "evaluations");
     sqlite3_finalize(st);
     return rc;
 }
@@ -149,14 +152,14 @@ json_t *reg_eval_list_json(reg_ctx *r, int64_t version_id)
         reg_eval e;
         row_to_eval(st, &e);
         json_array_append_new(
-            arr, json_pack("{s:s,s:s,s:s,s:f,s:f,s:f,s:I,s:I,s:s,s:f,s:f,s:f,s:f,s:s,s:s,s:s}",
-                           "dataset", e.dataset_ref, "dataset_digest", e.dataset_digest, "metric",
-                           e.metric, "value", e.value, "ci_low", e.ci_low, "ci_high", e.ci_high,
-                           "n_samples", (json_int_t)e.n_samples, "ctx", (json_int_t)e.n_ctx,
-                           "baseline_digest", e.baseline_digest, "accuracy", e.accuracy,
-                           "perplexity", e.perplexity, "same_top", e.same_top, "seconds",
-                           e.seconds, "engine", e.engine, "created_by", e.created_by,
-                           "created_at", e.created_at));
+            arr,
+            json_pack("{s:s,s:s,s:s,s:f,s:f,s:f,s:I,s:I,s:s,s:f,s:f,s:f,s:f,s:s,s:s,s:s}",
+                      "dataset", e.dataset_ref, "dataset_digest", e.dataset_digest, "metric",
+                      e.metric, "value", e.value, "ci_low", e.ci_low, "ci_high", e.ci_high,
+                      "n_samples", (json_int_t)e.n_samples, "ctx", (json_int_t)e.n_ctx,
+                      "baseline_digest", e.baseline_digest, "accuracy", e.accuracy, "perplexity",
+                      e.perplexity, "same_top", e.same_top, "seconds", e.seconds, "engine",
+                      e.engine, "created_by", e.created_by, "created_at", e.created_at));
     }
     sqlite3_finalize(st);
     return arr;

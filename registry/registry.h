@@ -130,7 +130,7 @@ void reg_loaded_clear(reg_loaded *l);
 typedef struct reg_eval {
     char model_ref[160]; /* "name:version" (or the file for results not stored) */
     char model_digest[65];
-    char dataset_ref[160]; /* "name:version", or "file:NAME" for a file not in the vault */
+    char dataset_ref[160];   /* "name:version", or "file:NAME" for a file not in the vault */
     char dataset_digest[65]; /* SHA-256 of the dataset's bytes */
     char metric[32];
     double value, ci_low, ci_high;

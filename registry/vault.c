@@ -194,8 +194,8 @@ int reg_blobs_store(reg_ctx *r, repo_staged_blob *const *blobs, size_t n, size_t
         int step = sqlite3_step(st);
         sqlite3_finalize(st);
         if (step != SQLITE_DONE) return reg_db_err(r, "blobs");
-        if (sqlite3_prepare_v2(r->db, "DELETE FROM blob_intents WHERE sha256 = ?", -1, &st,
-                               NULL) != SQLITE_OK)
+        if (sqlite3_prepare_v2(r->db, "DELETE FROM blob_intents WHERE sha256 = ?", -1, &st, NULL) !=
+            SQLITE_OK)
             return reg_db_err(r, "blob intents");
         sqlite3_bind_text(st, 1, b->sha256, -1, SQLITE_STATIC);
         step = sqlite3_step(st);
@@ -420,9 +420,15 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     if ((rc = reg_blobs_store(r, staged, nf, &out->n_new_blobs)) != 0) goto done;
     char signer[65];
     reg_key_hint(signer, repo_keys_public_pem(r->keys));
-    reg_new_version nv = {.artifact_id = art, .m = &m, .digest = out->digest,
-                          .manifest = manifest, .signature = sig, .signer = signer,
-                          .origin = "", .size = out->size, .parent_ids = parent_ids};
+    reg_new_version nv = {.artifact_id = art,
+                          .m = &m,
+                          .digest = out->digest,
+                          .manifest = manifest,
+                          .signature = sig,
+                          .signer = signer,
+                          .origin = "",
+                          .size = out->size,
+                          .parent_ids = parent_ids};
     if ((rc = reg_version_insert(r, &nv, &vid)) != 0) goto done;
 
     char dir[160], mpath[200], spath[200], target[80], detail[160];

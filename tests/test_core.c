@@ -149,8 +149,8 @@ static void t_utf8(void **state)
         const char *out;
     } cases[] = {
         {"caf\xc3\xa9 \xf0\x9f\x98\x80", 10, "caf\xc3\xa9 \xf0\x9f\x98\x80"},
-        {"ab\xc3", 3, "ab\xef\xbf\xbd"},                  /* cut in the middle */
-        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},       /* overlong '/' */
+        {"ab\xc3", 3, "ab\xef\xbf\xbd"},                             /* cut in the middle */
+        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},                 /* overlong '/' */
         {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* a surrogate */
         {"\xf4\x90\x80\x80", 4, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
         {"a\0b", 3, "a\0b"},

@@ -9,6 +9,11 @@
  * - Every SIMD set this CPU runs against the reference: the same activation bytes, and
  *   dot products within a small tolerance relative to sum |w_i a_i|, on many random
  *   rows of 256..4096 elements (zeros, extremes, ties, rows at odd addresses).
+ * - Every set's tiles (blocks of dot products for prompts), the reference's included,
+ *   against the reference dots and the set's own: every nr and nc in 1..16 at lengths
+ *   that reach each tail case of the kernels, a few shapes at long lengths; rows at odd
+ *   addresses with gaps between them; the largest quants (16-bit partial sums at their
+ *   limits); outputs in a sentinel-filled buffer that must stay untouched elsewhere.
  * - The pool: every index once per run, parallel sums equal to serial ones, thousands
  *   of back-to-back runs, sleeping workers woken, pools of one, create/free cycles. */
 /* cmocka needs these three first, in this order. */
@@ -992,15 +997,17 @@ static void check_tile_call(const eng_kernels *ks, const tile_pool *p, int i0, i
     ks->tile[p->type](p->n, nr, nc, s, ldc, p->w + (size_t)i0 * p->ws, p->ws,
                       p->a + (size_t)j0 * p->as, p->as);
     for (size_t k = 0; k < cap; k++) {
-        const bool out = k >= GUARD && (k - GUARD) / ldc < (size_t)nc && (k - GUARD) % ldc < (size_t)nr;
+        const bool out =
+            k >= GUARD && (k - GUARD) / ldc < (size_t)nc && (k - GUARD) % ldc < (size_t)nr;
         if (!out && buf[k] != sentinel) {
-            fprintf(stderr, "%s tile %s n=%lld nr=%d nc=%d ldc=%zu: wrote outside its outputs (%zd)\n",
-                    ks->name, eng_type_name(p->type), (long long)p->n, nr, nc, ldc,
-                    (ssize_t)k - GUARD);
+            fprintf(
+                stderr, "%s tile %s n=%lld nr=%d nc=%d ldc=%zu: wrote outside its outputs (%zd)\n",
+                ks->name, eng_type_name(p->type), (long long)p->n, nr, nc, ldc, (ssize_t)k - GUARD);
             fail();
         }
     }
-    const double rel = p->type == ENG_F32 || p->type == ENG_F16 || p->type == ENG_BF16 ? 2e-5 : 1e-5;
+    const double rel =
+        p->type == ENG_F32 || p->type == ENG_F16 || p->type == ENG_BF16 ? 2e-5 : 1e-5;
     for (int j = 0; j < nc; j++)
         for (int i = 0; i < nr; i++) {
             const double got = s[(size_t)j * ldc + i], mag = p->mag[i0 + i][j0 + j];
@@ -1039,9 +1046,11 @@ static void check_tiles(const char *name)
         const int wt = wtypes[t];
         assert_non_null(ks->tile[wt]); /* every set tiles every type it dots */
         const int64_t be = (int64_t)block_elems(wt);
-        for (size_t l = 0; l < sizeof lens_full / sizeof *lens_full + sizeof lens_long / sizeof *lens_long; l++) {
+        for (size_t l = 0;
+             l < sizeof lens_full / sizeof *lens_full + sizeof lens_long / sizeof *lens_long; l++) {
             const bool full = l < sizeof lens_full / sizeof *lens_full;
-            const int64_t n = full ? lens_full[l] : lens_long[l - sizeof lens_full / sizeof *lens_full];
+            const int64_t n =
+                full ? lens_full[l] : lens_long[l - sizeof lens_full / sizeof *lens_full];
             if (n % be) continue;
             tile_pool p;
             tile_pool_make(&p, ks, wt, n, &rs);
@@ -1049,7 +1058,8 @@ static void check_tiles(const char *name)
                 for (int nr = 1; nr <= 16; nr++)
                     for (int nc = 1; nc <= 16; nc++) {
                         const int i0 = (nr * 7 + nc) % (17 - nr), j0 = (nc * 5 + nr) % (17 - nc);
-                        const size_t ldc = (nr + nc) % 3 == 0 ? (size_t)nr : (size_t)nr + 1 + (size_t)(nc % 5);
+                        const size_t ldc =
+                            (nr + nc) % 3 == 0 ? (size_t)nr : (size_t)nr + 1 + (size_t)(nc % 5);
                         check_tile_call(ks, &p, i0, nr, j0, nc, ldc, &worst[wt]);
                         calls++;
                     }
@@ -1063,7 +1073,7 @@ static void check_tiles(const char *name)
             tile_pool_free(&p);
         }
     }
-    /* where a set has no tile for a type the backend dots row by row: none here */
+    /* a type without a row kernel has no tile either */
     assert_null(ks->tile[ENG_Q2_K]);
     fprintf(stderr, "kernels %s: %ld tile calls; worst relative error against the reference:", name,
             calls);

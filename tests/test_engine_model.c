@@ -76,7 +76,10 @@ static const char *py(void)
     return p;
 }
 
-static const char *src(void) { return getenv("MLV_SOURCE_DIR") ? getenv("MLV_SOURCE_DIR") : "."; }
+static const char *src(void)
+{
+    return getenv("MLV_SOURCE_DIR") ? getenv("MLV_SOURCE_DIR") : ".";
+}
 
 /* A C-order 2-D float32/float64 .npy file as doubles (the caller frees). */
 static double *read_npy(const char *path, size_t *rows, size_t *cols)
@@ -181,7 +184,8 @@ static void check_tiny(const char *arch)
         double inc_diff = 0;
         for (int t = 0; t < 40; t++) {
             assert_int_equal(eng_decode(c, &ids[t], 1, one, false), 0);
-            for (size_t v = 0; v < cols; v++) inc_diff = fmax(inc_diff, fabs(one[v] - lg[t * cols + v]));
+            for (size_t v = 0; v < cols; v++)
+                inc_diff = fmax(inc_diff, fabs(one[v] - lg[t * cols + v]));
         }
         /* the same up to summation order, and the F16 rounding of K and V that a last-bit
          * difference can flip */
@@ -228,7 +232,8 @@ static const char *variant(const char *tag)
     snprintf(path, sizeof path, "%s/smollm2-%s.gguf", tmpdir, tag);
     struct stat st;
     if (stat(path, &st) != 0)
-        assert_int_equal(eng_convert_gguf(model_path(), !strcmp(tag, "f16") ? ENG_F16 : ENG_Q8_0, path), 0);
+        assert_int_equal(
+            eng_convert_gguf(model_path(), !strcmp(tag, "f16") ? ENG_F16 : ENG_Q8_0, path), 0);
     return path;
 }
 
@@ -247,7 +252,8 @@ static void check_golden(const char *tag)
     if (SANITIZED && n > 96) n = 96;
     assert_true(n >= 96);
     int32_t *ids = malloc(sizeof *ids * n);
-    for (size_t i = 0; i < n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(toks, i));
+    for (size_t i = 0; i < n; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(toks, i));
     float *lg = all_logits(m, ids, n);
     size_t agree = 0, in_top8 = 0;
     double max_d = 0, sum_d = 0;
@@ -301,12 +307,14 @@ static void check_golden(const char *tag)
         const bool eog = !strcmp(json_string_value(json_object_get(c1, "stop")), "eog");
         if (eog) nw--;
         int32_t *p = malloc(sizeof *p * np);
-        for (size_t i = 0; i < np; i++) p[i] = (int32_t)json_integer_value(json_array_get(pids, i));
+        for (size_t i = 0; i < np; i++)
+            p[i] = (int32_t)json_integer_value(json_array_get(pids, i));
         /* our tokenizer agrees with llama.cpp's on the prompt */
         const char *ptext = json_string_value(json_object_get(c1, "prompt"));
         int32_t *mine;
         size_t nm;
-        assert_int_equal(eng_tokenize(eng_model_tokenizer(m), ptext, strlen(ptext), true, true, &mine, &nm), 0);
+        assert_int_equal(
+            eng_tokenize(eng_model_tokenizer(m), ptext, strlen(ptext), true, true, &mine, &nm), 0);
         assert_int_equal(nm, np);
         assert_memory_equal(mine, p, np * sizeof *p);
         free(mine);
@@ -316,10 +324,12 @@ static void check_golden(const char *tag)
         eng_gen_result r;
         assert_int_equal(eng_generate(c, p, np, (uint32_t)nw + eog, &sp, NULL, NULL, &r), 0);
         size_t same = 0;
-        while (same < r.n_gen && same < nw && r.ids[same] == json_integer_value(json_array_get(want, same)))
+        while (same < r.n_gen && same < nw &&
+               r.ids[same] == json_integer_value(json_array_get(want, same)))
             same++;
         /* Where we part from llama.cpp, its top two tokens must be a near tie. */
-        double margin = same < nw ? json_number_value(json_array_get(json_object_get(c1, "margins"), same)) : 0;
+        double margin =
+            same < nw ? json_number_value(json_array_get(json_object_get(c1, "margins"), same)) : 0;
         printf("%s greedy %zu: %zu/%zu tokens as llama.cpp%s%.3f\n", tag, gi, same, nw,
                same < nw ? ", then a near tie: llama.cpp's top-2 margin " : "", margin);
         if (same == nw && eog) assert_string_equal(r.stop_reason, "eog");
@@ -341,16 +351,18 @@ static void check_golden(const char *tag)
         if (stat(corpus, &st) != 0) sh("%s %s/tests/ref/eval_corpus.py %s", py(), src(), corpus);
         size_t len;
         unsigned char *text = read_all(corpus, &len);
-        eng_eval_opts eo = {(uint32_t)json_integer_value(json_object_get(ev, "ctx")), NULL, NULL, NULL};
+        eng_eval_opts eo = {(uint32_t)json_integer_value(json_object_get(ev, "ctx")), NULL, NULL,
+                            NULL};
         eng_eval_result r;
         assert_int_equal(eng_evaluate(m, ENG_METRIC_PERPLEXITY, (char *)text, len, &eo, &r), 0);
         double ppl = json_number_value(json_object_get(ev, "perplexity"));
         double acc = json_number_value(json_object_get(ev, "accuracy"));
-        printf("%s eval: perplexity %.4f (llama.cpp %.4f, %+.3f%%), accuracy %.4f (llama.cpp %.4f), "
-               "%llu tokens scored (llama.cpp %lld), %.1f s\n",
-               tag, r.perplexity, ppl, 100 * (r.perplexity / ppl - 1), r.accuracy, acc,
-               (unsigned long long)r.n_samples,
-               (long long)json_integer_value(json_object_get(ev, "n_scored")), r.seconds);
+        printf(
+            "%s eval: perplexity %.4f (llama.cpp %.4f, %+.3f%%), accuracy %.4f (llama.cpp %.4f), "
+            "%llu tokens scored (llama.cpp %lld), %.1f s\n",
+            tag, r.perplexity, ppl, 100 * (r.perplexity / ppl - 1), r.accuracy, acc,
+            (unsigned long long)r.n_samples,
+            (long long)json_integer_value(json_object_get(ev, "n_scored")), r.seconds);
         assert_int_equal(r.n_samples, json_integer_value(json_object_get(ev, "n_scored")));
         assert_true(fabs(r.perplexity / ppl - 1) < 0.01);
         assert_true(fabs(r.accuracy - acc) < 0.01);
@@ -411,7 +423,8 @@ static void test_ref_vs_fast(void **state)
     eng_model *b = open_model(f16, ENG_BACKEND_CPU, 2);
     enum { N = SANITIZED ? 8 : 40 };
     int32_t ids[N];
-    for (int i = 0; i < N; i++) ids[i] = 1000 + 97 * i;
+    for (int i = 0; i < N; i++)
+        ids[i] = 1000 + 97 * i;
     float *la = all_logits(a, ids, N), *lb = all_logits(b, ids, N);
     uint32_t nv = eng_model_hparams(a)->n_vocab;
     double md = 0, sum = 0;
@@ -437,7 +450,8 @@ static void test_sampling(void **state)
     (void)state;
     enum { NV = 1000 };
     float base[NV], lg[NV];
-    for (int i = 0; i < NV; i++) base[i] = (float)sin(i * 0.37) * 3.0f;
+    for (int i = 0; i < NV; i++)
+        base[i] = (float)sin(i * 0.37) * 3.0f;
     base[7] = 9.0f; /* the favourite */
     base[3] = 8.5f;
     /* greedy */
@@ -553,10 +567,10 @@ static void test_refusals(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sampling),      cmocka_unit_test(test_tiny_qwen2),
-        cmocka_unit_test(test_tiny_llama),    cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_ref_vs_fast),   cmocka_unit_test(test_golden_q4_1),
-        cmocka_unit_test(test_golden_f16),    cmocka_unit_test(test_golden_q8_0),
+        cmocka_unit_test(test_sampling),    cmocka_unit_test(test_tiny_qwen2),
+        cmocka_unit_test(test_tiny_llama),  cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_ref_vs_fast), cmocka_unit_test(test_golden_q4_1),
+        cmocka_unit_test(test_golden_f16),  cmocka_unit_test(test_golden_q8_0),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
 }
