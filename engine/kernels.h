@@ -18,7 +18,9 @@
 #ifndef MLV_ENGINE_KERNELS_H
 #define MLV_ENGINE_KERNELS_H
 
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "engine/engine.h"
 
@@ -64,5 +66,26 @@ const eng_kernels *eng_kernels_get(const char *name);
 /* kernels_x86.c: the SIMD sets ("avx2", "avx512") when this CPU runs them, else NULL
  * (always NULL off x86). Only the selection in kernels_ref.c calls it. */
 const eng_kernels *eng_kernels_x86(const char *name);
+
+/* Shared by the kernel files: the int8 conversion of the activation quantizers
+ * (saturating; NaN -> 0 instead of ggml's undefined behaviour), and ggml's nearest_int
+ * (round to nearest, ties to even, by adding 1.5 * 2^23; valid for |f| < 2^22, which
+ * q8_K's |iscale * x| <= 127 satisfies). */
+static inline int8_t eng_sat_i8(float r)
+{
+    if (r >= 127.0f) return 127;
+    if (r <= -128.0f) return -128;
+    if (r != r) return 0;
+    return (int8_t)r;
+}
+
+static inline int eng_nearest_int(float f)
+{
+    if (!(fabsf(f) <= 4194303.0f)) return f > 0 ? 4194303 : (f < 0 ? -4194303 : 0);
+    float v = f + 12582912.0f;
+    int32_t i;
+    memcpy(&i, &v, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
+}
 
 #endif

@@ -38,27 +38,6 @@ static void wr_f32(uint8_t *p, float f)
     p[3] = (uint8_t)(u >> 24);
 }
 
-/* An int8 from an already rounded float, saturating (finite inputs never saturate in
- * the quantizers: |x * id| <= 127 up to an ulp). */
-static int8_t sat_i8(float r)
-{
-    if (r >= 127.0f) return 127;
-    if (r <= -128.0f) return -128;
-    if (r != r) return 0;
-    return (int8_t)r;
-}
-
-/* ggml's nearest_int: round to nearest, ties to even, by adding 1.5 * 2^23 (valid for
- * |f| < 2^22, which q8_K's |iscale * x| <= 127 satisfies). */
-static int nearest_int(float f)
-{
-    if (!(fabsf(f) <= 4194303.0f)) return f > 0 ? 4194303 : (f < 0 ? -4194303 : 0);
-    float v = f + 12582912.0f;
-    int32_t i;
-    memcpy(&i, &v, sizeof i);
-    return (i & 0x007fffff) - 0x00400000;
-}
-
 /* ggml's GGML_FP32_TO_BF16: round to nearest even; a NaN stays a (quiet) NaN. */
 static uint16_t fp32_to_bf16(float f)
 {
@@ -117,7 +96,7 @@ static void quantize_q8_0(const float *x, void *dst, int64_t n)
         wr16(y, eng_fp32_to_fp16(d));
         for (int j = 0; j < QK8_0; j++) {
             const float v = x[j] * id;
-            y[2 + j] = (uint8_t)sat_i8(roundf(v));
+            y[2 + j] = (uint8_t)eng_sat_i8(roundf(v));
         }
     }
 }
@@ -136,7 +115,7 @@ static void quantize_q8_1(const float *x, void *dst, int64_t n)
         wr16(y, eng_fp32_to_fp16(d));
         for (int j = 0; j < QK8_0; j++) {
             const float v = x[j] * id;
-            const int8_t q = sat_i8(roundf(v));
+            const int8_t q = eng_sat_i8(roundf(v));
             y[4 + j] = (uint8_t)q;
             sum += q;
         }
@@ -146,7 +125,7 @@ static void quantize_q8_1(const float *x, void *dst, int64_t n)
 
 /* block_q8_K (292 B): { float d; int8 qs[256]; int16 bsums[16]; }
  * max = the x with the largest |x| (the first such); iscale = -127 / max;
- * qs = min(127, nearest_int(iscale * x)) (ties to even); d = 1 / iscale (so d < 0 when
+ * qs = min(127, eng_nearest_int(iscale * x)) (ties to even); d = 1 / iscale (so d < 0 when
  * max > 0: the largest value becomes -127); bsums[j] = sum of qs[16j .. 16j+15].
  * An all-zero block gets d = 0 and zeros (ggml's quantize_row_q8_K_ref). */
 static void quantize_q8_k(const float *x, void *dst, int64_t n)
@@ -169,7 +148,7 @@ static void quantize_q8_k(const float *x, void *dst, int64_t n)
         int8_t *qs = (int8_t *)(y + 4);
         for (int j = 0; j < QK_K; j++) {
             const float v = iscale * x[j];
-            const int q = nearest_int(v);
+            const int q = eng_nearest_int(v);
             qs[j] = (int8_t)(q < 127 ? (q > -128 ? q : -128) : 127);
         }
         for (int j = 0; j < QK_K / 16; j++) {

@@ -69,25 +69,6 @@ static inline void st16(uint8_t *p, uint16_t v)
     memcpy(p, &v, 2);
 }
 
-/* The reference's saturating int8 conversion and nearest_int, for the blocks the
- * vector quantizers hand back to scalar code (non-finite scales). */
-static int8_t sat_i8(float r)
-{
-    if (r >= 127.0f) return 127;
-    if (r <= -128.0f) return -128;
-    if (r != r) return 0;
-    return (int8_t)r;
-}
-
-static int nearest_int(float f)
-{
-    if (!(fabsf(f) <= 4194303.0f)) return f > 0 ? 4194303 : (f < 0 ? -4194303 : 0);
-    float v = f + 12582912.0f;
-    int32_t i;
-    memcpy(&i, &v, sizeof i);
-    return (i & 0x007fffff) - 0x00400000;
-}
-
 /* One q8_0 (s == NULL) or q8_1 block, scalar, given its amax: the reference's loop. */
 static void q8_block_scalar(const float *x, uint8_t *y, float amax, bool with_sum)
 {
@@ -98,7 +79,7 @@ static void q8_block_scalar(const float *x, uint8_t *y, float amax, bool with_su
     st16(y, eng_fp32_to_fp16(d));
     for (int j = 0; j < QK; j++) {
         const float v = x[j] * id;
-        qs[j] = sat_i8(roundf(v));
+        qs[j] = eng_sat_i8(roundf(v));
         sum += qs[j];
     }
     if (with_sum) st16(y + 2, eng_fp32_to_fp16((float)sum * d));
@@ -111,7 +92,7 @@ static void q8k_block_scalar(const float *x, uint8_t *y, float max)
     int8_t *qs = (int8_t *)(y + 4);
     for (int j = 0; j < QK_K; j++) {
         const float v = iscale * x[j];
-        const int q = nearest_int(v);
+        const int q = eng_nearest_int(v);
         qs[j] = (int8_t)(q < 127 ? (q > -128 ? q : -128) : 127);
     }
     for (int j = 0; j < 16; j++) {
