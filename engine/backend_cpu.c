@@ -344,6 +344,57 @@ static void attn_rows_job(void *arg, int ith, int nth)
     }
 }
 
+/* Prompts: per (head, block of up to 16 queries), Q K^T comes from the F16 tile kernel
+ * (each key row loaded once for the whole block), then each query row is masked to its
+ * own position, soft-maxed and multiplied by V as above. */
+static void attn_tiles_job(void *arg, int ith, int nth)
+{
+    attn_job *j = arg;
+    const eng_kernels *k = j->cb->k;
+    const eng_tile_fn tile = k->tile[ENG_F16];
+    const int kv_dim = j->n_kv * j->hd, group = j->n_head / j->n_kv;
+    const size_t ldc = j->cb->scores_cap;
+    float *S = j->cb->scores[ith];
+    uint16_t *qh = j->cb->qh[ith];
+    const int n_tb = (j->T + ENG_TILE_MAX - 1) / ENG_TILE_MAX;
+    int64_t u0, u1;
+    split((int64_t)n_tb * j->n_head, ith, nth, 1, &u0, &u1);
+    for (int64_t u = u0; u < u1; u++) {
+        const int h = (int)(u % j->n_head), g = h / group, t0 = (int)(u / j->n_head) * ENG_TILE_MAX;
+        const int nc = j->T - t0 < ENG_TILE_MAX ? j->T - t0 : ENG_TILE_MAX;
+        for (int c = 0; c < nc; c++) {
+            const float *qr = j->q + ((size_t)(t0 + c) * j->n_head + h) * j->hd;
+            for (int i = 0; i < j->hd; i++)
+                qh[(size_t)c * j->hd + i] = eng_fp32_to_fp16(qr[i]);
+        }
+        const int n_keys_max = j->pos0 + t0 + nc;
+        for (int k0 = 0; k0 < n_keys_max; k0 += ENG_TILE_MAX) {
+            const int nr = n_keys_max - k0 < ENG_TILE_MAX ? n_keys_max - k0 : ENG_TILE_MAX;
+            tile(j->hd, nr, nc, S + k0, ldc, j->k + (size_t)k0 * kv_dim + (size_t)g * j->hd,
+                 sizeof(uint16_t) * kv_dim, qh, sizeof(uint16_t) * j->hd);
+        }
+        for (int c = 0; c < nc; c++) {
+            float *sc = S + (size_t)c * ldc;
+            const int n_keys = j->pos0 + t0 + c + 1;
+            float mx = -INFINITY;
+            for (int p = 0; p < n_keys; p++) {
+                sc[p] *= j->scale;
+                if (sc[p] > mx) mx = sc[p];
+            }
+            double sum = 0.0;
+            for (int p = 0; p < n_keys; p++) {
+                sc[p] = expf(sc[p] - mx);
+                sum += sc[p];
+            }
+            const float inv = (float)(1.0 / sum);
+            float *o = j->out + ((size_t)(t0 + c) * j->n_head + h) * j->hd;
+            memset(o, 0, sizeof *o * j->hd);
+            for (int p = 0; p < n_keys; p++)
+                k->mad_f16(j->hd, o, j->v + (size_t)p * kv_dim + (size_t)g * j->hd, sc[p] * inv);
+        }
+    }
+}
+
 static void cpu_attention(eng_backend *b, float *out, const float *q, const uint16_t *k_cache,
                           const uint16_t *v_cache, int T, int pos0, int n_head, int n_kv, int hd,
                           float scale)
@@ -351,10 +402,11 @@ static void cpu_attention(eng_backend *b, float *out, const float *q, const uint
     cpu_backend *cb = cpu(b);
     attn_job j = {cb, out, q, k_cache, v_cache, T, pos0, n_head, n_kv, hd, scale};
     assert((size_t)(pos0 + T) <= cb->scores_cap && (size_t)hd <= cb->qh_cap); /* reserve */
+    void (*job)(void *, int, int) = T >= 4 && cb->k->tile[ENG_F16] ? attn_tiles_job : attn_rows_job;
     if (cb->pool && (int64_t)T * n_head * (pos0 + T) >= 4096)
-        core_pool_run(cb->pool, attn_rows_job, &j);
+        core_pool_run(cb->pool, job, &j);
     else
-        attn_rows_job(&j, 0, 1);
+        job(&j, 0, 1);
 }
 
 /* ---------------------------------------------------------------- lifetime ---- */
@@ -384,8 +436,9 @@ static int cpu_reserve(eng_backend *b, size_t max_act_bytes, int max_T, int n_ct
     for (int i = 0; i < cb->nth; i++) {
         free(cb->scores[i]);
         free(cb->qh[i]);
-        cb->scores[i] = malloc(sizeof(float) * ns);
-        cb->qh[i] = malloc(sizeof(uint16_t) * nq);
+        /* up to ENG_TILE_MAX query rows at once (attn_tiles_job) */
+        cb->scores[i] = malloc(sizeof(float) * ns * ENG_TILE_MAX);
+        cb->qh[i] = malloc(sizeof(uint16_t) * nq * ENG_TILE_MAX);
         if (!cb->scores[i] || !cb->qh[i]) {
             cb->scores_cap = cb->qh_cap = 0;
             return core_err_set(MLV_ENOMEM, "out of memory (attention scratch)");
