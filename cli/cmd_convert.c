@@ -4,7 +4,6 @@
  * token. */
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "cli/cli.h"
 #include "engine/engine.h"
@@ -30,13 +29,6 @@ static int parse_outtype(const char *s, int *out)
             return 0;
         }
     return core_err_set(MLV_EINVAL, "unknown --outtype '%s' (auto, f32, f16, bf16, q8_0)", s);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* Reads the written file back: tensor count, bytes, tensors per type. */
@@ -98,8 +90,8 @@ int cmd_convert(int argc, char **argv)
         return core_err_set(MLV_EINVAL,
                             "a GGUF input needs --outtype f32, f16, bf16 or q8_0 (auto keeps a "
                             "Hugging Face folder's own dtypes)");
-    double t0 = now_s();
+    double t0 = core_now_s();
     rc = hf ? eng_convert_hf_dir(in, outtype, out) : eng_convert_gguf(in, outtype, out);
     if (rc) return rc;
-    return summarise(&a, in, out, hf, now_s() - t0);
+    return summarise(&a, in, out, hf, core_now_s() - t0);
 }

@@ -83,6 +83,8 @@ int core_unhex(unsigned char *out, size_t n, const char *hex); /* exactly 2n hex
 bool core_is_hex(const char *s, size_t n);                     /* n lowercase hex chars, then NUL */
 /* Current UTC time as RFC 3339 with seconds ("2026-11-29T07:48:12Z"); out: 21 bytes. */
 void core_time_iso(char out[21]);
+/* Seconds on the monotonic clock, for durations. */
+double core_now_s(void);
 /* Cryptographically secure random bytes (OpenSSL RAND_bytes). */
 int core_random(void *out, size_t n);
 /* Formats a byte count for people ("92.9 MB"); out: at least 16 bytes. */

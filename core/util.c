@@ -54,6 +54,13 @@ int core_unhex(unsigned char *out, size_t n, const char *hex)
     return 0;
 }
 
+double core_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 void core_time_iso(char out[21])
 {
     time_t t = time(NULL);

@@ -19,7 +19,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine/engine.h"
 
@@ -36,13 +35,6 @@ int eng_metric_parse(const char *name)
     for (int i = 1; i <= ENG_METRIC_KLD; i++)
         if (name && !strcmp(name, METRICS[i])) return i;
     return -1;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static void wilson(double k, double n, double *lo, double *hi)
@@ -326,7 +318,7 @@ int eng_evaluate(eng_model *m, int metric, const char *data, size_t len, const e
 {
     memset(out, 0, sizeof *out);
     out->metric = metric;
-    double t0 = now_s();
+    double t0 = core_now_s();
     int rc;
     switch (metric) {
     case ENG_METRIC_NEXT_TOKEN_ACCURACY:
@@ -335,6 +327,6 @@ int eng_evaluate(eng_model *m, int metric, const char *data, size_t len, const e
     case ENG_METRIC_MC_ACCURACY: rc = eval_mc(m, data, len, opts, out); break;
     default: return core_err_set(MLV_EINVAL, "eval: unknown metric %d", metric);
     }
-    out->seconds = now_s() - t0;
+    out->seconds = core_now_s() - t0;
     return rc;
 }

@@ -3,16 +3,8 @@
  * allocations are made before the first token (history, logits, sampler). */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine/engine.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void eng_gen_result_clear(eng_gen_result *r)
 {
@@ -49,9 +41,9 @@ int eng_generate(eng_ctx *c, const int32_t *prompt, size_t n_prompt, uint32_t n_
     }
     if ((rc = eng_sampler_new(&s, sp, nv))) goto done;
     memcpy(hist, prompt, sizeof *hist * n_prompt);
-    double t0 = now_s();
+    double t0 = core_now_s();
     if ((rc = eng_decode(c, prompt, n_prompt, logits, false))) goto done;
-    out->prefill_s = now_s() - t0;
+    out->prefill_s = core_now_s() - t0;
     out->stop_reason = "length";
     size_t n_gen = 0;
     double decode_s = 0;
@@ -74,9 +66,9 @@ int eng_generate(eng_ctx *c, const int32_t *prompt, size_t n_prompt, uint32_t n_
             out->stop_reason = "context";
             break;
         }
-        double t1 = now_s();
+        double t1 = core_now_s();
         if ((rc = eng_decode(c, &id, 1, logits, false))) goto done;
-        decode_s += now_s() - t1;
+        decode_s += core_now_s() - t1;
         out->n_decoded++;
     }
     out->decode_s = decode_s;
