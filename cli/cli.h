@@ -39,6 +39,10 @@ int cli_parse(cli_args *a, int argc, char **argv, const cli_opt_spec *spec, int 
 const char *cli_opt(const cli_args *a, const char *name); /* last value or NULL */
 bool cli_flag(const cli_args *a, const char *name);       /* given at all */
 int cli_opt_all(const cli_args *a, const char *name, const char ***vals);
+/* A number option into *out (left as it is when the option is absent): MLV_EINVAL
+ * naming the option unless it is a number in [lo, hi] (and whole, when `integer`). */
+int cli_opt_num(const cli_args *a, const char *name, double lo, double hi, bool integer,
+                double *out);
 
 /* Home: --home, $MLVAULT_HOME, ~/.mlvault. Borrowed or static. */
 const char *cli_home(const cli_args *a);

@@ -86,14 +86,8 @@ int cmd_eval(int argc, char **argv)
         return core_err_set(MLV_EINVAL, metric == ENG_METRIC_KLD
                                             ? "--metric kld needs --baseline REF|FILE"
                                             : "--baseline is only for --metric kld");
-    unsigned long ctx = metric == ENG_METRIC_MC_ACCURACY ? 2048 : 512;
-    if (cli_opt(&a, "ctx")) {
-        char *end;
-        ctx = strtoul(cli_opt(&a, "ctx"), &end, 10);
-        if (*end || ctx < 16 || ctx > 65536)
-            return core_err_set(MLV_EINVAL, "--ctx %s: expected 16 to 65536 tokens",
-                                cli_opt(&a, "ctx"));
-    }
+    double ctx = metric == ENG_METRIC_MC_ACCURACY ? 2048 : 512;
+    if ((rc = cli_opt_num(&a, "ctx", 16, 65536, true, &ctx)) != 0) return rc;
     eng_load_opts lo;
     if ((rc = cli_load_opts(&a, &lo)) != 0) return rc;
     cli_source model = {0}, ds = {0}, base = {0};

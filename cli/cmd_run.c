@@ -12,26 +12,12 @@
 
 #include "cli/cli.h"
 
-static int parse_num(const cli_args *a, const char *name, double lo, double hi, double *out)
-{
-    const char *v = cli_opt(a, name);
-    if (!v) return 0;
-    char *end;
-    errno = 0;
-    double d = strtod(v, &end);
-    if (errno || end == v || *end || !(d >= lo && d <= hi))
-        return core_err_set(MLV_EINVAL, "--%s %s: expected a number from %g to %g", name, v, lo,
-                            hi);
-    *out = d;
-    return 0;
-}
-
 /* Options shared with `eval`: --threads, --backend. */
 int cli_load_opts(const cli_args *a, eng_load_opts *lo)
 {
     memset(lo, 0, sizeof *lo);
     double th = 0;
-    int rc = parse_num(a, "threads", 0, 1024, &th);
+    int rc = cli_opt_num(a, "threads", 0, 1024, true, &th);
     if (rc) return rc;
     lo->threads = (int)th;
     const char *b = cli_opt(a, "backend");
@@ -174,13 +160,14 @@ int cmd_run(int argc, char **argv)
                             "[--threads N] [--json]");
     double n = 128, temp = 0.8, top_k = 40, top_p = 0.95, min_p = 0.05, rp = 1.0, ctx = 0,
            seed = -1;
-    if ((rc = parse_num(&a, "n", 1, 1 << 20, &n)) || (rc = parse_num(&a, "temp", 0, 100, &temp)) ||
-        (rc = parse_num(&a, "top-k", 0, 1 << 24, &top_k)) ||
-        (rc = parse_num(&a, "top-p", 0, 1, &top_p)) ||
-        (rc = parse_num(&a, "min-p", 0, 1, &min_p)) ||
-        (rc = parse_num(&a, "repeat-penalty", 0.01, 100, &rp)) ||
-        (rc = parse_num(&a, "ctx", 16, 1 << 20, &ctx)) ||
-        (rc = parse_num(&a, "seed", 0, 18446744073709549568.0, &seed)))
+    if ((rc = cli_opt_num(&a, "n", 1, 1 << 20, true, &n)) ||
+        (rc = cli_opt_num(&a, "temp", 0, 100, false, &temp)) ||
+        (rc = cli_opt_num(&a, "top-k", 0, 1 << 24, true, &top_k)) ||
+        (rc = cli_opt_num(&a, "top-p", 0, 1, false, &top_p)) ||
+        (rc = cli_opt_num(&a, "min-p", 0, 1, false, &min_p)) ||
+        (rc = cli_opt_num(&a, "repeat-penalty", 0.01, 100, false, &rp)) ||
+        (rc = cli_opt_num(&a, "ctx", 16, 1 << 20, true, &ctx)) ||
+        (rc = cli_opt_num(&a, "seed", 0, 18446744073709549568.0, true, &seed)))
         return rc;
     eng_sampler_params sp = {
         (float)temp, (int32_t)top_k, (float)top_p, (float)min_p, (float)rp, 64, 0};

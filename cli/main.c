@@ -1,5 +1,7 @@
 /* cli/main.c: mlvault's entry point — dispatches to the command groups, parses the
  * options they share, and maps error codes to exit codes (the only place that does). */
+#include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,10 +64,10 @@ typedef struct command {
 } command;
 
 static const command COMMANDS[] = {
-    {"init", cmd_init},       {"user", cmd_user},     {"push", cmd_push},
-    {"dataset", cmd_dataset}, {"list", cmd_list},     {"show", cmd_show},
-    {"lineage", cmd_lineage}, {"export", cmd_export}, {"verify", cmd_verify},
-    {"audit", cmd_audit},     {"bundle", cmd_bundle}, {"keys", cmd_keys},
+    {"init", cmd_init},       {"user", cmd_user},       {"push", cmd_push},
+    {"dataset", cmd_dataset}, {"list", cmd_list},       {"show", cmd_show},
+    {"lineage", cmd_lineage}, {"export", cmd_export},   {"verify", cmd_verify},
+    {"audit", cmd_audit},     {"bundle", cmd_bundle},   {"keys", cmd_keys},
     {"fsck", cmd_fsck},       {"convert", cmd_convert}, {"run", cmd_run},
     {"eval", cmd_eval},
 };
@@ -185,6 +187,21 @@ bool cli_flag(const cli_args *a, const char *name)
 {
     int i = spec_index(a, name);
     return i >= 0 && a->nvals[i] > 0;
+}
+
+int cli_opt_num(const cli_args *a, const char *name, double lo, double hi, bool integer,
+                double *out)
+{
+    const char *v = cli_opt(a, name);
+    if (!v) return 0;
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || *end || !(d >= lo && d <= hi) || (integer && d != floor(d)))
+        return core_err_set(MLV_EINVAL, "--%s %s: expected a %s from %.15g to %.15g", name, v,
+                            integer ? "whole number" : "number", lo, hi);
+    *out = d;
+    return 0;
 }
 
 int cli_opt_all(const cli_args *a, const char *name, const char ***vals)
