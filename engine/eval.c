@@ -183,19 +183,18 @@ done:
 
 /* One question: the summed log-probabilities of each choice's continuation. */
 static int score_choice(eng_ctx *c, const eng_tokenizer *tok, uint32_t nv, const char *context,
-                        const char *choice, float **lg, size_t *lg_cap, double *score)
+                        size_t na, const char *choice, float **lg, size_t *lg_cap, double *score)
 {
-    int32_t *a = NULL, *whole = NULL;
-    size_t na = 0, nw = 0;
+    int32_t *whole = NULL;
+    size_t nw = 0;
     size_t lc = strlen(context), lch = strlen(choice);
     char *joined = malloc(lc + lch + 1);
     int rc = joined ? 0 : core_err_set(MLV_ENOMEM, "out of memory");
     if (!rc) {
         memcpy(joined, context, lc);
         memcpy(joined + lc, choice, lch + 1);
-        rc = eng_tokenize(tok, context, lc, true, false, &a, &na);
+        rc = eng_tokenize(tok, joined, lc + lch, true, false, &whole, &nw);
     }
-    if (!rc) rc = eng_tokenize(tok, joined, lc + lch, true, false, &whole, &nw);
     if (rc) goto done;
     if (na == 0 || nw <= na) {
         rc = core_err_set(MLV_EINVAL, "the choice \"%.40s\" adds no tokens to its context", choice);
@@ -231,7 +230,6 @@ static int score_choice(eng_ctx *c, const eng_tokenizer *tok, uint32_t nv, const
     *score = sum;
 done:
     free(joined);
-    free(a);
     free(whole);
     return rc;
 }
@@ -275,6 +273,16 @@ static int eval_mc(eng_model *m, const char *data, size_t len, const eng_eval_op
             json_decref(q);
             goto done;
         }
+        /* the context's token count draws the boundary for every choice */
+        int32_t *cids = NULL;
+        size_t na = 0;
+        if ((rc = eng_tokenize(tok, json_string_value(ctx), strlen(json_string_value(ctx)), true,
+                               false, &cids, &na)) != 0) {
+            core_err_wrap("eval: line %zu: ", lines);
+            json_decref(q);
+            goto done;
+        }
+        free(cids);
         double best = -INFINITY;
         size_t pick = 0, j;
         json_t *ch;
@@ -286,8 +294,8 @@ static int eval_mc(eng_model *m, const char *data, size_t len, const eng_eval_op
                                   j);
                 break;
             }
-            if ((rc = score_choice(c, tok, nv, json_string_value(ctx), json_string_value(ch), &lg,
-                                   &lg_cap, &s))) {
+            if ((rc = score_choice(c, tok, nv, json_string_value(ctx), na, json_string_value(ch),
+                                   &lg, &lg_cap, &s))) {
                 core_err_wrap("eval: line %zu: ", lines);
                 break;
             }

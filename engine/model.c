@@ -52,6 +52,16 @@ struct eng_ctx {
 
 /* ------------------------------------------------------------------ loading ---- */
 
+enum { LAYER_MATRICES = 7 };
+
+/* The matrices of a layer, for figures over all weights. */
+static void layer_matrices(const layer *L, const eng_weight *out[LAYER_MATRICES])
+{
+    const eng_weight *ws[LAYER_MATRICES] = {&L->wq,     &L->wk,   &L->wv,    &L->wo,
+                                            &L->w_gate, &L->w_up, &L->w_down};
+    memcpy(out, ws, sizeof ws);
+}
+
 static int load_err(const char *fmt, const char *a, const char *b)
 {
     return core_err_set(MLV_EINVAL, fmt, a, b);
@@ -355,12 +365,27 @@ uint64_t eng_model_weight_bytes(const eng_model *m)
 {
     uint64_t n = (uint64_t)m->output.row_bytes * m->output.n_out;
     for (uint32_t l = 0; l < m->hp.n_layer; l++) {
-        const layer *L = &m->layers[l];
-        const eng_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
+        const eng_weight *ws[LAYER_MATRICES];
+        layer_matrices(&m->layers[l], ws);
+        for (size_t i = 0; i < LAYER_MATRICES; i++)
             n += (uint64_t)ws[i]->row_bytes * ws[i]->n_out;
     }
     return n;
+}
+
+/* The largest activation row any product needs (the types may differ per layer). */
+static size_t max_act_bytes(const eng_model *m)
+{
+    size_t max = eng_act_row_bytes(m->output.type, m->output.n_in);
+    for (uint32_t l = 0; l < m->hp.n_layer; l++) {
+        const eng_weight *ws[LAYER_MATRICES];
+        layer_matrices(&m->layers[l], ws);
+        for (size_t i = 0; i < LAYER_MATRICES; i++) {
+            size_t a = eng_act_row_bytes(ws[i]->type, ws[i]->n_in);
+            if (a > max) max = a;
+        }
+    }
+    return max;
 }
 
 /* ----------------------------------------------------------------- contexts ---- */
@@ -406,25 +431,8 @@ int eng_ctx_new(eng_ctx **out, eng_model *m, uint32_t n_ctx)
         eng_ctx_free(c);
         return core_err_set(MLV_ENOMEM, "out of memory for a context of %u tokens", n_ctx);
     }
-    size_t widest_in = d > qd ? d : qd;
-    if (hp->n_ff > widest_in) widest_in = hp->n_ff;
-    size_t max_act = 0;
-    const eng_weight *ws[] = {&m->output, &m->layers[0].wq, &m->layers[0].wo, &m->layers[0].w_down};
-    for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
-        size_t a = eng_act_row_bytes(ws[i]->type, ws[i]->n_in);
-        if (a > max_act) max_act = a;
-    }
-    /* every weight's activation row fits: the types may differ per layer */
-    for (uint32_t l = 0; l < hp->n_layer; l++) {
-        const layer *L = &m->layers[l];
-        const eng_weight *lw[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < 7; i++) {
-            size_t a = eng_act_row_bytes(lw[i]->type, lw[i]->n_in);
-            if (a > max_act) max_act = a;
-        }
-    }
     pthread_mutex_lock(&m->lock);
-    rc = be->ops->reserve(be, max_act, N_BATCH, (int)n_ctx, (int)hp->head_dim);
+    rc = be->ops->reserve(be, max_act_bytes(m), N_BATCH, (int)n_ctx, (int)hp->head_dim);
     pthread_mutex_unlock(&m->lock);
     if (rc) {
         eng_ctx_free(c);
