@@ -72,6 +72,17 @@ void cli_source_clear(cli_source *s);
 /* --threads and --backend (cpu|ref) into engine load options. */
 int cli_load_opts(const cli_args *a, eng_load_opts *lo);
 
+/* Evaluation shared by eval and quantize (cli/cmd_eval.c): fills e's dataset, metric,
+ * context and engine fields for model m; cli_eval_model also runs the evaluation (a
+ * progress bar on a terminal) and fills the numbers. The model ref/digest are the
+ * caller's. */
+void cli_eval_describe(reg_eval *e, const eng_model *m, int metric, const cli_source *ds,
+                       uint32_t ctx);
+int cli_eval_model(eng_model *m, int metric, const cli_source *ds, uint32_t ctx,
+                   eng_model *baseline, reg_eval *e);
+/* A progress bar on stderr: arg is the label (const char *), f in [0, 1]. */
+void cli_progress_bar(void *arg, double f);
+
 int cmd_init(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_push(int argc, char **argv);
@@ -88,5 +99,6 @@ int cmd_fsck(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 
 #endif

@@ -11,7 +11,7 @@
 
 #include "cli/cli.h"
 
-static void progress_bar(void *arg, double f)
+void cli_progress_bar(void *arg, double f)
 {
     const char *label = arg;
     int w = 30, k = (int)(f * w + 0.5);
@@ -59,6 +59,41 @@ static void print_eval(const cli_args *a, const reg_eval *e, bool cached)
            e->seconds, e->engine);
 }
 
+void cli_eval_describe(reg_eval *e, const eng_model *m, int metric, const cli_source *ds,
+                       uint32_t ctx)
+{
+    snprintf(e->dataset_ref, sizeof e->dataset_ref, "%s", ds->label);
+    snprintf(e->dataset_digest, sizeof e->dataset_digest, "%s", ds->content_digest);
+    snprintf(e->metric, sizeof e->metric, "%s", eng_metric_name(metric));
+    e->n_ctx = ctx;
+    snprintf(e->engine, sizeof e->engine, "mlvault %s %s", MLV_VERSION, eng_model_backend_name(m));
+}
+
+int cli_eval_model(eng_model *m, int metric, const cli_source *ds, uint32_t ctx,
+                   eng_model *baseline, reg_eval *e)
+{
+    cli_eval_describe(e, m, metric, ds, ctx);
+    eng_eval_opts eo = {ctx, baseline, NULL, NULL};
+    char label[64];
+    snprintf(label, sizeof label, "eval %s", e->metric);
+    if (isatty(2)) {
+        eo.progress = cli_progress_bar;
+        eo.progress_arg = label;
+    }
+    eng_eval_result res;
+    int rc = eng_evaluate(m, metric, ds->data, ds->len, &eo, &res);
+    if (rc) return rc;
+    e->value = res.value;
+    e->ci_low = res.ci_low;
+    e->ci_high = res.ci_high;
+    e->n_samples = res.n_samples;
+    e->accuracy = res.accuracy;
+    e->perplexity = res.perplexity;
+    e->same_top = res.same_top;
+    e->seconds = res.seconds;
+    return 0;
+}
+
 int cmd_eval(int argc, char **argv)
 {
     static const cli_opt_spec spec[] = {
@@ -99,13 +134,8 @@ int cmd_eval(int argc, char **argv)
     if (bname && (rc = cli_open_model(&a, bname, &lo, &base)) != 0) goto done;
     snprintf(e.model_ref, sizeof e.model_ref, "%s", model.label);
     snprintf(e.model_digest, sizeof e.model_digest, "%s", model.digest);
-    snprintf(e.dataset_ref, sizeof e.dataset_ref, "%s", ds.label);
-    snprintf(e.dataset_digest, sizeof e.dataset_digest, "%s", ds.content_digest);
-    snprintf(e.metric, sizeof e.metric, "%s", eng_metric_name(metric));
+    cli_eval_describe(&e, model.model, metric, &ds, (uint32_t)ctx);
     snprintf(e.baseline_digest, sizeof e.baseline_digest, "%s", base.digest);
-    e.n_ctx = (uint32_t)ctx;
-    snprintf(e.engine, sizeof e.engine, "mlvault %s %s", MLV_VERSION,
-             eng_model_backend_name(model.model));
     if (bname && !base.stored) e.baseline_digest[0] = 0;
     const bool record = model.stored && (!bname || base.stored);
     if (record && !cli_flag(&a, "no-cache")) {
@@ -119,23 +149,8 @@ int cmd_eval(int argc, char **argv)
         if (rc != MLV_ENOTFOUND) goto done;
         core_err_clear();
     }
-    eng_eval_opts eo = {(uint32_t)ctx, base.model, NULL, NULL};
-    char label[64];
-    snprintf(label, sizeof label, "eval %s", e.metric);
-    if (isatty(2)) {
-        eo.progress = progress_bar;
-        eo.progress_arg = label;
-    }
-    eng_eval_result res;
-    if ((rc = eng_evaluate(model.model, metric, ds.data, ds.len, &eo, &res)) != 0) goto done;
-    e.value = res.value;
-    e.ci_low = res.ci_low;
-    e.ci_high = res.ci_high;
-    e.n_samples = res.n_samples;
-    e.accuracy = res.accuracy;
-    e.perplexity = res.perplexity;
-    e.same_top = res.same_top;
-    e.seconds = res.seconds;
+    if ((rc = cli_eval_model(model.model, metric, &ds, (uint32_t)ctx, base.model, &e)) != 0)
+        goto done;
     if (record && (rc = reg_eval_record(model.r, &model.user, &e)) != 0) goto done;
     print_eval(&a, &e, false);
 done:

@@ -36,6 +36,10 @@ static const char *USAGE =
     "      mc_accuracy|kld] [--baseline REF|FILE] [--ctx N] [--no-cache]\n"
     "                                             evaluate; stored versions' results are kept\n"
     "  convert DIR|FILE.gguf -o OUT.gguf [--outtype auto|f32|f16|bf16|q8_0]  HF folder or GGUF\n"
+    "  quantize REF|FILE --type Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q6_K|Q4_K_M|Q5_K_M\n"
+    "      [--method rtn|imatrix|gptq] [--calib DATASET] [--tensor-type PATTERN=TYPE]...\n"
+    "      [--max-drop POINTS --eval-data DATASET] [--max-rounds N] [--name NAME] [-o OUT]\n"
+    "                                             a smaller version, its recipe as lineage\n"
     "\n"
     "REF is NAME (latest), NAME:VERSION or NAME@CHANNEL. The home is --home, else\n"
     "$MLVAULT_HOME, else ~/.mlvault; the token is --token, else $MLVAULT_TOKEN.\n";
@@ -69,7 +73,7 @@ static const command COMMANDS[] = {
     {"lineage", cmd_lineage}, {"export", cmd_export},   {"verify", cmd_verify},
     {"audit", cmd_audit},     {"bundle", cmd_bundle},   {"keys", cmd_keys},
     {"fsck", cmd_fsck},       {"convert", cmd_convert}, {"run", cmd_run},
-    {"eval", cmd_eval},
+    {"eval", cmd_eval},       {"quantize", cmd_quantize},
 };
 
 int main(int argc, char **argv)

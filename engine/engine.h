@@ -136,6 +136,8 @@ void eng_model_info_clear(eng_model_info *m);
  *   Q5_1      32           24       d:half, m:half, qh[4], qs[16]  x = q*d + m
  *   Q4_K     256          144       d,dmin:half, scales[12] (8 x 6-bit scale and min),
  *                                   qs[128]                       x = d*sc*q - dmin*m
+ *   Q5_K     256          176       d,dmin:half, scales[12] (as Q4_K), qh[32] (5th bits),
+ *                                   qs[128]                       x = d*sc*q - dmin*m
  *   Q6_K     256          210       ql[128], qh[64], scales[16]:int8, d:half
  *                                                                 x = d*sc*(q-32)
  */
@@ -144,7 +146,7 @@ void eng_model_info_clear(eng_model_info *m);
  * from `src` (n / block_elems blocks, any alignment) into dst (n floats).
  * MLV_EINVAL for a negative n, one that is not a whole number of blocks, or NULL
  * buffers with n > 0; MLV_EUNSUPPORTED (naming the type) for a type without a
- * dequantizer here (Q2_K, Q3_K, Q5_K, Q8_1, Q8_K, unknown ids). */
+ * dequantizer here (Q2_K, Q3_K, Q8_1, Q8_K, unknown ids). */
 int eng_dequantize_row(int type, const void *src, float *dst, int64_t n);
 
 /* IEEE 754 half <-> float. fp16_to_fp32 is exact (subnormals, inf, NaN with its
@@ -225,6 +227,9 @@ int eng_convert_gguf(const char *in_path, int outtype, const char *out_path);
  * regexes named by tokenizer.ggml.pre: gpt2, llama3/llama-bpe, qwen2, smollm, ...),
  * and SentencePiece ("llama" model; scores, byte fallback <0xNN>, "▁" spaces). Special
  * and control tokens are matched in the text only when parse_special is set. */
+/* The offset of the first byte of s[0..len) that is not part of valid UTF-8, or len
+ * when it all is (what eng_tokenize refuses), so callers can check text up front. */
+size_t eng_utf8_check(const char *s, size_t len);
 typedef struct eng_tokenizer eng_tokenizer;
 int eng_tokenizer_load(eng_tokenizer **out, const eng_gguf *g);
 void eng_tokenizer_free(eng_tokenizer *t);
@@ -300,6 +305,9 @@ const eng_gguf *eng_model_gguf(const eng_model *m);
 /* Bytes of weights one decoded token reads (every matrix once), for bandwidth figures. */
 uint64_t eng_model_weight_bytes(const eng_model *m);
 const char *eng_model_backend_name(const eng_model *m); /* "ref", "avx2", "avx512", ... */
+/* The whole GGUF image the model runs from (mmap'd file or buffer); borrowed until
+ * eng_model_free. */
+const uint8_t *eng_model_image(const eng_model *m, size_t *len);
 
 /* A sequence context of up to n_ctx positions (0 = min(train context, 4096)). */
 int eng_ctx_new(eng_ctx **out, eng_model *m, uint32_t n_ctx);
@@ -308,6 +316,20 @@ uint32_t eng_ctx_pos(const eng_ctx *c); /* tokens in the KV cache */
 const eng_model *eng_ctx_model(const eng_ctx *c);
 uint32_t eng_ctx_n_ctx(const eng_ctx *c);
 void eng_ctx_truncate(eng_ctx *c, uint32_t pos); /* forget positions >= pos */
+/* Calibration (quantize/): fn sees the input of every weight product of a forward pass
+ * before it is used — x is (T, n) F32, the activation the weights of `site` at `layer`
+ * multiply (ENG_SITE_OUTPUT: layer is n_layer, x the final normalised rows, only when
+ * logits of every token are asked for). Borrowed until fn returns. NULL fn stops it. */
+enum eng_site {
+    ENG_SITE_QKV = 0,      /* attn_q, attn_k, attn_v (the attention norm's output) */
+    ENG_SITE_ATTN_OUT = 1, /* attn_output (the attention heads' output) */
+    ENG_SITE_FFN_IN = 2,   /* ffn_gate, ffn_up (the FFN norm's output) */
+    ENG_SITE_FFN_DOWN = 3, /* ffn_down (silu(gate) * up) */
+    ENG_SITE_OUTPUT = 4,   /* output, or the tied token embedding */
+    ENG_N_SITES = 5
+};
+typedef void (*eng_observe_fn)(void *arg, uint32_t layer, int site, const float *x, int T, int n);
+void eng_ctx_set_observer(eng_ctx *c, eng_observe_fn fn, void *arg);
 /* Feeds n tokens at positions pos..pos+n-1 (any n, processed in batches). logits, when
  * not NULL, receives n_vocab floats per token if all_logits, else only the last one's.
  * MLV_EINVAL for a token id out of range or a full context. */

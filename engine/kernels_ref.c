@@ -323,24 +323,29 @@ static void scale_min_k4(int j, const uint8_t *q, int *sc, int *m)
 }
 
 /* Q4_K (144 B: d, dmin, scales[12], qs[128]) x Q8_K (292 B: d:float, qs[256],
- * bsums[16]). Element 64k+l (l < 32) is the low nibble of qs[32k+l], 64k+32+l the high
- * one; sub-block j (32 elements) has scale sc_j and min m_j: x = d*sc*q - dmin*m, so
- *   dot = d*dy * sum_j sc_j * sum(q*qy) - dmin*dy * sum_j m_j * (bsums[2j] + bsums[2j+1]).
- * The float accumulation is ggml's generic one: eight lanes of partial sums (element
- * l mod 8) carried across super-blocks, the mins term in sumf, the lanes added last. */
-static void vec_dot_q4_k(int64_t n, float *s, const void *w, const void *a)
+ * bsums[16]); with q5, Q5_K (below). Element 64k+l (l < 32) is the low nibble of qs[32k+l],
+ * 64k+32+l the high one; sub-block j (32 elements) has scale sc_j and min m_j: x = d*sc*q - dmin*m,
+ * so dot = d*dy * sum_j sc_j * sum(q*qy) - dmin*dy * sum_j m_j * (bsums[2j] + bsums[2j+1]). The
+ * float accumulation is ggml's generic one: eight lanes of partial sums (element l mod 8) carried
+ * across super-blocks, the mins term in sumf, the lanes added last. */
+static void vec_dot_q4q5_k(int64_t n, float *s, const void *w, const void *a, bool q5)
 {
     const uint8_t *x = w, *y = a;
+    const size_t xb = q5 ? 176 : 144;
     float sums[8] = {0};
     float sumf = 0.0f;
-    for (int64_t i = 0; i < n / QK_K; i++, x += 144, y += 292) {
-        const uint8_t *scales = x + 4, *q4 = x + 16;
+    for (int64_t i = 0; i < n / QK_K; i++, x += xb, y += 292) {
+        const uint8_t *scales = x + 4, *qh = x + 16, *q4 = x + (q5 ? 48 : 16);
         const int8_t *q8 = (const int8_t *)(y + 4);
         int8_t v[QK_K];
         for (int k = 0; k < 4; k++)
             for (int l = 0; l < 32; l++) {
                 v[64 * k + l] = (int8_t)(q4[32 * k + l] & 0x0f);
                 v[64 * k + 32 + l] = (int8_t)(q4[32 * k + l] >> 4);
+                if (q5) {
+                    v[64 * k + l] |= (int8_t)(((qh[l] >> (2 * k)) & 1) << 4);
+                    v[64 * k + 32 + l] |= (int8_t)(((qh[l] >> (2 * k + 1)) & 1) << 4);
+                }
             }
         int sumi_mins = 0;
         int32_t lanes[8] = {0};
@@ -365,6 +370,19 @@ static void vec_dot_q4_k(int64_t n, float *s, const void *w, const void *a)
     for (int l = 0; l < 8; l++)
         sumf += sums[l];
     *s = sumf;
+}
+
+static void vec_dot_q4_k(int64_t n, float *s, const void *w, const void *a)
+{
+    vec_dot_q4q5_k(n, s, w, a, false);
+}
+
+/* Q5_K (176 B: d, dmin, scales[12], qh[32], qs[128]) x Q8_K: as Q4_K with q in
+ * [0, 31], its fifth bit (element l < 32 of sub-block j) bit j of qh[l] (ggml's
+ * ggml_vec_dot_q5_K_q8_K_generic; the same sums in the same order). */
+static void vec_dot_q5_k(int64_t n, float *s, const void *w, const void *a)
+{
+    vec_dot_q4q5_k(n, s, w, a, true);
 }
 
 /* Q6_K (210 B: ql[128], qh[64], scales[16]:int8, d) x Q8_K. Per 128 elements (64 B of
@@ -428,6 +446,7 @@ DEF_TILE(tile_q4_1, vec_dot_q4_1)
 DEF_TILE(tile_q5_0, vec_dot_q5_0)
 DEF_TILE(tile_q5_1, vec_dot_q5_1)
 DEF_TILE(tile_q4_k, vec_dot_q4_k)
+DEF_TILE(tile_q5_k, vec_dot_q5_k)
 DEF_TILE(tile_q6_k, vec_dot_q6_k)
 
 /* ----------------------------------------------------- attention on F16 KV ---- */
@@ -467,6 +486,7 @@ static const eng_kernels ref_kernels = {
             [ENG_Q5_0] = vec_dot_q5_0,
             [ENG_Q5_1] = vec_dot_q5_1,
             [ENG_Q4_K] = vec_dot_q4_k,
+            [ENG_Q5_K] = vec_dot_q5_k,
             [ENG_Q6_K] = vec_dot_q6_k,
         },
     .tile =
@@ -480,6 +500,7 @@ static const eng_kernels ref_kernels = {
             [ENG_Q5_0] = tile_q5_0,
             [ENG_Q5_1] = tile_q5_1,
             [ENG_Q4_K] = tile_q4_k,
+            [ENG_Q5_K] = tile_q5_k,
             [ENG_Q6_K] = tile_q6_k,
         },
     .quantize =
@@ -507,6 +528,7 @@ int eng_act_type(int wtype)
     case ENG_Q4_1:
     case ENG_Q5_1: return ENG_Q8_1;
     case ENG_Q4_K:
+    case ENG_Q5_K:
     case ENG_Q6_K: return ENG_Q8_K;
     default: return -1;
     }

@@ -606,14 +606,15 @@ TA2 static void mad_f16_avx2(int64_t n, float *y, const uint16_t *v, float a)
     *s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) +    \
          summ;
 
-/* Q4_K (144 B) x Q8_K (292 B):
+/* Q4_K (144 B) or Q5_K (176 B: XB == 176 ORs in the fifth bits, bit j of qh[l] for
+ * element l of sub-block j, moved to bit 4 by 16-bit shifts of qh) x Q8_K (292 B):
  *   d*dy * sum_j sc_j * sum(q * qy) - dmin*dy * sum_j m_j * (bsums[2j] + bsums[2j+1]) */
-#define VEC_DOT_Q4_K_BODY(MADD_ACC)                                                                \
+#define VEC_DOT_Q4Q5_K_BODY(XB, MADD_ACC)                                                          \
     const uint8_t *x = w, *y = a;                                                                  \
     __m256 acc = _mm256_setzero_ps();                                                              \
     __m128 accm = _mm_setzero_ps();                                                                \
-    const __m256i m4 = _mm256_set1_epi8(0x0f);                                                     \
-    for (int64_t i = 0; i < n / QK_K; i++, x += 144, y += 292) {                                   \
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(0x10);                       \
+    for (int64_t i = 0; i < n / QK_K; i++, x += XB, y += 292) {                                    \
         const float dy = ldf(y);                                                                   \
         const float d = half_to_f32(x) * dy, dmin = half_to_f32(x + 2) * dy;                       \
         uint32_t sm[4];                                                                            \
@@ -626,7 +627,9 @@ TA2 static void mad_f16_avx2(int64_t n, float *y, const uint16_t *v, float a)
         accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(pm), accm);                         \
         const __m128i sc128 = _mm256_castsi256_si128(scm);                                         \
         const __m256i sc = _mm256_set_m128i(sc128, sc128);                                         \
-        const uint8_t *q4 = x + 16, *q8 = y + 4;                                                   \
+        const uint8_t *q4 = x + (XB == 176 ? 48 : 16), *q8 = y + 4;                                \
+        __m256i hb =                                                                               \
+            XB == 176 ? _mm256_loadu_si256((const __m256i *)(x + 16)) : _mm256_setzero_si256();    \
         __m256i sumi = _mm256_setzero_si256();                                                     \
         for (int k = 0; k < 4; k++) {                                                              \
             const __m256i sl =                                                                     \
@@ -634,8 +637,13 @@ TA2 static void mad_f16_avx2(int64_t n, float *y, const uint16_t *v, float a)
             const __m256i sh = _mm256_shuffle_epi8(                                                \
                 sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * k + 1))));                    \
             const __m256i qb = _mm256_loadu_si256((const __m256i *)(q4 + 32 * k));                 \
-            const __m256i ql = _mm256_and_si256(qb, m4);                                           \
-            const __m256i qh = _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4);                     \
+            __m256i ql = _mm256_and_si256(qb, m4);                                                 \
+            __m256i qh = _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4);                           \
+            if (XB == 176) {                                                                       \
+                ql = _mm256_or_si256(ql, _mm256_and_si256(_mm256_slli_epi16(hb, 4), m16));         \
+                qh = _mm256_or_si256(qh, _mm256_and_si256(_mm256_slli_epi16(hb, 3), m16));         \
+                hb = _mm256_srli_epi16(hb, 2);                                                     \
+            }                                                                                      \
             const __m256i pl =                                                                     \
                 _mm256_maddubs_epi16(ql, _mm256_loadu_si256((const __m256i *)(q8 + 64 * k)));      \
             const __m256i ph =                                                                     \
@@ -712,9 +720,11 @@ TA2 static void mad_f16_avx2(int64_t n, float *y, const uint16_t *v, float a)
                                                     const void *a){VEC_DOT_Q4Q5_1_BODY(            \
         24, 8, DOT_US, BITS32)} TGT static void vec_dot_q4_k_##SFX(int64_t n, float *s,            \
                                                                    const void *w, const void *a){  \
-        VEC_DOT_Q4_K_BODY(MADD_ACC)} TGT static void vec_dot_q6_k_##SFX(int64_t n, float *s,       \
-                                                                        const void *w,             \
-                                                                        const void *a)             \
+        VEC_DOT_Q4Q5_K_BODY(                                                                       \
+            144, MADD_ACC)} TGT static void vec_dot_q5_k_##SFX(int64_t n, float *s, const void *w, \
+                                                               const void *a){VEC_DOT_Q4Q5_K_BODY( \
+        176, MADD_ACC)} TGT static void vec_dot_q6_k_##SFX(int64_t n, float *s, const void *w,     \
+                                                           const void *a)                          \
     {                                                                                              \
         VEC_DOT_Q6_K_BODY(MADD_ACC)                                                                \
     }
@@ -1140,7 +1150,7 @@ DEF_FTILE(tile_bf16_avx512, TA5, 4, 4, FT_BF16)
  *   q[8][32]    the steps: unsigned or signed bytes, per type
  *   d[8]        float scale per lane (d of the lane's block)
  *   m[8]        float, a second product added per lane: Q4_1/Q5_1 m_w (first lane of a
- *               block only) and s_a; Q4_K dmin_w * m_j and -d_a * (bsums of j)
+ *               block only) and s_a; Q4_K/Q5_K dmin_w * m_j and -d_a * (bsums of j)
  *   init[8]     int32 added to the lane's integer sum before scaling: Q8_0 weights
  *               -128 * sum(w) (with VNNI the activation goes in as a + 128, unsigned:
  *               exact for every int8 a), Q4_0/Q5_0 and Q6_K activations -off * sum(a)
@@ -1591,16 +1601,23 @@ TA2 static AI void qmk_avx2(const uint8_t *W, const uint8_t *A, size_t rs, const
 /* ---- K-quants: a super-block's sub-blocks are the blocks of its groups ---- */
 
 /* Q4_K (144 B) -> one group: sub-block j (32 elements: qs[32(j/2) ..] low nibbles for
- * even j, high for odd) in lane j; sc_j as integers, d, and dmin * m_j in m. */
-TA2 static AI void qprep_w_q4k(uint8_t *g, const uint8_t *x)
+ * even j, high for odd) in lane j; sc_j as integers, d, and dmin * m_j in m. Q5_K
+ * (176 B, q5): the same with qs at 48 and bit j of qh[l] as bit 4 of element l. */
+TA2 static AI void qprep_w_q4k(uint8_t *g, const uint8_t *x, const bool q5)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256i v[8];
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(0x10);
+    __m256i v[8], hb = q5 ? _mm256_loadu_si256((const __m256i *)(x + 16)) : _mm256_setzero_si256();
     UNROLL
     for (int k = 0; k < 4; k++) {
-        const __m256i qb = _mm256_loadu_si256((const __m256i *)(x + 16 + 32 * k));
+        const __m256i qb = _mm256_loadu_si256((const __m256i *)(x + (q5 ? 48 : 16) + 32 * k));
         v[2 * k] = _mm256_and_si256(qb, m4);
         v[2 * k + 1] = _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4);
+        if (q5) {
+            v[2 * k] = _mm256_or_si256(v[2 * k], _mm256_and_si256(_mm256_slli_epi16(hb, 4), m16));
+            v[2 * k + 1] =
+                _mm256_or_si256(v[2 * k + 1], _mm256_and_si256(_mm256_slli_epi16(hb, 2), m16));
+            hb = _mm256_srli_epi16(hb, 2);
+        }
     }
     qg_store_steps(g + QG_Q, v, 8);
     uint32_t sm[4];
@@ -1613,7 +1630,7 @@ TA2 static AI void qprep_w_q4k(uint8_t *g, const uint8_t *x)
     _mm256_store_ps((float *)(g + QG_D), _mm256_set1_ps(half_to_f32(x)));
 }
 
-/* Q8_K (292 B) for Q4_K -> one group: qs of sub-block j in lane j, d, and
+/* Q8_K (292 B) for Q4_K and Q5_K -> one group: qs of sub-block j in lane j, d, and
  * -d * (bsums[2j] + bsums[2j+1]) in m. */
 TA2 static AI void qprep_a_q4k(uint8_t *g, const uint8_t *y)
 {
@@ -1690,12 +1707,12 @@ TA2 static AI void qprep_a_q6k(uint8_t *g, const uint8_t *y, int h)
 
 /* ---- the tile driver ---- */
 
-enum { QT_Q4_K = QT_Q5_1 + 1, QT_Q6_K };
+enum { QT_Q4_K = QT_Q5_1 + 1, QT_Q5_K, QT_Q6_K };
 
 /* Groups of a row of n elements. */
 TA2 static AI int64_t qt_ngroups(int64_t n, int qt)
 {
-    if (qt == QT_Q4_K) return n / QK_K;
+    if (qt == QT_Q4_K || qt == QT_Q5_K) return n / QK_K;
     if (qt == QT_Q6_K) return 2 * (n / QK_K);
     const int64_t nb = n / QK;
     return nb / 8 + __builtin_popcount((unsigned)(nb & 7));
@@ -1729,9 +1746,10 @@ TA2 static AI int qt_prep(uint8_t *wg, const uint8_t *w, size_t ws, int nr, uint
                           const uint8_t *a, size_t as, int nc, size_t rs, int64_t n, int64_t gi,
                           int qt, bool vnni)
 {
-    if (qt == QT_Q4_K) {
+    if (qt == QT_Q4_K || qt == QT_Q5_K) {
+        const bool q5 = qt == QT_Q5_K;
         for (int i = 0; i < nr; i++)
-            qprep_w_q4k(wg + i * rs, w + i * ws + gi * 144);
+            qprep_w_q4k(wg + i * rs, w + i * ws + gi * (q5 ? 176 : 144), q5);
         for (int j = 0; j < nc; j++)
             qprep_a_q4k(ag + j * rs, a + j * as + gi * 292);
         return 8;
@@ -1810,6 +1828,7 @@ DEF_QTILE(tile_q4_1_avx2, avx2, TA2, QT_Q4_1, QF_M, 8)
 DEF_QTILE(tile_q5_0_avx2, avx2, TA2, QT_Q5_0, QF_AINIT, 4)
 DEF_QTILE(tile_q5_1_avx2, avx2, TA2, QT_Q5_1, QF_M, 4)
 DEF_QTILE(tile_q4_k_avx2, avx2, TA2, QT_Q4_K, QF_SC | QF_M, 8)
+DEF_QTILE(tile_q5_k_avx2, avx2, TA2, QT_Q5_K, QF_SC | QF_M, 4)
 DEF_QTILE(tile_q6_k_avx2, avx2, TA2, QT_Q6_K, QF_SC | QF_AINIT, 2)
 DEF_QTILE(tile_q8_0_avx512, vnni, TA5, QT_Q8_0, QF_AU | QF_WINIT, 0)
 DEF_QTILE(tile_q4_0_avx512, vnni, TA5, QT_Q4_0, QF_AINIT, 0)
@@ -1817,6 +1836,7 @@ DEF_QTILE(tile_q4_1_avx512, vnni, TA5, QT_Q4_1, QF_M, 0)
 DEF_QTILE(tile_q5_0_avx512, vnni, TA5, QT_Q5_0, QF_AINIT, 0)
 DEF_QTILE(tile_q5_1_avx512, vnni, TA5, QT_Q5_1, QF_M, 0)
 DEF_QTILE(tile_q4_k_avx512, vnni, TA5, QT_Q4_K, QF_SC | QF_M, 0)
+DEF_QTILE(tile_q5_k_avx512, vnni, TA5, QT_Q5_K, QF_SC | QF_M, 0)
 DEF_QTILE(tile_q6_k_avx512, vnni, TA5, QT_Q6_K, QF_SC | QF_AINIT, 0)
 
 /* ================================================================= tables ===== */
@@ -1834,6 +1854,7 @@ static const eng_kernels avx2_kernels = {
             [ENG_Q5_0] = vec_dot_q5_0_avx2,
             [ENG_Q5_1] = vec_dot_q5_1_avx2,
             [ENG_Q4_K] = vec_dot_q4_k_avx2,
+            [ENG_Q5_K] = vec_dot_q5_k_avx2,
             [ENG_Q6_K] = vec_dot_q6_k_avx2,
         },
     .tile =
@@ -1847,6 +1868,7 @@ static const eng_kernels avx2_kernels = {
             [ENG_Q5_0] = tile_q5_0_avx2,
             [ENG_Q5_1] = tile_q5_1_avx2,
             [ENG_Q4_K] = tile_q4_k_avx2,
+            [ENG_Q5_K] = tile_q5_k_avx2,
             [ENG_Q6_K] = tile_q6_k_avx2,
         },
     .quantize =
@@ -1875,6 +1897,7 @@ static const eng_kernels avx512_kernels = {
             [ENG_Q5_0] = vec_dot_q5_0_avx512,
             [ENG_Q5_1] = vec_dot_q5_1_avx512,
             [ENG_Q4_K] = vec_dot_q4_k_avx512,
+            [ENG_Q5_K] = vec_dot_q5_k_avx512,
             [ENG_Q6_K] = vec_dot_q6_k_avx512,
         },
     .tile =
@@ -1888,6 +1911,7 @@ static const eng_kernels avx512_kernels = {
             [ENG_Q5_0] = tile_q5_0_avx512,
             [ENG_Q5_1] = tile_q5_1_avx512,
             [ENG_Q4_K] = tile_q4_k_avx512,
+            [ENG_Q5_K] = tile_q5_k_avx512,
             [ENG_Q6_K] = tile_q6_k_avx512,
         },
     .quantize =

@@ -48,6 +48,8 @@ struct eng_ctx {
     uint16_t **k_cache, **v_cache; /* per layer (n_ctx, n_kv * head_dim) fp16 */
     float *x, *xb, *q, *k, *v, *att, *gate, *up;
     int32_t *positions;
+    eng_observe_fn observe; /* calibration hook, usually NULL */
+    void *observe_arg;
 };
 
 /* ------------------------------------------------------------------ loading ---- */
@@ -472,6 +474,18 @@ const eng_model *eng_ctx_model(const eng_ctx *c)
     return c->m;
 }
 
+const uint8_t *eng_model_image(const eng_model *m, size_t *len)
+{
+    *len = m->image_len;
+    return m->image;
+}
+
+void eng_ctx_set_observer(eng_ctx *c, eng_observe_fn fn, void *arg)
+{
+    c->observe = fn;
+    c->observe_arg = arg;
+}
+
 void eng_ctx_truncate(eng_ctx *c, uint32_t pos)
 {
     if (pos < c->pos) c->pos = pos;
@@ -492,6 +506,8 @@ static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, boo
     const float scale = 1.0f / sqrtf((float)hd);
     for (int t = 0; t < T; t++)
         c->positions[t] = pos0 + t;
+#define OBSERVE(layer, site, x, n)                                                                 \
+    if (c->observe) c->observe(c->observe_arg, (layer), (site), (x), T, (n))
 
     op->get_rows(be, c->x, &m->tok_embd, tokens, T);
     for (uint32_t l = 0; l < hp->n_layer; l++) {
@@ -502,6 +518,7 @@ static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, boo
             float *const ys[3] = {c->q, c->k, c->v};
             const eng_weight *const ws[3] = {&L->wq, &L->wk, &L->wv};
             const float *const bs[3] = {L->bq, L->bk, L->bv};
+            OBSERVE(l, ENG_SITE_QKV, c->xb, d);
             op->matmul_n(be, 3, ys, ws, bs, c->xb, T);
         }
         op->rope(be, c->q, T, nh, hd, (int)hp->n_rot, c->positions, hp->rope_base, hp->rope_scale,
@@ -510,6 +527,7 @@ static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, boo
                  m->rope_freqs, hp->rope_neox);
         op->store_kv(be, c->k_cache[l], c->v_cache[l], c->k, c->v, T, pos0, nkv * hd);
         op->attention(be, c->att, c->q, c->k_cache[l], c->v_cache[l], T, pos0, nh, nkv, hd, scale);
+        OBSERVE(l, ENG_SITE_ATTN_OUT, c->att, nh * hd);
         op->matmul(be, c->xb, &L->wo, NULL, c->att, T);
         op->add(be, c->x, c->xb, (int64_t)T * d);
         /* feed-forward block: x += W_down . (silu(W_gate xn) * (W_up xn)) */
@@ -517,9 +535,11 @@ static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, boo
         {
             float *const ys[2] = {c->gate, c->up};
             const eng_weight *const ws[2] = {&L->w_gate, &L->w_up};
+            OBSERVE(l, ENG_SITE_FFN_IN, c->xb, d);
             op->matmul_n(be, 2, ys, ws, NULL, c->xb, T);
         }
         op->swiglu(be, c->gate, c->gate, c->up, (int64_t)T * ff);
+        OBSERVE(l, ENG_SITE_FFN_DOWN, c->gate, ff);
         op->matmul(be, c->xb, &L->w_down, NULL, c->gate, T);
         op->add(be, c->x, c->xb, (int64_t)T * d);
     }
@@ -527,12 +547,14 @@ static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, boo
     if (!logits) return;
     if (all_logits) {
         op->rmsnorm(be, c->x, c->x, m->output_norm, T, d, hp->rms_eps);
+        OBSERVE(hp->n_layer, ENG_SITE_OUTPUT, c->x, d);
         op->matmul(be, logits, &m->output, NULL, c->x, T);
     } else {
         float *last = c->x + (size_t)(T - 1) * d;
         op->rmsnorm(be, last, last, m->output_norm, 1, d, hp->rms_eps);
         op->matmul(be, logits, &m->output, NULL, last, 1);
     }
+#undef OBSERVE
 }
 
 int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool all_logits)

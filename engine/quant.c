@@ -1,5 +1,5 @@
 /* engine/quant.c: the plain C reference for dequantizing tensor data (F32, F16, BF16,
- * Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K) and the fp16/bf16 conversions. Block
+ * Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) and the fp16/bf16 conversions. Block
  * layouts as ggml's ggml-common.h; the arithmetic, and its order, as ggml-quants.c's
  * dequantize_row_*, so the results are bit for bit those of llama.cpp's reference.
  * Readable over fast on purpose: fast CPU and CUDA variants are tested against this
@@ -9,7 +9,7 @@
  * and the code does not depend on the host's byte order. Multiplications and
  * additions are written as separate float operations; this file must not be built
  * with -ffp-contract=fast (a fused multiply-add would change the last bit of the
- * Q4_1, Q5_1 and Q4_K results). */
+ * Q4_1, Q5_1, Q4_K and Q5_K results). */
 #include <inttypes.h>
 #include <string.h>
 
@@ -270,6 +270,43 @@ static void deq_q4_k(const uint8_t *src, float *y, int64_t nb)
     }
 }
 
+/* block_q5_K (176 bytes): { half d; half dmin; uint8 scales[12]; uint8 qh[32];
+ * uint8 qs[128]; }  Scales, mins and nibbles as Q4_K; the fifth bit of element l of
+ * sub-block j (l < 32) is bit j of qh[l] (so per 64 elements: bits u1 = 1 << 2k and
+ * u2 = 2 << 2k, as ggml's loop shifts them).  y = (d * sc) * q - (dmin * m), q in
+ * [0, 31] */
+static void deq_q5_k(const uint8_t *src, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, src += 176) {
+        const float d = rd_half(src);
+        const float dmin = rd_half(src + 2);
+        const uint8_t *scales = src + 4;
+        const uint8_t *qh = src + 4 + K_SCALE_SIZE;
+        const uint8_t *ql = qh + QK_K / 8;
+        int is = 0;
+        unsigned u1 = 1, u2 = 2;
+        for (int j = 0; j < QK_K; j += 64) {
+            uint8_t sc, m;
+            get_scale_min_k4(is + 0, scales, &sc, &m);
+            const float d1 = d * (float)sc, m1 = dmin * (float)m;
+            get_scale_min_k4(is + 1, scales, &sc, &m);
+            const float d2 = d * (float)sc, m2 = dmin * (float)m;
+            for (int l = 0; l < 32; l++) {
+                const float p = d1 * (float)((ql[l] & 0x0f) + (qh[l] & u1 ? 16 : 0));
+                *y++ = p - m1;
+            }
+            for (int l = 0; l < 32; l++) {
+                const float p = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0));
+                *y++ = p - m2;
+            }
+            ql += 32;
+            is += 2;
+            u1 <<= 2;
+            u2 <<= 2;
+        }
+    }
+}
+
 /* block_q6_K (210 bytes): { uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d; }
  * A super-block of 256 = 16 sub-blocks of 16, each with an int8 scale. Per half
  * (128 elements: 64 bytes of ql, 32 of qh, 8 scales), element l (0..31) of each
@@ -323,6 +360,7 @@ int eng_dequantize_row(int type, const void *src, float *dst, int64_t n)
     case ENG_Q5_0: fn = deq_q5_0; break;
     case ENG_Q5_1: fn = deq_q5_1; break;
     case ENG_Q4_K: fn = deq_q4_k; break;
+    case ENG_Q5_K: fn = deq_q5_k; break;
     case ENG_Q6_K: fn = deq_q6_k; break;
     default: break;
     }

@@ -444,3 +444,8 @@ int uni_pretokenize(int kind, const uint32_t *cpts, size_t n, uni_words *out)
     uni_words_free(&tmp);
     return rc;
 }
+
+size_t eng_utf8_check(const char *s, size_t len)
+{
+    return uni_utf8_check(s, len);
+}

@@ -85,6 +85,12 @@ typedef struct reg_push_opts {
     const char **parents; /* refs */
     size_t n_parents;
     const char *note; /* may be NULL */
+    /* lineage of a derived version (NULL/0: a plain push): the job kind ("quantize"),
+     * its parameters (a JSON object's text) and the refs of the datasets it used */
+    const char *job_kind;
+    const char *job_params;
+    const char **datasets;
+    size_t n_datasets;
 } reg_push_opts;
 
 typedef struct reg_pushed {

@@ -16,6 +16,7 @@
 
 #define MAX_FILES 4096
 #define MAX_NOTE 4096
+#define REG_MAX_PUSH_DATASETS 16
 
 typedef struct push_file {
     char *rel;  /* path inside the version */
@@ -329,6 +330,8 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
                             o->name);
     if (o->note && strlen(o->note) > MAX_NOTE)
         return core_err_set(MLV_EINVAL, "note longer than %d bytes", MAX_NOTE);
+    if (o->n_datasets > REG_MAX_PUSH_DATASETS)
+        return core_err_set(MLV_EINVAL, "more than %d datasets", REG_MAX_PUSH_DATASETS);
 
     push_file *fs = NULL;
     size_t nf = 0;
@@ -338,6 +341,9 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     int64_t *parent_ids = NULL;
     repo_file *mfiles = NULL;
     repo_staged_blob **staged = NULL;
+    struct {
+        char hex[65];
+    } *dataset_digests = NULL;
     char *manifest = NULL, *sig = NULL;
     bool in_tx = false;
     const char *kind = o->dataset ? "dataset" : "model";
@@ -375,6 +381,27 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
         }
     }
 
+    if (o->n_datasets && !(dataset_digests = calloc(o->n_datasets, sizeof *dataset_digests))) {
+        rc = core_err_set(MLV_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < o->n_datasets; i++) {
+        reg_version_row dv = {0};
+        int64_t did = 0;
+        if ((rc = reg_resolve(r, o->datasets[i], &did, NULL, NULL)) != 0 ||
+            (rc = reg_version_load(r, did, &dv)) != 0) {
+            core_err_wrap("dataset: ");
+            goto done;
+        }
+        bool is_dataset = !strcmp(dv.kind, "dataset");
+        memcpy(dataset_digests[i].hex, dv.digest, 65);
+        reg_version_row_clear(&dv);
+        if (!is_dataset) {
+            rc = core_err_set(MLV_EINVAL, "%s is not a dataset", o->datasets[i]);
+            goto done;
+        }
+    }
+
     /* The heavy part, outside any transaction: hash and encrypt every file into tmp/. */
     for (size_t i = 0; i < nf; i++) {
         if ((rc = repo_blob_stage_file(r->home, r->keys, fs[i].full, &fs[i].blob)) != 0) goto done;
@@ -407,8 +434,13 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     m.n_files = nf;
     m.parents = parents;
     m.n_parents = o->n_parents;
-    m.job_kind = "push";
-    m.job_params = "{}";
+    m.job_kind = (char *)(o->job_kind ? o->job_kind : "push");
+    m.job_params = (char *)(o->job_params ? o->job_params : "{}");
+    char *dptrs[REG_MAX_PUSH_DATASETS];
+    for (size_t i = 0; i < o->n_datasets; i++)
+        dptrs[i] = dataset_digests[i].hex;
+    m.dataset_digests = dptrs;
+    m.n_dataset_digests = o->n_datasets;
     m.creator = (char *)actor->name;
     m.created_at = at;
     m.note = (char *)(o->note ? o->note : "");
@@ -459,6 +491,7 @@ done:
         free(parents[i].name);
     free(parents);
     free(parent_ids);
+    free(dataset_digests);
     free(mfiles);
     free(staged);
     free(manifest);

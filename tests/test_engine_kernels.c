@@ -109,8 +109,8 @@ static size_t row_bytes(int type, int64_t n)
     return (size_t)n / e * b;
 }
 
-static const int wtypes[] = {ENG_F32,  ENG_F16,  ENG_BF16, ENG_Q8_0, ENG_Q4_0,
-                             ENG_Q4_1, ENG_Q5_0, ENG_Q5_1, ENG_Q4_K, ENG_Q6_K};
+static const int wtypes[] = {ENG_F32,  ENG_F16,  ENG_BF16, ENG_Q8_0, ENG_Q4_0, ENG_Q4_1,
+                             ENG_Q5_0, ENG_Q5_1, ENG_Q4_K, ENG_Q5_K, ENG_Q6_K};
 #define N_WTYPES (sizeof wtypes / sizeof wtypes[0])
 static const int atypes[] = {ENG_F32, ENG_F16, ENG_BF16, ENG_Q8_0, ENG_Q8_1, ENG_Q8_K};
 #define N_ATYPES (sizeof atypes / sizeof atypes[0])
@@ -204,10 +204,13 @@ static void make_weights(uint8_t *w, int type, int64_t n, int kind, uint64_t *rs
             case ENG_Q5_0: wr16(blk, d); break;
             case ENG_Q4_1:
             case ENG_Q5_1:
-            case ENG_Q4_K: /* d, then m or dmin */
-                wr16(blk, type == ENG_Q4_K ? (uint16_t)(d & 0x7fff) : d);
-                wr16(blk + 2, type == ENG_Q4_K ? (uint16_t)(m & 0x7fff) : m);
+            case ENG_Q4_K:
+            case ENG_Q5_K: { /* d, then m or dmin (positive for the K types) */
+                const bool k = type == ENG_Q4_K || type == ENG_Q5_K;
+                wr16(blk, k ? (uint16_t)(d & 0x7fff) : d);
+                wr16(blk + 2, k ? (uint16_t)(m & 0x7fff) : m);
                 break;
+            }
             case ENG_Q6_K: wr16(blk + 208, d); break;
             default: fail();
             }
@@ -368,6 +371,7 @@ static void t_act_types(void **state)
     assert_int_equal(eng_act_type(ENG_Q4_1), ENG_Q8_1);
     assert_int_equal(eng_act_type(ENG_Q5_1), ENG_Q8_1);
     assert_int_equal(eng_act_type(ENG_Q4_K), ENG_Q8_K);
+    assert_int_equal(eng_act_type(ENG_Q5_K), ENG_Q8_K);
     assert_int_equal(eng_act_type(ENG_Q6_K), ENG_Q8_K);
     assert_int_equal(eng_act_type(ENG_Q2_K), -1);
     assert_int_equal(eng_act_type(999), -1);
@@ -379,6 +383,7 @@ static void t_act_types(void **state)
     assert_int_equal(eng_act_row_bytes(ENG_Q4_1, 576), 18 * 36);
     assert_int_equal(eng_act_row_bytes(ENG_Q5_1, 576), 18 * 36);
     assert_int_equal(eng_act_row_bytes(ENG_Q4_K, 1536), 6 * 292);
+    assert_int_equal(eng_act_row_bytes(ENG_Q5_K, 1536), 6 * 292);
     assert_int_equal(eng_act_row_bytes(ENG_Q6_K, 1536), 6 * 292);
     assert_int_equal(eng_act_row_bytes(ENG_Q3_K, 1536), 0);
 }
@@ -631,12 +636,13 @@ static void t_ref_dots_independent(void **state)
 }
 
 /* Hand-computed dots on tiny rows: a Q4_0 block of q = 9 (value 1 * d) against q8_0
- * ones; a Q4_1 block; a Q4_K super-block with one sub-block set. */
+ * ones; a Q4_1 block; a Q4_K and a Q5_K super-block with one sub-block set. */
 static void t_ref_dots_hand(void **state)
 {
     (void)state;
     const eng_kernels *k = eng_kernels_ref();
     uint8_t w[210], a[292];
+    _Static_assert(sizeof w >= 176, "a Q5_K block fits");
     float s;
 
     /* Q4_0: d = 0.5, all nibbles 9 (value +1 -> 0.5); Q8_0: d = 1, qs = 0..31 */
@@ -673,6 +679,21 @@ static void t_ref_dots_hand(void **state)
     k->vec_dot[ENG_Q4_K](256, &s, w, a);
     /* sub-block 5: 32 * (3 * 2 * 1) * 0.25 - 0.5 * 0.25 * 7 * 32 = 48 - 28 */
     assert_true(s == 20.0f);
+
+    /* Q5_K: the same scales; nibbles 2 everywhere and the fifth bit (bit 5 of qh[l]:
+     * sub-block 5) set for l even, so q = 18 on half of sub-block 5 and 2 on the other
+     * half; the fifth bits of other sub-blocks (bits 0-4, 6, 7) set everywhere, where
+     * the scale is 0. Same Q8_K.
+     *   16 * 3 * (18 + 2) * 0.25 - 0.5 * 0.25 * 7 * 32 = 240 - 28 */
+    memset(w, 0, 176);
+    wr16(w, 0x3c00);
+    wr16(w + 2, eng_fp32_to_fp16(0.5f));
+    w[4 + 9] = 3 | (7 << 4);
+    for (int l = 0; l < 32; l++)
+        w[16 + l] = (uint8_t)(l % 2 ? 0xdf : 0xff);
+    memset(w + 48, 0x22, 128);
+    k->vec_dot[ENG_Q5_K](256, &s, w, a);
+    assert_true(s == 212.0f);
 }
 
 static void t_ref_dot_f16_mad(void **state)
@@ -914,7 +935,8 @@ static void make_weights_max(uint8_t *w, int type, int64_t n, uint64_t *rs)
         case ENG_Q5_0: memcpy(blk, keep, 2); break;
         case ENG_Q4_1:
         case ENG_Q5_1: memcpy(blk, keep, 4); break;
-        case ENG_Q4_K: memcpy(blk, keep, 4); break; /* d, dmin; scales stay 63 */
+        case ENG_Q4_K:
+        case ENG_Q5_K: memcpy(blk, keep, 4); break; /* d, dmin; scales stay 63, q 15 or 31 */
         case ENG_Q6_K:
             memcpy(blk + 208, keep + 208, 2);
             memset(blk + 192, 0x7f, 16); /* sub-block scales 127 */

@@ -270,10 +270,10 @@ typedef struct qcase {
 } qcase;
 
 static const qcase qcases[] = {
-    {ENG_F32, 16384, 0, {0}},  {ENG_F16, 65536, 0, {0}},    {ENG_BF16, 65536, 0, {0}},
-    {ENG_Q8_0, 1024, 1, {0}},  {ENG_Q4_0, 1024, 1, {0}},    {ENG_Q4_1, 1024, 2, {0, 2}},
-    {ENG_Q5_0, 1024, 1, {0}},  {ENG_Q5_1, 1024, 2, {0, 2}}, {ENG_Q4_K, 256, 2, {0, 2}},
-    {ENG_Q6_K, 256, 1, {208}},
+    {ENG_F32, 16384, 0, {0}},   {ENG_F16, 65536, 0, {0}},    {ENG_BF16, 65536, 0, {0}},
+    {ENG_Q8_0, 1024, 1, {0}},   {ENG_Q4_0, 1024, 1, {0}},    {ENG_Q4_1, 1024, 2, {0, 2}},
+    {ENG_Q5_0, 1024, 1, {0}},   {ENG_Q5_1, 1024, 2, {0, 2}}, {ENG_Q4_K, 256, 2, {0, 2}},
+    {ENG_Q5_K, 256, 2, {0, 2}}, {ENG_Q6_K, 256, 1, {208}},
 };
 
 /* Deterministic blocks of one type; the caller frees. */
@@ -399,6 +399,33 @@ static void t_known_values(void **state)
     assert_true(y[160] == -0.5f * 19.0f);
     assert_true(y[0] == 0.0f);
 
+    /* Q5_K: d = 2, dmin = 0.25; scales as the Q4_K case (sub-block 5: scale 42, min
+     * 19). Sub-block 5 = elements 160..191: high nibbles of qs[64..95] (at 48 + 64),
+     * fifth bits = bit 5 of qh[0..31]. Element 167: nibble 9, qh[7] bit 5 -> q = 25;
+     * element 170: nibble 0, bit 5 -> q = 16; element 168: nibble 15, no bit -> 15.
+     * Sub-block 0 (scale sc[0] = 1, min 0): element 3 with only qh[3] bit 0 -> q = 16;
+     * qh[3] bit 1 belongs to element 35 (sub-block 1, scale 0), not to element 3. */
+    uint8_t q5k[176] = {0};
+    put16(q5k, 0x4000);
+    put16(q5k + 2, 0x3400);
+    sc = q5k + 4;
+    sc[9] = (uint8_t)((0x3 << 4) | 0xa);
+    sc[1] = (uint8_t)(0x2 << 6);
+    sc[5] = (uint8_t)(0x1 << 6);
+    sc[0] = 1;
+    q5k[48 + 64 + 7] = 0x90;
+    q5k[48 + 64 + 8] = 0xf0;
+    q5k[16 + 7] = 1 << 5;
+    q5k[16 + 10] = 1 << 5;
+    q5k[16 + 3] = (1 << 0) | (1 << 1);
+    assert_int_equal(eng_dequantize_row(ENG_Q5_K, q5k, y, 256), 0);
+    assert_true(y[167] == 2.0f * 42.0f * 25.0f - 0.25f * 19.0f);
+    assert_true(y[170] == 2.0f * 42.0f * 16.0f - 0.25f * 19.0f);
+    assert_true(y[168] == 2.0f * 42.0f * 15.0f - 0.25f * 19.0f);
+    assert_true(y[160] == -0.25f * 19.0f);
+    assert_true(y[3] == 2.0f * 16.0f);
+    assert_true(y[35] == 0.0f && y[0] == 0.0f);
+
     /* Q6_K: d = 0.25; element 64+128+5 = 197 is in the second half, third quarter:
      * low 4 bits = ql[64+5] high nibble, top 2 = qh[32+5] bits 4-5; scale sc[8+4]. */
     uint8_t q6k[210] = {0};
@@ -521,6 +548,7 @@ static void t_refusals(void **state)
     assert_non_null(strstr(core_err_last(), "Q4_0"));
     assert_int_equal(eng_dequantize_row(ENG_Q8_0, buf, y, 33), MLV_EINVAL);
     assert_int_equal(eng_dequantize_row(ENG_Q4_K, buf, y, 255), MLV_EINVAL);
+    assert_int_equal(eng_dequantize_row(ENG_Q5_K, buf, y, 128), MLV_EINVAL);
     assert_int_equal(eng_dequantize_row(ENG_Q6_K, buf, y, 32), MLV_EINVAL);
     assert_int_equal(eng_dequantize_row(ENG_Q4_1, buf, y, -32), MLV_EINVAL);
     assert_int_equal(eng_dequantize_row(ENG_F32, buf, y, -1), MLV_EINVAL);
@@ -532,7 +560,7 @@ static void t_refusals(void **state)
     assert_int_equal(eng_dequantize_row(ENG_F16, buf, y, 7), 0);
 
     /* known types without a dequantizer, and unknown ids */
-    const int known[] = {ENG_Q2_K, ENG_Q3_K, ENG_Q5_K, ENG_Q8_K, ENG_Q8_1};
+    const int known[] = {ENG_Q2_K, ENG_Q3_K, ENG_Q8_K, ENG_Q8_1};
     for (size_t i = 0; i < sizeof known / sizeof *known; i++) {
         assert_int_equal(eng_dequantize_row(known[i], buf, y, 256), MLV_EUNSUPPORTED);
         assert_non_null(strstr(core_err_last(), eng_type_name(known[i])));

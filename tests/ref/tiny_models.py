@@ -22,7 +22,12 @@ as recorded in tests/golden/llama_tiny_{qwen2,llama}.json (make_llama_golden.py 
 them). Another gguf-py may lay the bytes out differently with the same values; a test
 that finds another digest should compare with np_forward.py rather than the golden.
 
-usage: tiny_models.py qwen2|llama OUT.gguf
+  quant: a llama of 2 layers, d=256, ff=512 (rows of whole 256-element K super-blocks),
+         F32, untied, for the quantizer tests: heavy-tailed weights (Student t) and in
+         every matrix a few hand-made rows — zeros, a constant, one huge outlier, tiny
+         values, all negative, exact ties.
+
+usage: tiny_models.py qwen2|llama|quant OUT.gguf
 """
 import sys
 
@@ -176,10 +181,46 @@ def write_llama(path):
     write(path, "llama", hp, t, tok, LlamaFileType.MOSTLY_F16)
 
 
+def edge_rows(a):
+    """Hand-made rows at the start of a matrix (out, in): the cases a block quantizer
+    gets wrong first."""
+    n = a.shape[1]
+    a[0] = 0.0                                     # all zeros
+    a[1] = 0.25                                    # a constant
+    a[2, :] = 0.01
+    a[2, 7] = 40.0                                 # one huge outlier
+    a[3] = 1e-30 * np.arange(n)                    # tiny values
+    a[4] = -np.abs(a[4]) - 0.1                     # all negative
+    a[5] = np.where(np.arange(n) % 2 == 0, 0.5, -0.5)  # exact ties between levels
+    a[6] = np.linspace(-1, 1, n)                   # evenly spread
+    return a
+
+
+def write_quant(path):
+    rng = np.random.default_rng(20261129)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                "<|end_header_id|>", "<|eot_id|>"]
+    tokens, types, merges = vocab(specials)
+    tok = dict(pre="llama-bpe", tokens=tokens, types=types, merges=merges,
+               bos=tokens.index("<|begin_of_text|>"), eos=tokens.index("<|end_of_text|>"),
+               pad=tokens.index("<|end_of_text|>"), add_bos=True, template=LLAMA3_TEMPLATE)
+    hp = dict(n_ctx=2048, d=256, n_layer=2, ff=512, n_head=4, n_head_kv=2,
+              rope_base=10000.0, eps=1e-5)
+    t = weights(rng, hp, len(tokens), np.float32, biases=False, tied=False)
+    out = []
+    for name, a in t:
+        if a.ndim == 2:
+            a = (rng.standard_t(4, a.shape) / np.sqrt(a.shape[1])).astype(np.float32)
+            a = edge_rows(a)
+        out.append((name, a))
+    write(path, "llama", hp, out, tok, LlamaFileType.ALL_F32)
+
+
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("qwen2", "llama"):
+    kinds = {"qwen2": write_qwen2, "llama": write_llama, "quant": write_quant}
+    if len(sys.argv) != 3 or sys.argv[1] not in kinds:
         sys.exit(__doc__.strip().splitlines()[-1])
-    (write_qwen2 if sys.argv[1] == "qwen2" else write_llama)(sys.argv[2])
+    kinds[sys.argv[1]](sys.argv[2])
 
 
 if __name__ == "__main__":
