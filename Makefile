@@ -2,7 +2,7 @@
 # (scripts/deps.sh, scripts/fetch-model.sh), configures and builds.
 #   make run    demo: a local registry holding the real SmolLM2 model
 #   make test   builds and runs every test, then again under ASan+UBSan
-#   make bench  benchmarks (JSON lines): ingest vs openssl/dd, engine vs llama.cpp
+#   make bench  benchmarks (JSON lines): ingest vs openssl/dd, engine and quantize vs llama.cpp
 
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
@@ -50,6 +50,7 @@ test: deps-llama-cpp build build-asan
 bench: deps-llama-cpp build
 	./bench/ingest $(BUILD)/mlvault
 	./bench/engine --bin $(BUILD)/mlvault
+	./bench/quantize --bin $(BUILD)/mlvault
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -275,25 +275,35 @@ static char *recipe_json(const qcmd *q, const qnt_result *res)
     return s;
 }
 
-/* Writes the image to HOME/tmp/quant-XXXXXX/FILE (0600; the home's start-up sweep
- * removes leftovers of a crash) and pushes it. */
-static int store(qcmd *q, const void *img, size_t len, const qnt_result *res, reg_pushed *out)
+/* Where a stored version's file is written before it is pushed: HOME/tmp/quant-XXXXXX/
+ * NAME.TYPE.gguf (0600; the home's start-up sweep removes leftovers of a crash). */
+static int tmp_target(qcmd *q, char *dir, size_t dcap, char *path, size_t pcap)
 {
-    char dir[4200], path[4400];
     const char *home = cli_home(&q->a);
-    snprintf(dir, sizeof dir, "%s/tmp", home);
+    snprintf(dir, dcap, "%s/tmp", home);
     int rc = core_mkdir_p(dir, 0700);
     if (rc) return rc;
-    snprintf(dir, sizeof dir, "%s/tmp/quant-XXXXXX", home);
+    snprintf(dir, dcap, "%s/tmp/quant-XXXXXX", home);
     if (!mkdtemp(dir)) return core_err_set(MLV_EIO, "%s: %s", dir, strerror(errno));
     const char *name = cli_opt(&q->a, "name");
     char in_name[160];
     snprintf(in_name, sizeof in_name, "%s", q->src.label);
     char *colon = strrchr(in_name, ':');
     if (colon) *colon = 0;
-    if (!name) name = in_name;
-    snprintf(path, sizeof path, "%s/%s.%s.gguf", dir, name, q->target.name);
+    snprintf(path, pcap, "%s/%s.%s.gguf", dir, name ? name : in_name, q->target.name);
+    return 0;
+}
+
+/* Pushes the written file as a new version whose lineage is the input and the recipe. */
+static int push(qcmd *q, const char *path, const qnt_result *res, reg_pushed *out)
+{
+    char in_name[160];
+    snprintf(in_name, sizeof in_name, "%s", q->src.label);
+    char *colon = strrchr(in_name, ':');
+    if (colon) *colon = 0;
+    const char *name = cli_opt(&q->a, "name") ? cli_opt(&q->a, "name") : in_name;
     char *params = recipe_json(q, res);
+    if (!params) return core_err_set(MLV_ENOMEM, "out of memory");
     char note[256] = "";
     if (q->plan.input_quantized)
         snprintf(note, sizeof note,
@@ -301,26 +311,21 @@ static int store(qcmd *q, const void *img, size_t len, const qnt_result *res, re
                  "dequantized first",
                  q->src.label);
     const char *parents[1] = {q->src.label};
-    const char *datasets[2];
+    const char *datasets[1];
     size_t n_ds = 0;
-    if (q->cal && q->calib.data && q->calib.stored) datasets[n_ds++] = q->calib.label;
-    if (q->cal && !q->calib.data && q->evald.stored) datasets[n_ds++] = q->evald.label;
-    if (!params) rc = core_err_set(MLV_ENOMEM, "out of memory");
-    if (rc == 0) rc = core_write_atomic(path, dir, img, len, 0600);
-    if (rc == 0) {
-        reg_push_opts po = {.name = name,
-                            .path = path,
-                            .parents = parents,
-                            .n_parents = 1,
-                            .note = note,
-                            .job_kind = "quantize",
-                            .job_params = params,
-                            .datasets = datasets,
-                            .n_datasets = n_ds};
-        rc = reg_push(q->src.r, &q->src.user, &po, out);
-    }
+    const cli_source *cs = q->calib.data ? &q->calib : &q->evald;
+    if (q->cal && cs->stored) datasets[n_ds++] = cs->label;
+    reg_push_opts po = {.name = name,
+                        .path = path,
+                        .parents = parents,
+                        .n_parents = 1,
+                        .note = note,
+                        .job_kind = "quantize",
+                        .job_params = params,
+                        .datasets = datasets,
+                        .n_datasets = n_ds};
+    int rc = reg_push(q->src.r, &q->src.user, &po, out);
     free(params);
-    core_rm_rf(dir);
     return rc;
 }
 
@@ -414,6 +419,7 @@ int cmd_quantize(int argc, char **argv)
     reg_eval base, cand;
     bool evaluated = false;
     const char *label = "quantize";
+    char tmpdir[4200] = "", tmppath[4400] = "";
     int rc = parse_opts(&q, argc, argv);
     if (rc) goto done;
     const char *outpath = cli_opt(&q.a, "output");
@@ -473,8 +479,18 @@ int cmd_quantize(int argc, char **argv)
         qo.progress = qprogress;
         qo.progress_arg = (void *)label;
     }
+    /* Without an evaluation the file is written straight where it goes; with one, the
+     * image stays in memory until the tuning is done. */
+    const bool in_mem = q.evald.data != NULL;
+    const char *dest = outpath;
+    if (!file_input) {
+        if ((rc = tmp_target(&q, tmpdir, sizeof tmpdir, tmppath, sizeof tmppath))) goto done;
+        dest = tmppath;
+    }
     qnt_result res;
-    if ((rc = qnt_session_build(q.sess, &q.plan, &qo, &img, &img_len, &res))) goto done;
+    if ((rc = qnt_session_build(q.sess, &q.plan, &qo, in_mem ? NULL : dest, &img, &img_len,
+                                &res)))
+        goto done;
     if (q.evald.data) {
         if ((rc = eval_input(&q, &base))) goto done;
         memset(&cand, 0, sizeof cand);
@@ -510,7 +526,7 @@ int cmd_quantize(int argc, char **argv)
             }
             free(img);
             img = NULL;
-            if ((rc = qnt_session_build(q.sess, &q.plan, &qo, &img, &img_len, &res))) {
+            if ((rc = qnt_session_build(q.sess, &q.plan, &qo, NULL, &img, &img_len, &res))) {
                 json_decref(raised);
                 goto done;
             }
@@ -525,19 +541,24 @@ int cmd_quantize(int argc, char **argv)
                                                       "raised", raised));
         }
     }
+    if (in_mem) {
+        char odir[4096];
+        snprintf(odir, sizeof odir, "%s", dest);
+        char *slash = strrchr(odir, '/');
+        if (slash) *slash = 0;
+        else snprintf(odir, sizeof odir, ".");
+        if ((rc = core_write_atomic(dest, odir, img, img_len, file_input ? 0644 : 0600))) goto done;
+    } else {
+        struct stat ost;
+        img_len = stat(dest, &ost) == 0 ? (size_t)ost.st_size : 0;
+    }
     char out[160];
     const char *digest = NULL;
     reg_pushed pushed;
     if (file_input) {
-        char odir[4096];
-        snprintf(odir, sizeof odir, "%s", outpath);
-        char *slash = strrchr(odir, '/');
-        if (slash) *slash = 0;
-        else snprintf(odir, sizeof odir, ".");
-        if ((rc = core_write_atomic(outpath, odir, img, img_len, 0644))) goto done;
         snprintf(out, sizeof out, "%.150s", outpath);
     } else {
-        if ((rc = store(&q, img, img_len, &res, &pushed))) goto done;
+        if ((rc = push(&q, dest, &res, &pushed))) goto done;
         snprintf(out, sizeof out, "%s:%d", pushed.name, pushed.version);
         digest = pushed.digest;
         if (evaluated) {
@@ -550,6 +571,7 @@ int cmd_quantize(int argc, char **argv)
                  evaluated ? &cand : NULL, core_now_s() - t0);
 done:
     free(img);
+    if (tmpdir[0]) core_rm_rf(tmpdir);
     qcmd_clear(&q);
     return rc;
 }

@@ -12,7 +12,7 @@
  *   BF16         BF16              1 bf16
  *   Q8_0, Q4_0, Q5_0   Q8_0        34 B: d:half, qs[32]:int8
  *   Q4_1, Q5_1   Q8_1              36 B: d:half, s:half (= d * sum(qs)), qs[32]:int8
- *   Q4_K, Q6_K   Q8_K              292 B: d:float, qs[256]:int8, bsums[16]:int16
+ *   Q4_K, Q5_K, Q6_K  Q8_K         292 B: d:float, qs[256]:int8, bsums[16]:int16
  *                                   (bsums[j] = sum of qs[16j .. 16j+15])
  */
 #ifndef MLV_ENGINE_KERNELS_H

@@ -1615,7 +1615,7 @@ TA2 static AI void qprep_w_q4k(uint8_t *g, const uint8_t *x, const bool q5)
         if (q5) {
             v[2 * k] = _mm256_or_si256(v[2 * k], _mm256_and_si256(_mm256_slli_epi16(hb, 4), m16));
             v[2 * k + 1] =
-                _mm256_or_si256(v[2 * k + 1], _mm256_and_si256(_mm256_slli_epi16(hb, 2), m16));
+                _mm256_or_si256(v[2 * k + 1], _mm256_and_si256(_mm256_slli_epi16(hb, 3), m16));
             hb = _mm256_srli_epi16(hb, 2);
         }
     }

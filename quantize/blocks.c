@@ -35,6 +35,12 @@ static inline uint16_t get16(const uint8_t *p)
 {
     return (uint16_t)(p[0] | p[1] << 8);
 }
+/* roundf (halves away from zero) for |v| < 2^22 without a libm call: adding the float
+ * just below 0.5 and truncating gives the same integer for every such v. */
+static inline int round_away(float v)
+{
+    return (int)(v + copysignf(0.49999997f, v));
+}
 static inline int imin(int a, int b)
 {
     return a < b ? a : b;
@@ -267,12 +273,14 @@ static void grid_unpack(int type, const void *src, qnt_grid *g, int16_t *q)
 static void rtn_q8_0(const float *x, uint8_t *y)
 {
     float amax = 0.0f;
-    for (int j = 0; j < QK; j++)
-        amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < QK; j++) {
+        float a = fabsf(x[j]);
+        amax = amax > a ? amax : a;
+    }
     const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
     put16(y, f2h(d));
     for (int j = 0; j < QK; j++)
-        y[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        y[2 + j] = (uint8_t)(int8_t)round_away(x[j] * id);
 }
 
 /* The signed value of largest magnitude (the first one on ties). */

@@ -26,7 +26,7 @@
 
 #define MIN_TOKENS 16  /* the shortest window we calibrate on */
 #define PIECE 256      /* tokens per eng_decode call (bounds the logits buffer) */
-#define PANEL 16       /* columns per packed panel of X: the kernel's tile width */
+#define PANEL 24       /* columns per packed panel of X: the kernel's tile width */
 #define TILE_ROWS 4    /* rows of H per kernel tile */
 #define POOL_MIN_N 256 /* narrower sites are updated on the calling thread */
 
@@ -73,45 +73,47 @@ static void tile_ref(int T, const float *a, const float *b, float *c, size_t ldc
 }
 
 #ifdef CALIB_X86
+/* 4 x 24: twelve accumulators, 3 loads and 4 broadcasts per 12 fused multiply-adds. */
 TA2 static void tile_avx2(int T, const float *a, const float *b, float *c, size_t ldc, int mr,
                           int nr)
 {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
-           c30 = c00, c31 = c00;
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
+           c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
     for (int t = 0; t < T; t++) {
         const float *at = a + (size_t)t * PANEL, *bt = b + (size_t)t * PANEL;
-        __m256 b0 = _mm256_loadu_ps(bt), b1 = _mm256_loadu_ps(bt + 8);
+        const __m256 b0 = _mm256_load_ps(bt), b1 = _mm256_load_ps(bt + 8),
+                     b2 = _mm256_load_ps(bt + 16);
         __m256 x = _mm256_broadcast_ss(at);
         c00 = _mm256_fmadd_ps(x, b0, c00);
         c01 = _mm256_fmadd_ps(x, b1, c01);
+        c02 = _mm256_fmadd_ps(x, b2, c02);
         x = _mm256_broadcast_ss(at + 1);
         c10 = _mm256_fmadd_ps(x, b0, c10);
         c11 = _mm256_fmadd_ps(x, b1, c11);
+        c12 = _mm256_fmadd_ps(x, b2, c12);
         x = _mm256_broadcast_ss(at + 2);
         c20 = _mm256_fmadd_ps(x, b0, c20);
         c21 = _mm256_fmadd_ps(x, b1, c21);
+        c22 = _mm256_fmadd_ps(x, b2, c22);
         x = _mm256_broadcast_ss(at + 3);
         c30 = _mm256_fmadd_ps(x, b0, c30);
         c31 = _mm256_fmadd_ps(x, b1, c31);
+        c32 = _mm256_fmadd_ps(x, b2, c32);
     }
+    const __m256 acc[TILE_ROWS][3] = {
+        {c00, c01, c02}, {c10, c11, c12}, {c20, c21, c22}, {c30, c31, c32}};
     if (mr == TILE_ROWS && nr == PANEL) {
-        __m256 acc[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
         for (int r = 0; r < TILE_ROWS; r++) {
             float *cr = c + (size_t)r * ldc;
-            _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), acc[2 * r]));
-            _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), acc[2 * r + 1]));
+            for (int v = 0; v < 3; v++)
+                _mm256_storeu_ps(cr + 8 * v, _mm256_add_ps(_mm256_loadu_ps(cr + 8 * v), acc[r][v]));
         }
         return;
     }
     float tmp[TILE_ROWS][PANEL];
-    _mm256_storeu_ps(tmp[0], c00);
-    _mm256_storeu_ps(tmp[0] + 8, c01);
-    _mm256_storeu_ps(tmp[1], c10);
-    _mm256_storeu_ps(tmp[1] + 8, c11);
-    _mm256_storeu_ps(tmp[2], c20);
-    _mm256_storeu_ps(tmp[2] + 8, c21);
-    _mm256_storeu_ps(tmp[3], c30);
-    _mm256_storeu_ps(tmp[3] + 8, c31);
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int v = 0; v < 3; v++)
+            _mm256_storeu_ps(tmp[r] + 8 * v, acc[r][v]);
     for (int r = 0; r < mr; r++)
         for (int j = 0; j < nr; j++)
             c[(size_t)r * ldc + j] += tmp[r][j];
@@ -134,7 +136,7 @@ typedef struct syrk_job {
     tile_fn tile;
 } syrk_job;
 
-/* Panel jp (columns 16 jp ..) of the upper triangle: the tiles of rows i0 <= its last
+/* Panel jp (columns PANEL * jp ..) of the upper triangle: the tiles of rows i0 <= its last
  * column. Panels go to threads in a zigzag, as their cost grows with jp. */
 static void syrk_worker(void *arg, int ith, int nth)
 {
@@ -205,9 +207,8 @@ static void observe(void *arg, uint32_t layer, int site, const float *x, int T, 
     site_stats *s = &c->st[(size_t)layer * ENG_N_SITES + site];
     if (s->n == 0 || n != s->n) {
         char msg[160];
-        snprintf(msg, sizeof msg,
-                 "calibration: layer %u site %d has %d input columns, expected %d", layer, site,
-                 n, s->n);
+        snprintf(msg, sizeof msg, "calibration: layer %u site %d has %d input columns, expected %d",
+                 layer, site, n, s->n);
         fail(c, MLV_EINVAL, msg);
         return;
     }
@@ -353,8 +354,9 @@ int qnt_calib_run(qnt_calib **out, eng_model *m, const char *text, size_t len,
     *out = NULL;
     const uint32_t n_ctx = o && o->n_ctx ? o->n_ctx : 512;
     if (n_ctx < MIN_TOKENS)
-        return core_err_set(MLV_EINVAL, "calibration: a window of %u tokens is too short (%d at least)",
-                            n_ctx, MIN_TOKENS);
+        return core_err_set(MLV_EINVAL,
+                            "calibration: a window of %u tokens is too short (%d at least)", n_ctx,
+                            MIN_TOKENS);
     size_t bad = utf8_invalid_at((const unsigned char *)text, len);
     if (bad < len)
         return core_err_set(MLV_EINVAL,
@@ -454,15 +456,14 @@ static const site_stats *lookup(const qnt_calib *c, const char *name)
     } else if (!strncmp(name, "blk.", 4) && name[4] >= '0' && name[4] <= '9') {
         char *end;
         unsigned long l = strtoul(name + 4, &end, 10);
-        if (*end != '.' || l >= c->n_layer || (end - (name + 4) > 1 && name[4] == '0'))
-            return NULL;
+        if (*end != '.' || l >= c->n_layer || (end - (name + 4) > 1 && name[4] == '0')) return NULL;
         static const struct {
             const char *suffix;
             int site;
         } map[] = {
-            {".attn_q.weight", ENG_SITE_QKV},       {".attn_k.weight", ENG_SITE_QKV},
-            {".attn_v.weight", ENG_SITE_QKV},       {".attn_output.weight", ENG_SITE_ATTN_OUT},
-            {".ffn_gate.weight", ENG_SITE_FFN_IN},  {".ffn_up.weight", ENG_SITE_FFN_IN},
+            {".attn_q.weight", ENG_SITE_QKV},        {".attn_k.weight", ENG_SITE_QKV},
+            {".attn_v.weight", ENG_SITE_QKV},        {".attn_output.weight", ENG_SITE_ATTN_OUT},
+            {".ffn_gate.weight", ENG_SITE_FFN_IN},   {".ffn_up.weight", ENG_SITE_FFN_IN},
             {".ffn_down.weight", ENG_SITE_FFN_DOWN},
         };
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)

@@ -31,18 +31,18 @@
 #define TA2 __attribute__((target("avx2,fma")))
 #endif
 
-#define NB 64        /* block size of the factorisation and the inverse */
-#define BATCH 32     /* GPTQ's lazy-update batch (divides 256, a multiple of 32) */
-#define CHUNK 32     /* rows a thread takes at a time */
+#define NB 64    /* block size of the factorisation and the inverse */
+#define BATCH 32 /* GPTQ's lazy-update batch (divides 256, a multiple of 32) */
+#define CHUNK 32 /* rows a thread takes at a time */
 #define MAX_COLS 32768
-#define DT_R 4       /* double tile: rows */
-#define DT_C 8       /* double tile: columns */
-#define ST_R 4       /* float tile: rows */
-#define ST_C 16      /* float tile: columns */
+#define DT_R 4  /* double tile: rows */
+#define DT_C 8  /* double tile: columns */
+#define ST_R 4  /* float tile: rows */
+#define ST_C 16 /* float tile: columns */
 
 /* C[mr x nr] -= A[mr x K] . B[K x nr]; A row-major (lda), B row-major (ldb). */
-typedef void (*dtile_fn)(int K, const double *a, size_t lda, const double *b, size_t ldb,
-                         double *c, size_t ldc, int mr, int nr);
+typedef void (*dtile_fn)(int K, const double *a, size_t lda, const double *b, size_t ldb, double *c,
+                         size_t ldc, int mr, int nr);
 typedef void (*stile_fn)(int K, const float *a, size_t lda, const float *b, size_t ldb, float *c,
                          size_t ldc, int mr, int nr);
 
@@ -265,8 +265,8 @@ static void inv_rows(void *arg, int ith, int nth)
         for (int r0 = 0; r0 < ib; r0 += DT_R) {
             const int mr = ib - r0 < DT_R ? ib - r0 : DT_R;
             J->dtile(i0 - j0, J->A + (size_t)(i0 + r0) * n + j0, (size_t)n,
-                     J->A + (size_t)j0 * n + j0, (size_t)n, J->T + (size_t)r0 * i0 + j0,
-                     (size_t)i0, mr, nr);
+                     J->A + (size_t)j0 * n + j0, (size_t)n, J->T + (size_t)r0 * i0 + j0, (size_t)i0,
+                     mr, nr);
         }
     }
 }
@@ -329,9 +329,9 @@ static int inverse_cholesky(double *A, int n, double *scratch, double *Lii, dtil
 /* ------------------------------------------------------------ the GPTQ sweep --- */
 
 typedef struct scratch {
-    float *E;      /* (CHUNK, BATCH): the scaled errors of the batch */
-    qnt_grid *g;   /* CHUNK grids: each row's current block */
-    int16_t *q;    /* (CHUNK, block): each row's levels of the current block */
+    float *E;    /* (CHUNK, BATCH): the scaled errors of the batch */
+    qnt_grid *g; /* CHUNK grids: each row's current block */
+    int16_t *q;  /* (CHUNK, block): each row's levels of the current block */
 } scratch;
 
 typedef struct gptq_job {
@@ -380,8 +380,9 @@ static int gptq_rows(gptq_job *J, scratch *S, int64_t r0, int R)
                 const float *ui = J->U + (size_t)i * cols;
                 for (int64_t k = i + 1; k < b1; k++)
                     wr[k] -= err * ui[k];
-                if (j == qb - 1) qnt_grid_pack(g, q, dst + (size_t)r * J->row_bytes +
-                                                         (size_t)(i / qb) * J->block_bytes);
+                if (j == qb - 1)
+                    qnt_grid_pack(
+                        g, q, dst + (size_t)r * J->row_bytes + (size_t)(i / qb) * J->block_bytes);
             }
         }
         /* lazy update: W[:, b1:] -= E . U[b0:b1, b1:] */
@@ -415,8 +416,8 @@ static void gptq_worker(void *arg, int ith, int nth)
     }
 }
 
-int qnt_gptq(int type, float *w, int64_t rows, int64_t cols, const float *H, double damp,
-             void *dst, core_pool *pool)
+int qnt_gptq(int type, float *w, int64_t rows, int64_t cols, const float *H, double damp, void *dst,
+             core_pool *pool)
 {
     size_t be = 0, bb = 0;
     const char *tn = eng_type_name(type);
@@ -434,7 +435,8 @@ int qnt_gptq(int type, float *w, int64_t rows, int64_t cols, const float *H, dou
     if (!(damp >= 0.0) || !isfinite(damp))
         return core_err_set(MLV_EINVAL, "gptq: damping %g is not a non-negative number", damp);
     if (rows == 0) return 0;
-    if (!w || !H || !dst) return core_err_set(MLV_EINVAL, "gptq: missing weights, Hessian or output");
+    if (!w || !H || !dst)
+        return core_err_set(MLV_EINVAL, "gptq: missing weights, Hessian or output");
     if (damp == 0.0) damp = 0.01;
 
     const int n = (int)cols;

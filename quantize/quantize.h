@@ -186,9 +186,10 @@ typedef struct qnt_result {
 typedef struct qnt_session qnt_session;
 int qnt_session_new(qnt_session **out, const eng_gguf *in, const uint8_t *image, size_t len);
 void qnt_session_free(qnt_session *s);
-/* Builds the quantized GGUF image for `plan`. *out owned by the caller (free()). */
-int qnt_session_build(qnt_session *s, const qnt_plan *plan, const qnt_opts *o, void **out,
-                      size_t *len, qnt_result *res);
+/* Builds the quantized GGUF for `plan`: written to `path` (atomically, fsync'd) when it
+ * is not NULL, else an image in *out (owned by the caller, free()) of *len bytes. */
+int qnt_session_build(qnt_session *s, const qnt_plan *plan, const qnt_opts *o, const char *path,
+                      void **out, size_t *len, qnt_result *res);
 /* The measured sensitivity of each quantized tensor under the last build: the relative
  * output error its rounding causes on the calibration activations,
  *   sum_j imatrix_j * ||W[:, j] - Q[:, j]||^2 / sum_j imatrix_j * ||W[:, j]||^2

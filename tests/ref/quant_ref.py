@@ -14,6 +14,10 @@
       every quantized tensor of OURS against the PyPI `gguf` package's numpy quantizer
       applied to SRC's F32 data (the types gguf implements: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0),
       and every tensor's dequantized values against gguf's numpy dequantizer.
+  ppl MODEL.gguf TEXT CTX
+      llama.cpp's perplexity over the windows mlvault's evaluation uses (engine/eval.c:
+      consecutive windows of CTX tokens, BOS first when the model adds one, the second
+      half of each window scored), printed as {"perplexity": P, "tokens": N}.
 """
 import ctypes
 import json
@@ -93,6 +97,31 @@ def numpy_check(src, ours):
                                 for k, v in checked.items()}}))
 
 
+def ppl(model, text_path, n_ctx):
+    import llama_cpp
+    llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                          verbose=False, n_threads=2)
+    with open(text_path, "rb") as f:
+        text = f.read()
+    add_bos = llm._model.add_bos_token()
+    toks = llm.tokenize(text, add_bos=add_bos, special=False)
+    nll, n = 0.0, 0
+    for w in range(len(toks) // n_ctx):
+        win = toks[w * n_ctx:(w + 1) * n_ctx]
+        if add_bos:
+            win[0] = llm.token_bos()
+        llm.reset()
+        llm.eval(win)
+        logits = np.asarray(llm.scores[:n_ctx], dtype=np.float64)
+        for i in range(n_ctx // 2, n_ctx):
+            row = logits[i - 1]
+            m = row.max()
+            lse = m + np.log(np.exp(row - m).sum())
+            nll += lse - row[win[i]]
+            n += 1
+    print(json.dumps({"perplexity": float(np.exp(nll / n)), "tokens": n}))
+
+
 def main():
     a = sys.argv[1:]
     if a[:1] == ["llama"] and len(a) in (4, 5, 6):
@@ -103,6 +132,8 @@ def main():
         compare(a[1], a[2])
     elif a[:1] == ["numpy"] and len(a) == 3:
         numpy_check(a[1], a[2])
+    elif a[:1] == ["ppl"] and len(a) == 4:
+        ppl(a[1], a[2], int(a[3]))
     else:
         sys.exit(__doc__)
 
