@@ -23,10 +23,10 @@
 #include "quantize/quantize.h"
 
 static const cli_opt_spec SPEC[] = {
-    {"type", 0, true, false},         {"method", 0, true, false},     {"calib", 0, true, false},
-    {"tensor-type", 0, true, true},   {"max-drop", 0, true, false},   {"eval-data", 0, true, false},
-    {"max-rounds", 0, true, false},   {"name", 0, true, false},       {"ctx", 'c', true, false},
-    {"calib-tokens", 0, true, false}, {"threads", 't', true, false},  {"backend", 0, true, false},
+    {"type", 0, true, false},         {"method", 0, true, false},    {"calib", 0, true, false},
+    {"tensor-type", 0, true, true},   {"max-drop", 0, true, false},  {"eval-data", 0, true, false},
+    {"max-rounds", 0, true, false},   {"name", 0, true, false},      {"ctx", 'c', true, false},
+    {"calib-tokens", 0, true, false}, {"threads", 't', true, false}, {"backend", 0, true, false},
     {"output", 'o', true, false},
 };
 
@@ -67,8 +67,8 @@ static int parse_overrides(qcmd *q)
         int type = -1;
         for (int t = 0; t < 64; t++)
             if (eng_type_name(t) && !strcasecmp(eng_type_name(t), eq + 1)) type = t;
-        if (type < 0 || (!qnt_type_supported(type) && type != ENG_F16 && type != ENG_F32 &&
-                         type != ENG_BF16))
+        if (type < 0 ||
+            (!qnt_type_supported(type) && type != ENG_F16 && type != ENG_F32 && type != ENG_BF16))
             return core_err_set(MLV_EINVAL,
                                 "--tensor-type %s: unknown type '%s' (Q8_0, Q4_0, Q4_1, Q5_0, "
                                 "Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16, F32)",
@@ -209,10 +209,9 @@ static int raise_round(qcmd *q, json_t *raised_now, size_t *n_raised)
     for (size_t j = 0; j < k; j++) {
         qnt_tensor_plan *t = &q->plan.t[c[j].i];
         int to = qnt_type_raise(t->type, t->n_in);
-        json_array_append_new(raised_now,
-                              json_pack("{s:s,s:s,s:s,s:f}", "tensor", t->name, "from",
-                                        eng_type_name(t->type), "to", eng_type_name(to),
-                                        "sensitivity", c[j].s));
+        json_array_append_new(raised_now, json_pack("{s:s,s:s,s:s,s:f}", "tensor", t->name, "from",
+                                                    eng_type_name(t->type), "to", eng_type_name(to),
+                                                    "sensitivity", c[j].s));
         t->type = to;
         t->raised = true;
     }
@@ -252,10 +251,10 @@ static char *recipe_json(const qcmd *q, const qnt_result *res)
         json_array_append_new(ovs, json_string(vals[i]));
     json_t *calib = json_null();
     if (q->cal)
-        calib = json_pack("{s:s,s:s,s:I,s:I}", "dataset",
-                          (q->calib.data ? q->calib : q->evald).label, "sha256",
-                          (q->calib.data ? q->calib : q->evald).content_digest, "tokens",
-                          (json_int_t)qnt_calib_tokens(q->cal), "ctx", (json_int_t)q->ctx);
+        calib =
+            json_pack("{s:s,s:s,s:I,s:I}", "dataset", (q->calib.data ? q->calib : q->evald).label,
+                      "sha256", (q->calib.data ? q->calib : q->evald).content_digest, "tokens",
+                      (json_int_t)qnt_calib_tokens(q->cal), "ctx", (json_int_t)q->ctx);
     const char *in_type = NULL;
     if (q->plan.input_quantized) {
         for (size_t i = 0; i < q->plan.n && !in_type; i++)
@@ -263,12 +262,11 @@ static char *recipe_json(const qcmd *q, const qnt_result *res)
                 q->plan.t[i].in_type != ENG_F16 && q->plan.t[i].in_type != ENG_BF16)
                 in_type = eng_type_name(q->plan.t[i].in_type);
     }
-    json_t *j = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:s,s:I}", "type", q->target.name,
-                          "method", qnt_method_name(q->method), "tensor_types", types,
-                          "overrides", ovs, "raised", raised, "calibration", calib,
-                          "dequantized_from", in_type ? json_string(in_type) : json_null(),
-                          "mlvault_version", MLV_VERSION, "fallback_rtn",
-                          (json_int_t)res->n_fallback_rtn);
+    json_t *j = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:s,s:I}", "type", q->target.name, "method",
+                          qnt_method_name(q->method), "tensor_types", types, "overrides", ovs,
+                          "raised", raised, "calibration", calib, "dequantized_from",
+                          in_type ? json_string(in_type) : json_null(), "mlvault_version",
+                          MLV_VERSION, "fallback_rtn", (json_int_t)res->n_fallback_rtn);
     if (q->max_drop >= 0) json_object_set_new(j, "max_drop", json_real(q->max_drop));
     char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(j);
@@ -347,21 +345,21 @@ static void print_result(const qcmd *q, const char *out, const char *digest, siz
             "{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:o,s:O,s:O,s:O,s:I,s:f}", "input", q->src.label,
             "output", out, "type", q->target.name, "method", qnt_method_name(q->method), "bytes",
             (json_int_t)img_len, "tensor_bytes_in", (json_int_t)res->bytes_in, "tensor_bytes",
-            (json_int_t)res->bytes_out, "bpw", bpw, "tensor_types", type_counts(&q->plan),
-            "raised", raised, "rounds", q->rounds, "warnings", q->warnings, "fallback_rtn",
+            (json_int_t)res->bytes_out, "bpw", bpw, "tensor_types", type_counts(&q->plan), "raised",
+            raised, "rounds", q->rounds, "warnings", q->warnings, "fallback_rtn",
             (json_int_t)res->n_fallback_rtn, "seconds", secs);
         if (digest) json_object_set_new(j, "digest", json_string(digest));
         if (q->cal)
             json_object_set_new(j, "calibration_tokens",
                                 json_integer((json_int_t)qnt_calib_tokens(q->cal)));
         if (cand)
-            json_object_set_new(
-                j, "evaluation",
-                json_pack("{s:s,s:s,s:f,s:f,s:f,s:f,s:f,s:I}", "dataset", cand->dataset_ref,
-                          "metric", cand->metric, "input", base->value, "output", cand->value,
-                          "drop", (base->value - cand->value) * 100, "input_perplexity",
-                          base->perplexity, "output_perplexity", cand->perplexity, "n_samples",
-                          (json_int_t)cand->n_samples));
+            json_object_set_new(j, "evaluation",
+                                json_pack("{s:s,s:s,s:f,s:f,s:f,s:f,s:f,s:I}", "dataset",
+                                          cand->dataset_ref, "metric", cand->metric, "input",
+                                          base->value, "output", cand->value, "drop",
+                                          (base->value - cand->value) * 100, "input_perplexity",
+                                          base->perplexity, "output_perplexity", cand->perplexity,
+                                          "n_samples", (json_int_t)cand->n_samples));
         cli_print_json(j);
         json_decref(raised);
         return;
@@ -374,8 +372,8 @@ static void print_result(const qcmd *q, const char *out, const char *digest, siz
            q->target.name, qnt_method_name(q->method), hb, bpw, secs);
     const char *k;
     json_t *v, *counts = type_counts(&q->plan);
-    json_object_foreach(counts, k, v) printf("  %-5s %lld tensors\n", k,
-                                             (long long)json_integer_value(v));
+    json_object_foreach(counts, k, v)
+        printf("  %-5s %lld tensors\n", k, (long long)json_integer_value(v));
     json_decref(counts);
     if (cand)
         printf("  next-token accuracy on %s: %.2f%% -> %.2f%% (drop %.2f points), perplexity "
@@ -426,8 +424,9 @@ int cmd_quantize(int argc, char **argv)
     struct stat st;
     bool file_input = stat(q.a.pos[0], &st) == 0;
     if (file_input && !outpath) {
-        rc = core_err_set(MLV_EINVAL, "%s is a file: give -o OUT.gguf (a stored version becomes "
-                                      "a new version instead)",
+        rc = core_err_set(MLV_EINVAL,
+                          "%s is a file: give -o OUT.gguf (a stored version becomes "
+                          "a new version instead)",
                           q.a.pos[0]);
         goto done;
     }
@@ -437,9 +436,8 @@ int cmd_quantize(int argc, char **argv)
         goto done;
     }
     /* data first: small, and bad data should not cost a model load */
-    if (cli_opt(&q.a, "calib") &&
-        ((rc = cli_open_data(&q.a, cli_opt(&q.a, "calib"), &q.calib)) ||
-         (rc = check_text(&q.calib, "calibration dataset"))))
+    if (cli_opt(&q.a, "calib") && ((rc = cli_open_data(&q.a, cli_opt(&q.a, "calib"), &q.calib)) ||
+                                   (rc = check_text(&q.calib, "calibration dataset"))))
         goto done;
     if (cli_opt(&q.a, "eval-data") &&
         ((rc = cli_open_data(&q.a, cli_opt(&q.a, "eval-data"), &q.evald)) ||
@@ -470,8 +468,7 @@ int cmd_quantize(int argc, char **argv)
             co.progress = qprogress;
             co.progress_arg = "calibrate";
         }
-        if ((rc = qnt_calib_run(&q.cal, q.src.model, text->data, text->len, &co)))
-            goto done;
+        if ((rc = qnt_calib_run(&q.cal, q.src.model, text->data, text->len, &co))) goto done;
     }
     if ((rc = qnt_session_new(&q.sess, g, in_img, in_len))) goto done;
     qnt_opts qo = {.method = q.method, .calib = q.cal, .pool = q.pool};
@@ -488,8 +485,7 @@ int cmd_quantize(int argc, char **argv)
         dest = tmppath;
     }
     qnt_result res;
-    if ((rc = qnt_session_build(q.sess, &q.plan, &qo, in_mem ? NULL : dest, &img, &img_len,
-                                &res)))
+    if ((rc = qnt_session_build(q.sess, &q.plan, &qo, in_mem ? NULL : dest, &img, &img_len, &res)))
         goto done;
     if (q.evald.data) {
         if ((rc = eval_input(&q, &base))) goto done;
@@ -497,25 +493,25 @@ int cmd_quantize(int argc, char **argv)
         if ((rc = eval_image(&q, img, img_len, &cand))) goto done;
         evaluated = true;
         double drop = (base.value - cand.value) * 100;
-        json_array_append_new(q.rounds, json_pack("{s:i,s:f,s:f,s:o}", "round", 0, "accuracy",
-                                                  cand.value, "drop", drop, "raised", json_array()));
+        json_array_append_new(q.rounds,
+                              json_pack("{s:i,s:f,s:f,s:o}", "round", 0, "accuracy", cand.value,
+                                        "drop", drop, "raised", json_array()));
         double best_drop = drop;
         for (int round = 1; q.max_drop >= 0 && drop >= q.max_drop; round++) {
             json_t *raised = json_array();
             size_t n_raised = 0;
-            if (round > (int)q.max_rounds ||
-                (rc = raise_round(&q, raised, &n_raised)) != 0 || n_raised == 0) {
+            if (round > (int)q.max_rounds || (rc = raise_round(&q, raised, &n_raised)) != 0 ||
+                n_raised == 0) {
                 json_decref(raised);
                 if (rc) goto done;
-                rc = core_err_set(MLV_EGATE,
-                                  "--max-drop %.2f not reached: the best result lost %.2f points "
-                                  "(%.2f%% -> %.2f%% next-token accuracy) after %d round%s; %s; "
-                                  "nothing stored",
-                                  q.max_drop, best_drop, base.value * 100,
-                                  (base.value - best_drop / 100) * 100, round - 1,
-                                  round == 2 ? "" : "s",
-                                  round > (int)q.max_rounds ? "--max-rounds reached"
-                                                            : "nothing left to raise");
+                rc = core_err_set(
+                    MLV_EGATE,
+                    "--max-drop %.2f not reached: the best result lost %.2f points "
+                    "(%.2f%% -> %.2f%% next-token accuracy) after %d round%s; %s; "
+                    "nothing stored",
+                    q.max_drop, best_drop, base.value * 100, (base.value - best_drop / 100) * 100,
+                    round - 1, round == 2 ? "" : "s",
+                    round > (int)q.max_rounds ? "--max-rounds reached" : "nothing left to raise");
                 if (q.a.json) {
                     json_t *j = json_pack("{s:s,s:f,s:f,s:f,s:O}", "error", core_err_last(),
                                           "max_drop", q.max_drop, "best_drop", best_drop,
@@ -536,17 +532,19 @@ int cmd_quantize(int argc, char **argv)
             }
             drop = (base.value - cand.value) * 100;
             if (drop < best_drop) best_drop = drop;
-            json_array_append_new(q.rounds, json_pack("{s:i,s:f,s:f,s:o}", "round", round,
-                                                      "accuracy", cand.value, "drop", drop,
-                                                      "raised", raised));
+            json_array_append_new(q.rounds,
+                                  json_pack("{s:i,s:f,s:f,s:o}", "round", round, "accuracy",
+                                            cand.value, "drop", drop, "raised", raised));
         }
     }
     if (in_mem) {
         char odir[4096];
         snprintf(odir, sizeof odir, "%s", dest);
         char *slash = strrchr(odir, '/');
-        if (slash) *slash = 0;
-        else snprintf(odir, sizeof odir, ".");
+        if (slash)
+            *slash = 0;
+        else
+            snprintf(odir, sizeof odir, ".");
         if ((rc = core_write_atomic(dest, odir, img, img_len, file_input ? 0644 : 0600))) goto done;
     } else {
         struct stat ost;
@@ -567,8 +565,8 @@ int cmd_quantize(int argc, char **argv)
             if ((rc = reg_eval_record(q.src.r, &q.src.user, &cand))) goto done;
         }
     }
-    print_result(&q, out, digest, img_len, &res, evaluated ? &base : NULL,
-                 evaluated ? &cand : NULL, core_now_s() - t0);
+    print_result(&q, out, digest, img_len, &res, evaluated ? &base : NULL, evaluated ? &cand : NULL,
+                 core_now_s() - t0);
 done:
     free(img);
     if (tmpdir[0]) core_rm_rf(tmpdir);

@@ -58,6 +58,7 @@ static int exit_code(int rc)
     case MLV_EIO: return 8;
     case MLV_EGATE: return 9;
     case MLV_EBUSY: return 10;
+    case MLV_EUNSUPPORTED: return 11;
     default: return 1;
     }
 }

@@ -423,8 +423,8 @@ static void rtn_k4(const float *x, uint8_t *y, int type, const float *imp)
             sum_x2 += xs[l] * xs[l];
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; l++)
-            weights[l] = imp ? imp[32 * j + l] * sqrtf(sum_x2 / 32 + xs[l] * xs[l])
-                             : av_x + fabsf(xs[l]);
+            weights[l] =
+                imp ? imp[32 * j + l] * sqrtf(sum_x2 / 32 + xs[l] * xs[l]) : av_x + fabsf(xs[l]);
         if (nmax == 15)
             scales[j] = make_qkx2_quants(32, nmax, xs, weights, L + 32 * j, &mins[j], Laux, -1.0f,
                                          0.1f, imp ? 40 : 20);
@@ -648,7 +648,9 @@ static void imp_block32(int type, const float *x, const float *imp, uint8_t *y)
         }
         if (asym) {
             double D = sw * sl2 - sl * sl;
-            if (D > 0) grid32_set(&g, (float)((sw * sxl - sx * sl) / D), (float)((sl2 * sx - sl * sxl) / D));
+            if (D > 0)
+                grid32_set(&g, (float)((sw * sxl - sx * sl) / D),
+                           (float)((sl2 * sx - sl * sxl) / D));
         } else if (sl2 > 0) {
             grid32_set(&g, (float)(sxl / sl2), 0);
         }
@@ -693,18 +695,24 @@ int qnt_quantize_row(int type, const float *x, void *dst, int64_t n, const float
         }
         switch (type) {
         case ENG_Q8_0:
-            if (bimp) imp_block32(type, x, imp, y);
-            else rtn_q8_0(x, y);
+            if (bimp)
+                imp_block32(type, x, imp, y);
+            else
+                rtn_q8_0(x, y);
             break;
         case ENG_Q4_0:
         case ENG_Q5_0:
-            if (bimp) imp_block32(type, x, imp, y);
-            else rtn_q4_0_q5_0(x, y, type == ENG_Q4_0 ? 8 : 16);
+            if (bimp)
+                imp_block32(type, x, imp, y);
+            else
+                rtn_q4_0_q5_0(x, y, type == ENG_Q4_0 ? 8 : 16);
             break;
         case ENG_Q4_1:
         case ENG_Q5_1:
-            if (bimp) imp_block32(type, x, imp, y);
-            else rtn_q4_1_q5_1(x, y, type == ENG_Q4_1 ? 15 : 31);
+            if (bimp)
+                imp_block32(type, x, imp, y);
+            else
+                rtn_q4_1_q5_1(x, y, type == ENG_Q4_1 ? 15 : 31);
             break;
         case ENG_Q4_K:
         case ENG_Q5_K: rtn_k4(x, y, type, bimp); break;

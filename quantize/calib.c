@@ -225,41 +225,6 @@ static void observe(void *arg, uint32_t layer, int site, const float *x, int T, 
 
 /* ------------------------------------------------------------------------ run --- */
 
-/* Offset of the first byte that does not start or continue a valid UTF-8 sequence
- * (overlong forms, surrogates and code points above U+10FFFF are invalid), or len. */
-static size_t utf8_invalid_at(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned char b = s[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t k;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) {
-            k = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            k = 2;
-            if (b == 0xE0) lo = 0xA0;
-            if (b == 0xED) hi = 0x9F;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            k = 3;
-            if (b == 0xF0) lo = 0x90;
-            if (b == 0xF4) hi = 0x8F;
-        } else {
-            return i;
-        }
-        if (i + k >= len) return i; /* truncated */
-        if (s[i + 1] < lo || s[i + 1] > hi) return i;
-        for (size_t j = 2; j <= k; j++)
-            if ((s[i + j] & 0xC0) != 0x80) return i;
-        i += k + 1;
-    }
-    return len;
-}
-
 static size_t site_width(const eng_hparams *hp, int site)
 {
     switch (site) {
@@ -357,7 +322,7 @@ int qnt_calib_run(qnt_calib **out, eng_model *m, const char *text, size_t len,
         return core_err_set(MLV_EINVAL,
                             "calibration: a window of %u tokens is too short (%d at least)", n_ctx,
                             MIN_TOKENS);
-    size_t bad = utf8_invalid_at((const unsigned char *)text, len);
+    size_t bad = eng_utf8_check(text, len);
     if (bad < len)
         return core_err_set(MLV_EINVAL,
                             "calibration text: invalid UTF-8 at byte offset %zu (byte 0x%02x)", bad,
@@ -378,9 +343,9 @@ int qnt_calib_run(qnt_calib **out, eng_model *m, const char *text, size_t len,
     const size_t n_full = n_ids / n_ctx, rest = n_ids % n_ctx;
     const size_t total = n_full * n_ctx + (rest >= MIN_TOKENS ? rest : 0);
     if (total == 0) {
-        rc = core_err_set(MLV_EINVAL,
-                          "calibration: the text has %zu tokens, fewer than one window of %d",
-                          n_ids, MIN_TOKENS);
+        rc = core_err_set(MLV_EINVAL, "calibration: %zu tokens%s are fewer than one window of %d",
+                          n_ids, o && o->max_tokens ? " (text or max_tokens)" : " of text",
+                          MIN_TOKENS);
         goto done;
     }
     const size_t n_win = n_full + (rest >= MIN_TOKENS ? 1 : 0);
@@ -396,6 +361,7 @@ int qnt_calib_run(qnt_calib **out, eng_model *m, const char *text, size_t len,
         goto done;
     }
     long n_cpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n_cpu > 32) n_cpu = 32; /* a site has at most a few dozen panels */
     if (hessian && n_cpu > 1 && (rc = core_pool_new(&c->pool, (int)n_cpu))) goto done;
 
     const int32_t bos = eng_token_bos(tok);

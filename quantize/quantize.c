@@ -105,7 +105,7 @@ static uint16_t f32_to_bf16(float f)
 }
 
 typedef struct qjob {
-    const float *w;   /* (rows, cols) */
+    const float *w; /* (rows, cols) */
     int type;
     int64_t cols;
     size_t row_bytes;
@@ -244,8 +244,9 @@ static int build_tensor(qnt_session *s, size_t i, const qnt_tensor_plan *p, cons
         return 0;
     }
     size_t rb = row_bytes_of(p->type, p->n_in);
-    if (!rb) return core_err_set(MLV_EINVAL, "tensor %s: rows of %lld do not fit type %s", p->name,
-                                 (long long)p->n_in, eng_type_name(p->type));
+    if (!rb)
+        return core_err_set(MLV_EINVAL, "tensor %s: rows of %lld do not fit type %s", p->name,
+                            (long long)p->n_in, eng_type_name(p->type));
     float *w = NULL;
     int rc = load_f32(s, i, p, o->pool, &w);
     if (rc) return rc;
@@ -260,7 +261,11 @@ static int build_tensor(qnt_session *s, size_t i, const qnt_tensor_plan *p, cons
     if (method == QNT_GPTQ) {
         rc = qnt_gptq(p->type, w, p->n_out, p->n_in, H, 0, v->data, o->pool);
     } else {
-        qjob j = {.w = w, .type = p->type, .cols = p->n_in, .row_bytes = rb, .dst = v->data,
+        qjob j = {.w = w,
+                  .type = p->type,
+                  .cols = p->n_in,
+                  .row_bytes = rb,
+                  .dst = v->data,
                   .imp = method == QNT_IMATRIX ? imp : NULL};
         rc = par_rows(o->pool, p->n_out, quant_rows, &j);
     }
@@ -401,13 +406,22 @@ int qnt_session_sensitivity(qnt_session *s, const qnt_plan *plan, const qnt_cali
             free(q);
             break;
         }
-        deqjob dj = {.src = v->data, .type = v->type, .cols = p->n_in,
-                     .row_bytes = row_bytes_of(v->type, p->n_in), .out = q, .bad_row = -1};
+        deqjob dj = {.src = v->data,
+                     .type = v->type,
+                     .cols = p->n_in,
+                     .row_bytes = row_bytes_of(v->type, p->n_in),
+                     .out = q,
+                     .bad_row = -1};
         if ((rc = par_rows(pool, p->n_out, deq_rows, &dj)) == 0) {
             int nth = core_pool_size(pool);
             double acc[2 * 256] = {0};
-            sjob j = {.w = w, .q = q, .imp = imp, .cols = p->n_in, .rows = p->n_out,
-                      .err = acc, .sig = acc + 256};
+            sjob j = {.w = w,
+                      .q = q,
+                      .imp = imp,
+                      .cols = p->n_in,
+                      .rows = p->n_out,
+                      .err = acc,
+                      .sig = acc + 256};
             core_pool_run(pool, sens_worker, &j);
             double e = 0, g = 0;
             for (int k = 0; k < nth; k++) {

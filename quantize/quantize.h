@@ -105,8 +105,8 @@ const float *qnt_calib_hessian(const qnt_calib *c, const char *tensor, int64_t *
  * updates). Each block's grid is fitted when GPTQ reaches it (imp = diag H). damp:
  * fraction of mean(diag H) added to the diagonal (0 = 0.01). dst: rows * row bytes.
  * pool may be NULL (one thread). */
-int qnt_gptq(int type, float *w, int64_t rows, int64_t cols, const float *H, double damp,
-             void *dst, core_pool *pool);
+int qnt_gptq(int type, float *w, int64_t rows, int64_t cols, const float *H, double damp, void *dst,
+             core_pool *pool);
 
 /* ======================================================================= recipes ===
  * quantize/recipe.c. A target ("file type") is a base type or a llama.cpp-style mix:
@@ -153,8 +153,8 @@ typedef struct qnt_override {
 /* Decides every tensor's type for a llama/qwen2 GGUF (MLV_EUNSUPPORTED naming any
  * other architecture; MLV_EINVAL for a pattern that does not compile or matches no
  * tensor, or an override type we cannot quantize to). Clear with qnt_plan_clear. */
-int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg,
-                  const qnt_override *ov, size_t n_ov);
+int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg, const qnt_override *ov,
+                  size_t n_ov);
 void qnt_plan_clear(qnt_plan *p);
 /* The next type up for a raised tensor: Q4_x/Q5_x/Q4_K/Q5_K -> Q6_K (Q8_0 when the rows
  * are not a multiple of 256), Q6_K -> Q8_0, Q8_0 -> F16; -1 from F16 or above. */
@@ -169,14 +169,14 @@ double qnt_type_bpw(int type);
  * statistics fall back to RTN, counted in the result), and written with the metadata
  * copied, general.file_type and general.quantization_version (2) set. */
 typedef struct qnt_opts {
-    int method;              /* QNT_* */
-    const qnt_calib *calib;  /* imatrix/gptq */
-    core_pool *pool;         /* may be NULL */
+    int method;             /* QNT_* */
+    const qnt_calib *calib; /* imatrix/gptq */
+    core_pool *pool;        /* may be NULL */
     void (*progress)(void *arg, double frac, const char *msg);
     void *progress_arg;
 } qnt_opts;
 typedef struct qnt_result {
-    uint64_t n_params;      /* elements of the quantized matrices */
+    uint64_t n_params;            /* elements of the quantized matrices */
     uint64_t bytes_in, bytes_out; /* tensor data bytes */
     size_t n_quantized, n_fallback_rtn;
     double seconds;

@@ -16,9 +16,9 @@ static const struct {
     bool mix;
     int file_type; /* LLAMA_FTYPE_MOSTLY_* */
 } TARGETS[] = {
-    {"Q8_0", ENG_Q8_0, false, 7},   {"Q4_0", ENG_Q4_0, false, 2},   {"Q4_1", ENG_Q4_1, false, 3},
-    {"Q5_0", ENG_Q5_0, false, 8},   {"Q5_1", ENG_Q5_1, false, 9},   {"Q4_K", ENG_Q4_K, false, 14},
-    {"Q6_K", ENG_Q6_K, false, 18},  {"Q4_K_M", ENG_Q4_K, true, 15}, {"Q5_K_M", ENG_Q5_K, true, 17},
+    {"Q8_0", ENG_Q8_0, false, 7},  {"Q4_0", ENG_Q4_0, false, 2},   {"Q4_1", ENG_Q4_1, false, 3},
+    {"Q5_0", ENG_Q5_0, false, 8},  {"Q5_1", ENG_Q5_1, false, 9},   {"Q4_K", ENG_Q4_K, false, 14},
+    {"Q6_K", ENG_Q6_K, false, 18}, {"Q4_K_M", ENG_Q4_K, true, 15}, {"Q5_K_M", ENG_Q5_K, true, 17},
 };
 #define N_TARGETS (sizeof TARGETS / sizeof TARGETS[0])
 
@@ -168,8 +168,8 @@ static int apply_overrides(qnt_plan *p, const qnt_override *ov, size_t n_ov)
     return 0;
 }
 
-int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg,
-                  const qnt_override *ov, size_t n_ov)
+int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg, const qnt_override *ov,
+                  size_t n_ov)
 {
     memset(out, 0, sizeof *out);
     const char *arch = NULL;
@@ -209,7 +209,8 @@ int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg,
         }
         size_t be = 0, bb = 0;
         eng_type_block(t.type, &be, &bb);
-        if (t.type != ENG_F32 && t.type != ENG_F16 && t.type != ENG_BF16) out->input_quantized = true;
+        if (t.type != ENG_F32 && t.type != ENG_F16 && t.type != ENG_BF16)
+            out->input_quantized = true;
         p->quantized = true;
         int type = tg->base;
         const char *rest = NULL;

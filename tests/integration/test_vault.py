@@ -27,7 +27,7 @@ MODEL = os.environ.get("MLV_MODEL_GGUF", os.path.expanduser(
     "~/.cache/mlvault/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 EXIT = {"EINVAL": 2, "ENOTFOUND": 3, "EEXISTS": 4, "EAUTH": 5, "EFORBIDDEN": 6,
-        "EINTEGRITY": 7}
+        "EINTEGRITY": 7, "EIO": 8, "EGATE": 9, "EBUSY": 10, "EUNSUPPORTED": 11}
 
 
 def sha256(path):
