@@ -255,17 +255,21 @@ static char *recipe_json(const qcmd *q, const qnt_result *res)
             json_pack("{s:s,s:s,s:I,s:I}", "dataset", (q->calib.data ? q->calib : q->evald).label,
                       "sha256", (q->calib.data ? q->calib : q->evald).content_digest, "tokens",
                       (json_int_t)qnt_calib_tokens(q->cal), "ctx", (json_int_t)q->ctx);
-    const char *in_type = NULL;
-    if (q->plan.input_quantized) {
-        for (size_t i = 0; i < q->plan.n && !in_type; i++)
-            if (q->plan.t[i].quantized && q->plan.t[i].in_type != ENG_F32 &&
-                q->plan.t[i].in_type != ENG_F16 && q->plan.t[i].in_type != ENG_BF16)
-                in_type = eng_type_name(q->plan.t[i].in_type);
-    }
+    /* the stored types of the matrices that were dequantized first, in type order */
+    json_t *deq = json_array();
+    for (int type = 0; type < 64; type++)
+        for (size_t i = 0; i < q->plan.n; i++) {
+            int it = q->plan.t[i].in_type;
+            if (q->plan.t[i].quantized && it == type && it != ENG_F32 && it != ENG_F16 &&
+                it != ENG_BF16) {
+                json_array_append_new(deq, json_string(eng_type_name(it)));
+                break;
+            }
+        }
     json_t *j = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:s,s:I}", "type", q->target.name, "method",
                           qnt_method_name(q->method), "tensor_types", types, "overrides", ovs,
-                          "raised", raised, "calibration", calib, "dequantized_from",
-                          in_type ? json_string(in_type) : json_null(), "mlvault_version",
+                          "raised", raised, "calibration", calib, "dequantized_from", deq,
+                          "mlvault_version",
                           MLV_VERSION, "fallback_rtn", (json_int_t)res->n_fallback_rtn);
     if (q->max_drop >= 0) json_object_set_new(j, "max_drop", json_real(q->max_drop));
     char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
