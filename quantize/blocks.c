@@ -168,6 +168,12 @@ void qnt_grid_pack(const qnt_grid *g, const int16_t *q, void *dst)
     }
 }
 
+static void set_iscales(qnt_grid *g)
+{
+    for (int k = 0; k < g->n / g->sub; k++)
+        g->iscale[k] = g->scale[k] != 0.0f ? 1.0f / g->scale[k] : 0.0f;
+}
+
 /* The grid a packed block describes, and its levels. */
 static void grid_unpack(int type, const void *src, qnt_grid *g, int16_t *q)
 {
@@ -264,6 +270,7 @@ static void grid_unpack(int type, const void *src, qnt_grid *g, int16_t *q)
         break;
     }
     }
+    set_iscales(g);
 }
 
 /* ============================================================ round to nearest ===
@@ -602,74 +609,86 @@ static void grid32_set(qnt_grid *g, float d, float m)
         break;
     default: g->offset[0] = 0.0f;
     }
+    set_iscales(g);
+}
+
+/* Levels of x for the inverse scale `is` (and min for asym blocks), clamped. */
+static inline int level(float v, float iscale, int lo, int hi)
+{
+    float r = v * iscale;
+    if (r >= (float)hi) return hi;
+    if (r <= (float)lo) return lo;
+    return eng_nearest_int(r);
 }
 
 static void imp_block32(int type, const float *x, const float *imp, uint8_t *y)
 {
     float w[QK];
     block_weights(x, imp, QK, w);
-    qnt_grid g = {.type = type, .n = QK, .sub = QK}, best = g;
-    int16_t q[QK], bq[QK];
-    bool asym = type == ENG_Q4_1 || type == ENG_Q5_1;
-    int half = type == ENG_Q4_0 ? 8 : type == ENG_Q5_0 ? 16 : 127;
-    g.qmin = asym ? 0 : type == ENG_Q8_0 ? -128 : 0;
-    g.qmax = asym ? (type == ENG_Q4_1 ? 15 : 31) : type == ENG_Q8_0 ? 127 : 2 * half - 1;
-    double best_err = INFINITY;
+    const bool asym = type == ENG_Q4_1 || type == ENG_Q5_1;
+    /* levels as signed values around zero (sym) or 0..qmax (asym) */
+    const int half = type == ENG_Q4_0 ? 8 : type == ENG_Q5_0 ? 16 : 127;
+    const int lo = asym ? 0 : type == ENG_Q8_0 ? -127 : -half;
+    const int hi = asym ? (type == ENG_Q4_1 ? 15 : 31) : type == ENG_Q8_0 ? 127 : half - 1;
     float min = FLT_MAX, max = -FLT_MAX;
     for (int j = 0; j < QK; j++) {
         min = fminf(min, x[j]);
         max = fmaxf(max, x[j]);
     }
-    float smax = signed_max(x, QK);
+    const float smax = signed_max(x, QK);
+    qnt_grid g = {.type = type, .n = QK, .sub = QK, .qmin = asym ? 0 : lo + (asym ? 0 : half),
+                  .qmax = asym ? hi : hi + (type == ENG_Q8_0 ? 0 : half)};
+    if (type == ENG_Q8_0) g.qmin = -128;
+    int16_t q[QK];
+    if ((asym && max == min) || (!asym && smax == 0.0f)) {
+        grid32_set(&g, 0.0f, asym ? min : 0.0f);
+        weighted_err(&g, x, w, q);
+        qnt_grid_pack(&g, q, y);
+        return;
+    }
+    /* Each candidate scale gives levels; the weighted least-squares scale (and min) for
+     * those levels explains a share of sum w x^2 in closed form: keep the best. */
+    double sw = 0, sx = 0;
+    for (int j = 0; j < QK; j++) {
+        sw += w[j];
+        sx += (double)w[j] * x[j];
+    }
+    double best = -1, bd = 0, bm = 0;
     for (int is = -10; is <= 10; is++) {
-        float d, m = 0;
-        if (asym) {
-            if (max == min) {
-                d = 0;
-                m = min;
-            } else {
-                d = (max - min) / ((float)g.qmax + 0.1f * (float)is);
-                m = min;
-            }
-        } else {
-            d = smax / -((float)half + 0.1f * (float)is);
-        }
-        grid32_set(&g, d, m);
-        double e = weighted_err(&g, x, w, q);
-        /* the least-squares fit of (d, m) for these levels, then re-rounded */
-        double sw = 0, sl = 0, sl2 = 0, sx = 0, sxl = 0;
+        float iscale = asym ? ((float)hi + 0.1f * (float)is) / (max - min)
+                            : -((float)half + 0.1f * (float)is) / smax;
+        double sl = 0, sl2 = 0, sxl = 0;
         for (int j = 0; j < QK; j++) {
-            double l = asym ? q[j] : (double)(q[j] - (type == ENG_Q8_0 ? 0 : half));
-            sw += w[j];
-            sl += w[j] * l;
-            sl2 += w[j] * l * l;
-            sx += w[j] * x[j];
-            sxl += w[j] * x[j] * l;
+            int l = level(asym ? x[j] - min : x[j], iscale, lo, hi);
+            sl += (double)w[j] * l;
+            sl2 += (double)w[j] * l * l;
+            sxl += (double)w[j] * x[j] * l;
         }
+        double expl, d, m = 0;
         if (asym) {
             double D = sw * sl2 - sl * sl;
-            if (D > 0)
-                grid32_set(&g, (float)((sw * sxl - sx * sl) / D),
-                           (float)((sl2 * sx - sl * sxl) / D));
-        } else if (sl2 > 0) {
-            grid32_set(&g, (float)(sxl / sl2), 0);
-        }
-        int16_t q2[QK];
-        double e2 = weighted_err(&g, x, w, q2);
-        if (e2 < e) {
-            e = e2;
-            memcpy(q, q2, sizeof q);
+            if (!(D > 0)) continue;
+            d = (sw * sxl - sx * sl) / D;
+            m = (sl2 * sx - sl * sxl) / D;
+            expl = (sl2 * sx * sx - 2 * sl * sx * sxl + sw * sxl * sxl) / D;
         } else {
-            grid32_set(&g, d, m);
-            weighted_err(&g, x, w, q);
+            if (!(sl2 > 0)) continue;
+            d = sxl / sl2;
+            expl = sxl * sxl / sl2;
         }
-        if (e < best_err) {
-            best_err = e;
-            best = g;
-            memcpy(bq, q, sizeof bq);
+        if (expl > best) {
+            best = expl;
+            bd = d;
+            bm = m;
         }
     }
-    qnt_grid_pack(&best, bq, y);
+    if (best < 0) { /* no candidate had a fit: plain round to nearest's scale */
+        bd = asym ? (max - min) / (float)hi : smax / (float)-half;
+        bm = min;
+    }
+    grid32_set(&g, (float)bd, (float)bm);
+    weighted_err(&g, x, w, q);
+    qnt_grid_pack(&g, q, y);
 }
 
 /* ====================================================================== public === */

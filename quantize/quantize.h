@@ -16,7 +16,6 @@
 #ifndef MLV_QUANTIZE_H
 #define MLV_QUANTIZE_H
 
-#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -47,6 +46,7 @@ int qnt_quantize_row(int type, const float *x, void *dst, int64_t n, const float
 typedef struct qnt_grid {
     int type, n, sub, qmin, qmax; /* n = block elements, sub = elements per scale */
     float scale[16], offset[16];  /* per sub-block (n / sub of them) */
+    float iscale[16];             /* 1 / scale, 0 where scale is 0 */
     /* the packed header: d, dmin / m as fp16 bits; K types' sub-block scales/mins */
     uint16_t d, m;
     uint8_t sc[16], mn[16];
@@ -54,16 +54,18 @@ typedef struct qnt_grid {
 /* Fits the grid of one block x[g->n] (imp as for qnt_quantize_row, may be NULL) and
  * rounds x onto it: q[n] receives the levels. */
 int qnt_grid_fit(int type, const float *x, const float *imp, qnt_grid *g, int16_t *q);
-/* The nearest level of element j for value v (clamped to [qmin, qmax]); *deq = its
- * value on the grid. */
+/* The nearest level of element j for value v (clamped to [qmin, qmax]; ties may go
+ * either way); *deq = its value on the grid. v must be finite. */
 static inline int qnt_grid_round(const qnt_grid *g, int j, float v, float *deq)
 {
     int s = j / g->sub;
-    float sc = g->scale[s];
-    int q = sc != 0.0f ? (int)lrintf((v - g->offset[s]) / sc) : g->qmin > 0 ? g->qmin : 0;
-    if (q < g->qmin) q = g->qmin;
-    if (q > g->qmax) q = g->qmax;
-    *deq = sc * (float)q + g->offset[s];
+    float r = (v - g->offset[s]) * g->iscale[s];
+    int q;
+    if (r >= (float)g->qmax) q = g->qmax;
+    else if (r <= (float)g->qmin) q = g->qmin;
+    else q = (int)(r + (r >= 0 ? 0.5f : -0.5f));
+    if (g->iscale[s] == 0.0f) q = g->qmin > 0 ? g->qmin : 0;
+    *deq = g->scale[s] * (float)q + g->offset[s];
     return q;
 }
 /* Packs the grid and levels q[n] into one block of the type (dst: block_bytes). */
