@@ -266,11 +266,11 @@ static char *recipe_json(const qcmd *q, const qnt_result *res)
                 break;
             }
         }
-    json_t *j = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:s,s:I}", "type", q->target.name, "method",
-                          qnt_method_name(q->method), "tensor_types", types, "overrides", ovs,
-                          "raised", raised, "calibration", calib, "dequantized_from", deq,
-                          "mlvault_version",
-                          MLV_VERSION, "fallback_rtn", (json_int_t)res->n_fallback_rtn);
+    json_t *j =
+        json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:s,s:I}", "type", q->target.name, "method",
+                  qnt_method_name(q->method), "tensor_types", types, "overrides", ovs, "raised",
+                  raised, "calibration", calib, "dequantized_from", deq, "mlvault_version",
+                  MLV_VERSION, "fallback_rtn", (json_int_t)res->n_fallback_rtn);
     if (q->max_drop >= 0) json_object_set_new(j, "max_drop", json_real(q->max_drop));
     char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(j);

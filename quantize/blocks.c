@@ -636,7 +636,10 @@ static void imp_block32(int type, const float *x, const float *imp, uint8_t *y)
         max = fmaxf(max, x[j]);
     }
     const float smax = signed_max(x, QK);
-    qnt_grid g = {.type = type, .n = QK, .sub = QK, .qmin = asym ? 0 : lo + (asym ? 0 : half),
+    qnt_grid g = {.type = type,
+                  .n = QK,
+                  .sub = QK,
+                  .qmin = asym ? 0 : lo + (asym ? 0 : half),
                   .qmax = asym ? hi : hi + (type == ENG_Q8_0 ? 0 : half)};
     if (type == ENG_Q8_0) g.qmin = -128;
     int16_t q[QK];

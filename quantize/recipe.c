@@ -154,7 +154,9 @@ static int apply_overrides(qnt_plan *p, const qnt_override *ov, size_t n_ov)
         for (size_t i = 0; i < p->n; i++) {
             qnt_tensor_plan *t = &p->t[i];
             if (!t->quantized || regexec(&re, t->name, 0, NULL, 0) != 0) continue;
-            t->type = k_fallback(type, t->n_in);
+            t->type = type == ENG_F32 || type == ENG_BF16 ? type
+                      : t->n_in % 32                      ? ENG_F16
+                                                          : k_fallback(type, t->n_in);
             t->overridden = true;
             hits++;
         }
@@ -224,11 +226,8 @@ int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg, const 
                    use_more_bits(layer, (int)n_layer)) {
             type = ENG_Q6_K;
         }
-        if (p->n_in % 32) { /* no block type fits: keep it as it is */
-            p->quantized = false;
-            continue;
-        }
-        p->type = k_fallback(type, p->n_in);
+        /* rows no block type fits become F16, as llama.cpp does */
+        p->type = p->n_in % 32 ? ENG_F16 : k_fallback(type, p->n_in);
     }
     int rc = apply_overrides(out, ov, n_ov);
     if (rc) qnt_plan_clear(out);

@@ -139,6 +139,32 @@ class QuantizeTest(unittest.TestCase):
                          ["Q4_1", "Q8_0"])  # its token_embd is Q8_0
         self.assertEqual(show["manifest"]["tensor_types"], ["F32", "Q8_0"])
 
+    def test_stored_hf_folder_quantizes_as_llama_cpp_does(self):
+        """A Hugging Face qwen2 folder stored in the vault is converted in memory and
+        quantized; the stored result is llama.cpp's quantization of the converted file."""
+        hf = self.out("tiny-qwen2-hf")
+        r = subprocess.run([PY, os.path.join(SRC, "tests/ref/hf_export.py"), "tiny-qwen2", hf],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr[-400:])
+        self.v.ok("push", "tinyq", hf, token="eng")
+        res = self.v.json("quantize", "tinyq", "--type", "Q8_0", token="eng")
+        self.assertEqual(res["output"], "tinyq:2")
+        show = self.v.json("show", "tinyq:2")
+        self.assertEqual(show["manifest"]["architecture"], "qwen2")
+        self.assertEqual(show["manifest"]["format"], "gguf")
+        exp = self.out("tinyq-export")
+        self.v.ok("export", "tinyq:2", "-o", exp, token="eng")
+        ours = os.path.join(exp, [f for f in os.listdir(exp) if f.endswith(".gguf")][0])
+        conv, theirs = self.out("tinyq.gguf"), self.out("tinyq_llama.gguf")
+        self.v.ok("convert", hf, "-o", conv)
+        r = ref("llama", conv, theirs, "Q8_0", "1", "--mix")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ref("compare", ours, theirs)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = self.v.json("run", "tinyq:2", "--prompt", "hello", "-n", "4", "--temp", "0",
+                          token="eng")
+        self.assertGreater(len(out["ids"]), 0)
+
     # ------------------------------------------------------- stored version ------
     def test_stored_version_lineage_eval_and_llama_cpp_perplexity(self):
         res = self.v.json("quantize", "smollm2:1", "--type", "Q4_K_M", "--eval-data",
