@@ -122,9 +122,9 @@ int qnt_gptq(int type, float *w, int64_t rows, int64_t cols, const float *H, dou
  * In every target the output matrix (or the tied token embedding) is Q6_K unless the
  * target is Q8_0/Q6_K, 1-D tensors stay F32, and a K type on a row length that is not a
  * multiple of 256 falls back as llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K ->
- * Q8_0), and rows that are not whole 32-element blocks become F16. Overrides (--tensor-type
- * PATTERN=TYPE, POSIX extended regex matched against the whole name) apply last, in order, the last
- * match winning. */
+ * Q8_0); rows that are not whole 32-element blocks become F16. Overrides
+ * (--tensor-type PATTERN=TYPE, POSIX extended regex matched against the whole name)
+ * apply last, in order, the last match winning. */
 enum qnt_method { QNT_RTN = 0, QNT_IMATRIX = 1, QNT_GPTQ = 2 };
 const char *qnt_method_name(int method);
 int qnt_method_parse(const char *s); /* QNT_* or -1 */
