@@ -449,6 +449,8 @@ int cmd_quantize(int argc, char **argv)
         goto done;
     if ((rc = cli_open_model(&q.a, q.a.pos[0], &q.lo, &q.src))) goto done;
     if (!file_input && !q.src.r && (rc = cli_open_auth(&q.a, &q.src.r, &q.src.user))) goto done;
+    /* a new version needs the push right: refuse before the work, not after */
+    if (!file_input && (rc = reg_authorize(&q.src.user, REG_ACT_PUSH))) goto done;
     size_t in_len = 0;
     const uint8_t *in_img = eng_model_image(q.src.model, &in_len);
     const eng_gguf *g = eng_model_gguf(q.src.model);

@@ -282,6 +282,9 @@ class QuantizeTest(unittest.TestCase):
             (["quantize", self.base, "--type", "Q4_0"], EXIT["EINVAL"], "-o"),
             (["quantize", "nosuchmodel", "--type", "Q4_0"], EXIT["ENOTFOUND"], "nosuchmodel"),
         ]
+        self.v.add_user("viewer", "viewer")
+        r = self.v.run("quantize", "smollm2:1", "--type", "Q8_0", token="viewer")
+        self.assertEqual(r.returncode, EXIT["EFORBIDDEN"], r.stderr)
         for args, code, msg in cases:
             r = self.v.run(*args, token="eng")
             self.assertEqual(r.returncode, code, f"{args}: {r.stderr}")
