@@ -108,7 +108,18 @@ int cmd_show(int argc, char **argv)
     printf("               %s, key sha256:%.16s…\n", str(sig, "format"), str(sig, "key_hint"));
     json_t *job = json_object_get(lin, "job");
     printf("  lineage      job %s", str(job, "kind"));
-    char *params = core_json_dumps(json_object_get(job, "params"), JSON_COMPACT | JSON_SORT_KEYS);
+    /* long maps (a quantize recipe's per-tensor types) are counted here; --json has them */
+    json_t *brief = json_deep_copy(json_object_get(job, "params"));
+    const char *k;
+    json_t *v;
+    json_object_foreach(brief, k, v) if (json_object_size(v) > 8)
+    {
+        char n[48];
+        snprintf(n, sizeof n, "%zu entries (see --json)", json_object_size(v));
+        json_object_set_new(brief, k, json_string(n));
+    }
+    char *params = core_json_dumps(brief, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(brief);
     if (params && strcmp(params, "{}")) printf(" %s", params);
     free(params);
     printf(", mlvault %s\n", str(lin, "mlvault_version"));

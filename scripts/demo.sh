@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The `make run` demo: a fresh local registry under ./demo-home holding the real
-# SmolLM2-135M-Instruct model (pushed, encrypted, signed), a dataset, a derived version
-# with lineage, then list / show / lineage / verify, the model run from the vault (decrypted
-# in memory), an evaluation recorded with the version, and the audit log.
+# SmolLM2-135M-Instruct model (pushed, encrypted, signed), a dataset, a quantized version
+# with its recipe as lineage and its evaluation beside the input's, then list / show /
+# lineage / verify, the model run from the vault (decrypted in memory), and the audit log.
 set -euo pipefail
 BIN="${1:-build/mlvault}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,8 +32,8 @@ step mlvault push smollm2 "$MODEL" --note "SmolLM2-135M-Instruct, Q4_1 (from llm
 step mlvault dataset push demo-eval '<the GPL-3 text, ~8,000 tokens>'
 "$BIN" dataset push demo-eval /usr/share/common-licenses/GPL-3 --note "demo evaluation text"
 
-step mlvault push smollm2-pinned "$MODEL" --parent smollm2:1 --note "the same weights, pinned for release"
-"$BIN" push smollm2-pinned "$MODEL" --parent smollm2:1 --note "the same weights, pinned for release"
+step mlvault quantize smollm2:1 --type Q8_0 --eval-data demo-eval --ctx 256
+"$BIN" quantize smollm2:1 --type Q8_0 --eval-data demo-eval --ctx 256
 
 step mlvault list
 "$BIN" list
@@ -45,10 +45,10 @@ step mlvault verify smollm2:1
 "$BIN" verify smollm2:1
 step mlvault run smollm2 --prompt "The capital of France is" -n 32 --temp 0
 "$BIN" run smollm2 --prompt "The capital of France is" -n 32 --temp 0
-step mlvault eval smollm2 --data demo-eval --metric next_token_accuracy
-"$BIN" eval smollm2 --data demo-eval --metric next_token_accuracy
-step "mlvault show smollm2:1   (now with its evaluation)"
-"$BIN" show smollm2:1 | sed -n '/evaluations/,$p'
+step mlvault eval smollm2:2 --data demo-eval --ctx 256   "(recorded by quantize: cached)"
+"$BIN" eval smollm2:2 --data demo-eval --ctx 256
+step "mlvault show smollm2:2   (its recipe and evaluation)"
+"$BIN" show smollm2:2
 step "mlvault audit   (as admin)"
 MLVAULT_TOKEN="$ADMIN" "$BIN" audit
 MLVAULT_TOKEN="$ADMIN" "$BIN" audit --verify
