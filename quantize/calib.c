@@ -261,6 +261,23 @@ static int calib_alloc(qnt_calib **out, const eng_hparams *hp, bool hessian)
     c->tied = hp->tied_output;
     c->tile = pick_tile();
     const size_t n_st = ((size_t)hp->n_layer + 1) * ENG_N_SITES;
+    if (hessian) {
+        /* All Hessians live at once (one forward pass feeds them): refuse up front, with
+         * the numbers, what would not fit in half of this machine's memory. */
+        double need = 0;
+        for (int s = 0; s < ENG_N_SITES; s++) {
+            double n = (double)site_width(hp, s);
+            need += n * n * 4.0 * (s == ENG_SITE_OUTPUT ? 1 : hp->n_layer);
+        }
+        double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+        if (ram > 0 && need > ram / 2) {
+            free(c);
+            return core_err_set(MLV_EINVAL,
+                                "calibration: GPTQ's Hessians for this model need %.1f GB, more "
+                                "than half of this machine's %.1f GB; use --method imatrix",
+                                need / 1e9, ram / 1e9);
+        }
+    }
     c->st = calloc(n_st, sizeof *c->st);
     if (!c->st) goto oom;
     for (uint32_t l = 0; l <= hp->n_layer; l++) {

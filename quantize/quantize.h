@@ -88,7 +88,8 @@ typedef struct qnt_calib_opts {
     void *progress_arg;
 } qnt_calib_opts;
 /* text: UTF-8 (MLV_EINVAL naming the byte offset when it is not, or when it is too
- * short to give one window of 16 tokens). *out owned by the caller (qnt_calib_free). */
+ * short to give one window of 16 tokens). Hessians are all held at once, about
+ * n_layer * (3 d^2 + ff^2) * 4 bytes: MLV_EINVAL beyond half of the machine's memory. *out owned by the caller (qnt_calib_free). */
 int qnt_calib_run(qnt_calib **out, eng_model *m, const char *text, size_t len,
                   const qnt_calib_opts *o);
 void qnt_calib_free(qnt_calib *c);
