@@ -246,6 +246,28 @@ class QuantizeTest(unittest.TestCase):
             self.assertEqual(sorted(lin["job"]["params"]["raised"]), sorted(raised))
         self.assertEqual(len(self.versions()), len(before) + 1)
 
+    # ------------------------------------------------------------ a kill --------
+    def test_killed_quantize_leaves_the_store_consistent(self):
+        """SIGKILL while quantizing (or pushing) a stored version: no new version, the
+        plaintext staging file is gone after the next command, fsck finds nothing."""
+        import signal
+        import time
+        before = self.versions()
+        e = dict(os.environ, MLVAULT_HOME=self.v.home, MLVAULT_TOKEN=self.v.tokens["eng"])
+        for delay in (0.5, 1.5, 3.0):
+            p = subprocess.Popen([BIN, "quantize", "smollm2:1", "--type", "Q4_K_M"], env=e,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(delay)
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            r = self.v.run("fsck", token="admin")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            tmp = os.path.join(self.v.home, "tmp")
+            self.assertEqual([f for f in os.listdir(tmp) if f.startswith("quant-")], [])
+        # a kill after the push committed leaves a whole version, never half of one
+        for ver in self.versions()[len(before):]:
+            self.v.ok("verify", f"smollm2:{ver}", token="eng")
+
     # ------------------------------------------------------------ bad input -----
     def test_bad_input(self):
         binary = self.out("binary.dat")
