@@ -1,10 +1,11 @@
 /* cli/cmd_quantize.c: `mlvault quantize REF|FILE --type TYPE [--method rtn|imatrix|gptq]
  * [--calib DATASET] [--tensor-type PATTERN=TYPE]... [--max-drop POINTS --eval-data
- * DATASET] [--max-rounds N] [--name NAME] [--ctx N] [--calib-tokens N] [--threads N]
- * [-o OUT.gguf] [--json]` — a stored version becomes a new version (same model name
- * unless --name) whose lineage is the input version plus the recipe (type, method,
- * every tensor's type, calibration dataset and digest, raised tensors); its evaluation
- * on --eval-data is recorded beside the input's. A file becomes a file (-o), no vault.
+ * DATASET] [--max-rounds N] [--name NAME] [--ctx N] [--calib-tokens N] [--hessian-mb N]
+ * [--threads N] [-o OUT.gguf] [--json]` — a stored version becomes a new version (same
+ * model name unless --name) whose lineage is the input version plus the recipe (type,
+ * method, every tensor's type, calibration dataset and digest, raised tensors); its
+ * evaluation on --eval-data is recorded beside the input's. A file becomes a file (-o),
+ * no vault.
  *
  * --max-drop: after quantizing, the candidate is evaluated against the input; while it
  * loses POINTS or more of next-token accuracy, the quantized tensors whose rounding
@@ -23,18 +24,18 @@
 #include "quantize/quantize.h"
 
 static const cli_opt_spec SPEC[] = {
-    {"type", 0, true, false},         {"method", 0, true, false},    {"calib", 0, true, false},
-    {"tensor-type", 0, true, true},   {"max-drop", 0, true, false},  {"eval-data", 0, true, false},
-    {"max-rounds", 0, true, false},   {"name", 0, true, false},      {"ctx", 'c', true, false},
-    {"calib-tokens", 0, true, false}, {"threads", 't', true, false}, {"backend", 0, true, false},
-    {"output", 'o', true, false},
+    {"type", 0, true, false},         {"method", 0, true, false},     {"calib", 0, true, false},
+    {"tensor-type", 0, true, true},   {"max-drop", 0, true, false},   {"eval-data", 0, true, false},
+    {"max-rounds", 0, true, false},   {"name", 0, true, false},       {"ctx", 'c', true, false},
+    {"calib-tokens", 0, true, false}, {"threads", 't', true, false},  {"backend", 0, true, false},
+    {"output", 'o', true, false},     {"hessian-mb", 0, true, false},
 };
 
 static const char *USAGE =
     "usage: mlvault quantize REF|FILE --type Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q4_K|Q6_K|Q4_K_M|Q5_K_M\n"
     "         [--method rtn|imatrix|gptq] [--calib DATASET] [--tensor-type PATTERN=TYPE]...\n"
     "         [--max-drop POINTS --eval-data DATASET] [--max-rounds N] [--name NAME]\n"
-    "         [--ctx N] [--calib-tokens N] [--threads N] [-o OUT.gguf] [--json]";
+    "         [--ctx N] [--calib-tokens N] [--hessian-mb N] [--threads N] [-o OUT.gguf] [--json]";
 
 typedef struct qcmd {
     cli_args a;
@@ -43,7 +44,8 @@ typedef struct qcmd {
     qnt_override ov[CLI_MAX_REPEAT];
     size_t n_ov;
     double max_drop; /* < 0: none */
-    double max_rounds, ctx, calib_tokens;
+    double max_rounds, ctx, calib_tokens, hessian_mb;
+    const cli_source *calib_text; /* --calib, else --eval-data */
     eng_load_opts lo;
     cli_source src, calib, evald;
     core_pool *pool;
@@ -103,7 +105,8 @@ static int parse_opts(qcmd *q, int argc, char **argv)
     q->calib_tokens = 8192;
     if ((rc = cli_opt_num(&q->a, "max-rounds", 0, 1000, true, &q->max_rounds)) ||
         (rc = cli_opt_num(&q->a, "ctx", 16, 65536, true, &q->ctx)) ||
-        (rc = cli_opt_num(&q->a, "calib-tokens", 16, 1e9, true, &q->calib_tokens)))
+        (rc = cli_opt_num(&q->a, "calib-tokens", 16, 1e9, true, &q->calib_tokens)) ||
+        (rc = cli_opt_num(&q->a, "hessian-mb", 1, 1e9, true, &q->hessian_mb)))
         return rc;
     const char *name = cli_opt(&q->a, "name");
     if (name && !core_name_valid(name))
@@ -134,6 +137,44 @@ static void qprogress(void *arg, double f, const char *msg)
 {
     (void)msg;
     cli_progress_bar(arg, f);
+}
+
+/* ------------------------------------------------------------------ GPTQ ------- */
+
+static qnt_calib_opts calib_opts(const qcmd *q, bool hessian)
+{
+    qnt_calib_opts co = {
+        .n_ctx = (uint32_t)q->ctx, .max_tokens = (size_t)q->calib_tokens, .hessian = hessian};
+    if (isatty(2)) {
+        co.progress = qprogress;
+        co.progress_arg = "calibrate";
+    }
+    return co;
+}
+
+/* One group's Hessians for qnt_session_build (qnt_opts.calibrate). */
+static int calibrate_group(void *arg, uint32_t first, uint32_t count, qnt_calib **out)
+{
+    qcmd *q = arg;
+    qnt_calib_opts co = calib_opts(q, true);
+    co.hessian_first = first;
+    co.hessian_count = count;
+    return qnt_calib_run(out, q->src.model, q->calib_text->data, q->calib_text->len, &co);
+}
+
+/* Layers per GPTQ calibration pass: all of them (0) when every Hessian fits in
+ * --hessian-mb (default: a quarter of the memory), else as many as fit (at least 1). */
+static uint32_t gptq_group_layers(const qcmd *q)
+{
+    const eng_hparams *hp = eng_model_hparams(q->src.model);
+    double d = hp->n_embd, att = (double)hp->n_head * hp->head_dim, ff = hp->n_ff;
+    double per_layer = (2 * d * d + att * att + ff * ff) * 4,
+           total = per_layer * hp->n_layer + d * d * 4;
+    double budget = q->hessian_mb > 0 ? q->hessian_mb * 1e6
+                                      : (double)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE) / 4;
+    if (total <= budget) return 0;
+    double g = floor(budget / per_layer);
+    return g < 1 ? 1 : (uint32_t)g;
 }
 
 /* --------------------------------------------------------------- evaluation ---- */
@@ -461,23 +502,29 @@ int cmd_quantize(int argc, char **argv)
                                           "dequantized first, and the result cannot be better "
                                           "than the input"));
     if ((rc = core_pool_new(&q.pool, q.lo.threads))) goto done;
+    uint32_t group = 0;
     if (q.method != QNT_RTN || q.max_drop >= 0) {
-        const cli_source *text = q.calib.data ? &q.calib : &q.evald;
+        q.calib_text = q.calib.data ? &q.calib : &q.evald;
         if (!q.calib.data)
             json_array_append_new(q.warnings,
                                   json_string("no --calib: sensitivity measured on the evaluation "
                                               "data"));
-        qnt_calib_opts co = {.n_ctx = (uint32_t)q.ctx,
-                             .max_tokens = (size_t)q.calib_tokens,
-                             .hessian = q.method == QNT_GPTQ};
-        if (isatty(2)) {
-            co.progress = qprogress;
-            co.progress_arg = "calibrate";
-        }
-        if ((rc = qnt_calib_run(&q.cal, q.src.model, text->data, text->len, &co))) goto done;
+        if (q.method == QNT_GPTQ) group = gptq_group_layers(&q);
+        qnt_calib_opts co = calib_opts(&q, q.method == QNT_GPTQ && group == 0);
+        if ((rc = qnt_calib_run(&q.cal, q.src.model, q.calib_text->data, q.calib_text->len, &co)))
+            goto done;
     }
     if ((rc = qnt_session_new(&q.sess, g, in_img, in_len))) goto done;
     qnt_opts qo = {.method = q.method, .calib = q.cal, .pool = q.pool};
+    if (group) { /* GPTQ in groups of layers: the Hessians would not fit at once */
+        qo.calibrate = calibrate_group;
+        qo.calibrate_arg = &q;
+        qo.group_layers = group;
+        json_array_append_new(q.warnings,
+                              json_sprintf("GPTQ's Hessians do not fit --hessian-mb at once: "
+                                           "calibrating %u layers per pass",
+                                           group));
+    }
     if (isatty(2)) {
         qo.progress = qprogress;
         qo.progress_arg = (void *)label;

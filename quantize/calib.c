@@ -253,7 +253,9 @@ void qnt_calib_free(qnt_calib *c)
     free(c);
 }
 
-static int calib_alloc(qnt_calib **out, const eng_hparams *hp, bool hessian)
+/* Hessians for layers [h0, h1) (the output site is layer n_layer). */
+static int calib_alloc(qnt_calib **out, const eng_hparams *hp, bool hessian, uint32_t h0,
+                       uint32_t h1)
 {
     qnt_calib *c = calloc(1, sizeof *c);
     if (!c) return core_err_set(MLV_ENOMEM, "calibration: out of memory");
@@ -265,10 +267,12 @@ static int calib_alloc(qnt_calib **out, const eng_hparams *hp, bool hessian)
         /* All Hessians live at once (one forward pass feeds them): refuse up front, with
          * the numbers, what would not fit in half of this machine's memory. */
         double need = 0;
-        for (int s = 0; s < ENG_N_SITES; s++) {
-            double n = (double)site_width(hp, s);
-            need += n * n * 4.0 * (s == ENG_SITE_OUTPUT ? 1 : hp->n_layer);
-        }
+        for (uint32_t l = h0; l < h1 && l <= hp->n_layer; l++)
+            for (int s = 0; s < ENG_N_SITES; s++) {
+                if ((s == ENG_SITE_OUTPUT) != (l == hp->n_layer)) continue;
+                double n = (double)site_width(hp, s);
+                need += n * n * 4.0;
+            }
         double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
         if (ram > 0 && need > ram / 2) {
             free(c);
@@ -290,7 +294,7 @@ static int calib_alloc(qnt_calib **out, const eng_hparams *hp, bool hessian)
             st->sum2 = calloc(n, sizeof *st->sum2);
             st->imat = calloc(n, sizeof *st->imat);
             if (!st->sum2 || !st->imat) goto oom;
-            if (hessian) {
+            if (hessian && l >= h0 && l < h1) {
                 st->H = calloc(n * n, sizeof *st->H);
                 if (!st->H) goto oom;
             }
@@ -368,7 +372,9 @@ int qnt_calib_run(qnt_calib **out, eng_model *m, const char *text, size_t len,
     const size_t n_win = n_full + (rest >= MIN_TOKENS ? 1 : 0);
     const uint32_t win_max = n_full ? n_ctx : (uint32_t)rest;
     const bool hessian = o && o->hessian;
-    if ((rc = calib_alloc(&c, hp, hessian))) goto done;
+    const uint32_t h0 = o ? o->hessian_first : 0;
+    const uint32_t h1 = o && o->hessian_count ? h0 + o->hessian_count : hp->n_layer + 1;
+    if ((rc = calib_alloc(&c, hp, hessian, h0, h1))) goto done;
     if ((rc = eng_ctx_new(&ctx, m, win_max))) goto done;
     const size_t piece = win_max < PIECE ? win_max : PIECE;
     logits = malloc(sizeof *logits * piece * hp->n_vocab);

@@ -223,6 +223,12 @@ static variant *find_variant(const qnt_session *s, size_t i, int type, int metho
 static int build_tensor(qnt_session *s, size_t i, const qnt_tensor_plan *p, const qnt_opts *o,
                         qnt_result *res, variant **out)
 {
+    /* a variant built earlier with the requested method (GPTQ groups) serves as is */
+    variant *v = find_variant(s, i, p->type, o->method);
+    if (v) {
+        *out = v;
+        return 0;
+    }
     int method = o->method;
     const float *imp = NULL, *H = NULL;
     int64_t n_in = 0;
@@ -238,8 +244,7 @@ static int build_tensor(qnt_session *s, size_t i, const qnt_tensor_plan *p, cons
         if (method == QNT_IMATRIX && !imp) method = QNT_RTN;
         if (method != o->method) res->n_fallback_rtn++;
     }
-    variant *v = find_variant(s, i, p->type, method);
-    if (v) {
+    if ((v = find_variant(s, i, p->type, method))) {
         *out = v;
         return 0;
     }
@@ -283,6 +288,35 @@ static int build_tensor(qnt_session *s, size_t i, const qnt_tensor_plan *p, cons
 
 /* ------------------------------------------------------------- the model ------- */
 
+/* GPTQ a group of layers at a time, each with the Hessians of that group only. */
+static int gptq_groups(qnt_session *s, const qnt_plan *plan, const qnt_opts *o, qnt_result *res)
+{
+    const uint32_t g = o->group_layers ? o->group_layers : 1;
+    for (uint32_t first = 0; first <= plan->n_layer; first += g) {
+        qnt_calib *gc = NULL;
+        int rc = o->calibrate(o->calibrate_arg, first, g, &gc);
+        if (rc) return rc;
+        qnt_opts go = *o;
+        go.calib = gc;
+        for (size_t i = 0; rc == 0 && i < plan->n; i++) {
+            const qnt_tensor_plan *p = &plan->t[i];
+            eng_gguf_tensor t;
+            if (!p->quantized || p->layer < (int)first || p->layer >= (int)(first + g)) continue;
+            if ((rc = eng_gguf_tensor_info(s->g, i, &t)) || p->type == t.type) continue;
+            if (o->progress) {
+                char msg[160];
+                snprintf(msg, sizeof msg, "GPTQ layers %u-%u", first, first + g - 1);
+                o->progress(o->progress_arg, (double)first / (plan->n_layer + 1), msg);
+            }
+            variant *v = NULL;
+            rc = build_tensor(s, i, p, &go, res, &v);
+        }
+        qnt_calib_free(gc);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 static bool kv_replaced(const char *key)
 {
     return !strcmp(key, "general.file_type") || !strcmp(key, "general.quantization_version");
@@ -300,8 +334,10 @@ int qnt_session_build(qnt_session *s, const qnt_plan *plan, const qnt_opts *o, c
     for (size_t i = 0; i < plan->n; i++)
         if (plan->t[i].quantized) total += (uint64_t)plan->t[i].n_in * (uint64_t)plan->t[i].n_out;
 
+    int rc = 0;
+    if (o->method == QNT_GPTQ && o->calibrate && (rc = gptq_groups(s, plan, o, res))) return rc;
     eng_gguf_writer *w = NULL;
-    int rc = eng_gguf_writer_new(&w);
+    rc = eng_gguf_writer_new(&w);
     for (size_t k = 0; rc == 0 && k < eng_gguf_n_kv(s->g); k++)
         if (!kv_replaced(eng_gguf_key(s->g, k))) rc = eng_gguf_copy_kv(w, s->g, k);
     if (rc == 0) rc = eng_gguf_set_u32(w, "general.quantization_version", 2);

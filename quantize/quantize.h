@@ -83,13 +83,18 @@ typedef struct qnt_calib qnt_calib;
 typedef struct qnt_calib_opts {
     uint32_t n_ctx;    /* window length, 0 = 512 */
     size_t max_tokens; /* stop after this many tokens, 0 = all of the text */
-    bool hessian;      /* accumulate H as well (GPTQ, sensitivity) */
+    bool hessian;      /* accumulate H as well (GPTQ) */
+    /* with hessian: only for layers [hessian_first, hessian_first + hessian_count)
+     * (count 0 = every layer; the output matrix counts as layer n_layer) */
+    uint32_t hessian_first, hessian_count;
     void (*progress)(void *arg, double frac, const char *msg);
     void *progress_arg;
 } qnt_calib_opts;
 /* text: UTF-8 (MLV_EINVAL naming the byte offset when it is not, or when it is too
- * short to give one window of 16 tokens). Hessians are all held at once, about
- * n_layer * (3 d^2 + ff^2) * 4 bytes: MLV_EINVAL beyond half of the machine's memory. *out owned by the caller (qnt_calib_free). */
+ * short to give one window of 16 tokens). The Hessians asked for are held at once,
+ * about 4 (3 d^2 + ff^2) bytes per layer: MLV_EINVAL beyond half of the machine's
+ * memory (qnt_opts.calibrate takes them a group of layers at a time). *out owned by the caller
+ * (qnt_calib_free). */
 int qnt_calib_run(qnt_calib **out, eng_model *m, const char *text, size_t len,
                   const qnt_calib_opts *o);
 void qnt_calib_free(qnt_calib *c);
@@ -141,6 +146,7 @@ int qnt_target_parse(const char *s, qnt_target *out);
 
 typedef struct qnt_tensor_plan {
     char name[96];
+    int layer;           /* blk.N -> N; the output matrix (or tied embedding) n_layer; else -1 */
     int in_type, type;   /* type it has, type it gets (in_type for kept tensors) */
     int64_t n_in, n_out; /* dims[0], rows */
     bool quantized;      /* a weight matrix this recipe quantizes */
@@ -151,6 +157,7 @@ typedef struct qnt_plan {
     qnt_target target;
     qnt_tensor_plan *t; /* in the file's tensor order */
     size_t n;
+    uint32_t n_layer;
     bool input_quantized; /* some matrix was stored quantized: it is dequantized first */
 } qnt_plan;
 typedef struct qnt_override {
@@ -178,7 +185,14 @@ double qnt_type_bpw(int type);
 typedef struct qnt_opts {
     int method;             /* QNT_* */
     const qnt_calib *calib; /* imatrix/gptq */
-    core_pool *pool;        /* may be NULL */
+    /* GPTQ when every Hessian at once would not fit: calib has none, and calibrate is
+     * called for groups of group_layers layers (first, count as qnt_calib_opts' hessian
+     * range) before the model is written; the session quantizes each group's matrices
+     * and frees *out (qnt_calib_free) before the next. */
+    int (*calibrate)(void *arg, uint32_t first, uint32_t count, qnt_calib **out);
+    void *calibrate_arg;
+    uint32_t group_layers;
+    core_pool *pool; /* may be NULL */
     void (*progress)(void *arg, double frac, const char *msg);
     void *progress_arg;
 } qnt_opts;

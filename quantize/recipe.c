@@ -188,6 +188,7 @@ int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg, const 
 
     size_t n = eng_gguf_n_tensors(g);
     out->target = *tg;
+    out->n_layer = (uint32_t)n_layer;
     if (!(out->t = calloc(n ? n : 1, sizeof *out->t)))
         return core_err_set(MLV_ENOMEM, "out of memory");
     out->n = n;
@@ -202,6 +203,7 @@ int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg, const 
         qnt_tensor_plan *p = &out->t[i];
         snprintf(p->name, sizeof p->name, "%s", t.name);
         p->in_type = p->type = t.type;
+        p->layer = -1;
         p->n_in = (int64_t)t.dims[0];
         p->n_out = t.n_dims > 1 ? (int64_t)t.dims[1] : 1;
         if (!quantizable(&t)) continue;
@@ -219,6 +221,7 @@ int qnt_plan_make(qnt_plan *out, const eng_gguf *g, const qnt_target *tg, const 
         int layer = layer_of(t.name, &rest);
         bool output = !strcmp(t.name, "output.weight") ||
                       (!has_output && !strcmp(t.name, "token_embd.weight"));
+        p->layer = output ? (int)n_layer : layer;
         if (output) {
             if (type != ENG_Q8_0 && type != ENG_Q6_K) type = ENG_Q6_K;
         } else if (tg->mix && layer >= 0 &&

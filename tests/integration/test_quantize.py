@@ -218,6 +218,15 @@ class QuantizeTest(unittest.TestCase):
                 k[m] = self.kld(path)
             self.assertLess(k["imatrix"], k["rtn"], (t, k))
             self.assertLess(k["gptq"], k["rtn"], (t, k))
+        # GPTQ with a Hessian budget that forces three calibration passes of 11 layers
+        # writes the same bytes as one pass with every Hessian
+        grouped = self.out("m_Q4_K_gptq_grouped.gguf")
+        res = self.v.json("quantize", self.base, "--type", "Q4_K", "--method", "gptq", "-o",
+                          grouped, "--calib", self.calib, "--calib-tokens", "2048", "--ctx",
+                          "256", "--hessian-mb", "150")
+        self.assertTrue(any("11 layers per pass" in w for w in res["warnings"]), res)
+        with open(grouped, "rb") as f, open(self.out("m_Q4_K_gptq.gguf"), "rb") as g:
+            self.assertTrue(f.read() == g.read(), "grouped GPTQ differs")
 
     # ------------------------------------------------------------ --max-drop ----
     def test_max_drop_raises_or_fails_with_the_best(self):
