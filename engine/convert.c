@@ -85,9 +85,17 @@ static uint16_t fp32_to_bf16(float f)
     return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
 }
 
+/* roundf (halves away from zero) for |v| < 2^22 without a libm call: adding the float
+ * just below 0.5 and truncating gives the same integer for every such v. */
+static inline int round_away(float v)
+{
+    return (int)(v + copysignf(0.49999997f, v));
+}
+
 /* ggml's quantize_row_q8_0_ref, block by block: d = amax/127 (stored as half),
  * q = roundf(x/d). x: (k,) floats, k a multiple of 32; y: k/32 blocks of 34 bytes.
- * (The quantize issue moves this beside the other quantizers.) */
+ * Here rather than in quantize/ because the converter writes Q8_0 too, and the
+ * engine does not depend on quantize/ (quantize/blocks.c calls it). */
 static void quantize_row_q8_0(const float *x, unsigned char *y, int64_t k)
 {
     for (int64_t i = 0; i < k / QK8_0; i++, x += QK8_0, y += 34) {
@@ -98,15 +106,19 @@ static void quantize_row_q8_0(const float *x, unsigned char *y, int64_t k)
         const float id = d ? 1.0f / d : 0.0f;
         wr16(y, eng_fp32_to_fp16(d));
         for (int j = 0; j < QK8_0; j++) {
-            const float x0 = x[j] * id;
-            y[2 + j] = x0 == x0 ? (unsigned char)(int8_t)roundf(x0) : 0; /* NaN: 0, not UB */
+            const float x0 = x[j] * id;                                      /* |x0| <= 127 */
+            y[2 + j] = x0 == x0 ? (unsigned char)(int8_t)round_away(x0) : 0; /* NaN: 0, not UB */
         }
     }
 }
 
-/* n floats -> one row of `type` (F32, F16, BF16 or Q8_0), little-endian. */
-static void encode_row(int type, const float *x, unsigned char *dst, int64_t n)
+int eng_encode_row(int type, const float *x, void *out, int64_t n)
 {
+    unsigned char *dst = out;
+    if (n < 0 || (type == ENG_Q8_0 && n % QK8_0) ||
+        (type != ENG_F32 && type != ENG_F16 && type != ENG_BF16 && type != ENG_Q8_0))
+        return core_err_set(MLV_EINVAL, "encode: %lld values cannot be written as %s", (long long)n,
+                            eng_type_name(type) ? eng_type_name(type) : "that type");
     switch (type) {
     case ENG_F16:
         for (int64_t i = 0; i < n; i++)
@@ -117,7 +129,7 @@ static void encode_row(int type, const float *x, unsigned char *dst, int64_t n)
             wr16(dst + 2 * i, fp32_to_bf16(x[i]));
         break;
     case ENG_Q8_0: quantize_row_q8_0(x, dst, n); break;
-    default:
+    default: /* F32 */
         for (int64_t i = 0; i < n; i++) {
             uint32_t u;
             memcpy(&u, &x[i], 4);
@@ -126,6 +138,7 @@ static void encode_row(int type, const float *x, unsigned char *dst, int64_t n)
         }
         break;
     }
+    return 0;
 }
 
 static uint64_t row_bytes(int type, uint64_t n)
@@ -209,7 +222,7 @@ static int gg_fill(void *arg, uint64_t row, uint64_t n, void *dst)
             int rc = eng_dequantize_row(j->in_type, s + r * j->in_row, j->scratch,
                                         (int64_t)j->row_elems);
             if (rc) return rc;
-            encode_row(j->out_type, j->scratch, d + r * j->out_row, (int64_t)j->row_elems);
+            eng_encode_row(j->out_type, j->scratch, d + r * j->out_row, (int64_t)j->row_elems);
         }
     }
     release_pages(s, n * j->in_row); /* rows are read once, in order */
@@ -657,7 +670,7 @@ static int hf_fill(void *arg, uint64_t row, uint64_t n, void *dst)
             uint64_t h = o / hd, rem = o % hd;
             j->b[o] = j->a[h * hd + (rem % 2) * half + rem / 2];
         }
-        encode_row(j->out_type, j->b, d, (int64_t)j->row_elems);
+        eng_encode_row(j->out_type, j->b, d, (int64_t)j->row_elems);
         if (j->release) release_pages(s->data, in_row);
         return 0;
     }
@@ -674,7 +687,7 @@ static int hf_fill(void *arg, uint64_t row, uint64_t n, void *dst)
             continue;
         }
         if ((rc = eng_dequantize_row(s->dtype, sp, j->a, (int64_t)j->row_elems))) return rc;
-        encode_row(j->out_type, j->a, d, (int64_t)j->row_elems);
+        eng_encode_row(j->out_type, j->a, d, (int64_t)j->row_elems);
     }
     /* rows are read once; in order unless permuted (then drop the whole tensor at its end) */
     if (j->release && !j->perm_heads) release_pages(s->data + row * in_row, n * in_row);

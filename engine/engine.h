@@ -220,6 +220,10 @@ int eng_convert_hf_dir(const char *dir, int outtype, const char *out_path);
  * stay F32), other metadata kept, general.file_type updated. Quantized inputs are
  * dequantized first. */
 int eng_convert_gguf(const char *in_path, int outtype, const char *out_path);
+/* n floats -> one row of `type`, little-endian: F32, F16 (round to nearest even), BF16
+ * (ggml's rounding) or Q8_0 (ggml's quantize_row_q8_0_ref, byte for byte; n a multiple
+ * of 32). MLV_EINVAL for other types. The converter's writer, also quantize/'s. */
+int eng_encode_row(int type, const float *x, void *dst, int64_t n);
 
 /* =============================================================== tokenizer ====
  * engine/tokenizer.c (+ engine/unicode.c): tokenizers from GGUF metadata, as

@@ -11,6 +11,8 @@
  * with -ffp-contract=fast (a fused multiply-add would change the last bit of the
  * Q4_1, Q5_1, Q4_K and Q5_K results). */
 #include <inttypes.h>
+#include <stdbool.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "engine/bytes.h"
@@ -121,11 +123,22 @@ static void deq_f32(const uint8_t *src, float *y, int64_t n)
         y[i] = rd_f32(src + 4 * i);
 }
 
-/* F16: x (n,) halves */
+/* F16: x (n,) halves, through a table of every half's value made with
+ * eng_fp16_to_fp32 (exactly its results; F16 models are the common input of the
+ * converter and the quantizer, and a lookup is several times faster). */
+static float f16_table[65536];
+static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
+static void f16_table_init(void)
+{
+    for (uint32_t h = 0; h < 65536; h++)
+        f16_table[h] = eng_fp16_to_fp32((uint16_t)h);
+}
+
 static void deq_f16(const uint8_t *src, float *y, int64_t n)
 {
+    pthread_once(&f16_once, f16_table_init);
     for (int64_t i = 0; i < n; i++)
-        y[i] = eng_fp16_to_fp32(rd16(src + 2 * i));
+        y[i] = f16_table[rd16(src + 2 * i)];
 }
 
 /* BF16: x (n,) bfloat16 */
@@ -241,48 +254,20 @@ static void get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
 /* block_q4_K (144 bytes): { half d; half dmin; uint8 scales[12]; uint8 qs[128]; }
  * A super-block of 256 = 8 sub-blocks of 32, each with a 6-bit scale sc and min m.
  * Each 32 bytes of qs hold two sub-blocks: low nibbles the first, high the second.
- * y = (d * sc) * q - (dmin * m) */
-static void deq_q4_k(const uint8_t *src, float *y, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, src += 144) {
-        const float d = rd_half(src);
-        const float dmin = rd_half(src + 2);
-        const uint8_t *scales = src + 4;
-        const uint8_t *q = src + 4 + K_SCALE_SIZE;
-        int is = 0;
-        for (int j = 0; j < QK_K; j += 64) {
-            uint8_t sc, m;
-            get_scale_min_k4(is + 0, scales, &sc, &m);
-            const float d1 = d * (float)sc, m1 = dmin * (float)m;
-            get_scale_min_k4(is + 1, scales, &sc, &m);
-            const float d2 = d * (float)sc, m2 = dmin * (float)m;
-            for (int l = 0; l < 32; l++) {
-                const float p = d1 * (float)(q[l] & 0x0f);
-                *y++ = p - m1;
-            }
-            for (int l = 0; l < 32; l++) {
-                const float p = d2 * (float)(q[l] >> 4);
-                *y++ = p - m2;
-            }
-            q += 32;
-            is += 2;
-        }
-    }
-}
-
-/* block_q5_K (176 bytes): { half d; half dmin; uint8 scales[12]; uint8 qh[32];
+ * y = (d * sc) * q - (dmin * m)
+ * block_q5_K (176 bytes): { half d; half dmin; uint8 scales[12]; uint8 qh[32];
  * uint8 qs[128]; }  Scales, mins and nibbles as Q4_K; the fifth bit of element l of
  * sub-block j (l < 32) is bit j of qh[l] (so per 64 elements: bits u1 = 1 << 2k and
- * u2 = 2 << 2k, as ggml's loop shifts them).  y = (d * sc) * q - (dmin * m), q in
- * [0, 31] */
-static void deq_q5_k(const uint8_t *src, float *y, int64_t nb)
+ * u2 = 2 << 2k, as ggml's loop shifts them); q in [0, 31]. Both as ggml's loops. */
+static void deq_k4(const uint8_t *src, float *y, int64_t nb, bool five)
 {
-    for (int64_t i = 0; i < nb; i++, src += 176) {
+    const size_t bb = five ? 176 : 144;
+    for (int64_t i = 0; i < nb; i++, src += bb) {
         const float d = rd_half(src);
         const float dmin = rd_half(src + 2);
         const uint8_t *scales = src + 4;
-        const uint8_t *qh = src + 4 + K_SCALE_SIZE;
-        const uint8_t *ql = qh + QK_K / 8;
+        const uint8_t *qh = src + 4 + K_SCALE_SIZE; /* Q5_K only */
+        const uint8_t *q = five ? qh + QK_K / 8 : qh;
         int is = 0;
         unsigned u1 = 1, u2 = 2;
         for (int j = 0; j < QK_K; j += 64) {
@@ -292,19 +277,31 @@ static void deq_q5_k(const uint8_t *src, float *y, int64_t nb)
             get_scale_min_k4(is + 1, scales, &sc, &m);
             const float d2 = d * (float)sc, m2 = dmin * (float)m;
             for (int l = 0; l < 32; l++) {
-                const float p = d1 * (float)((ql[l] & 0x0f) + (qh[l] & u1 ? 16 : 0));
+                const int h = five && (qh[l] & u1) ? 16 : 0;
+                const float p = d1 * (float)((q[l] & 0x0f) + h);
                 *y++ = p - m1;
             }
             for (int l = 0; l < 32; l++) {
-                const float p = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0));
+                const int h = five && (qh[l] & u2) ? 16 : 0;
+                const float p = d2 * (float)((q[l] >> 4) + h);
                 *y++ = p - m2;
             }
-            ql += 32;
+            q += 32;
             is += 2;
             u1 <<= 2;
             u2 <<= 2;
         }
     }
+}
+
+static void deq_q4_k(const uint8_t *src, float *y, int64_t nb)
+{
+    deq_k4(src, y, nb, false);
+}
+
+static void deq_q5_k(const uint8_t *src, float *y, int64_t nb)
+{
+    deq_k4(src, y, nb, true);
 }
 
 /* block_q6_K (210 bytes): { uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d; }

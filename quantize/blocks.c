@@ -2,7 +2,8 @@
  * Q5_1, Q4_K, Q5_K, Q6_K), two ways:
  *   - round to nearest: the arithmetic of ggml's quantize_row_<type>_ref step for step
  *     (same float operations in the same order, fp16 rounding to nearest even), so the
- *     bytes equal llama.cpp's quantizer run without an importance matrix;
+ *     bytes equal llama.cpp's quantizer run without an importance matrix (Q8_0's is
+ *     the engine's eng_encode_row, which the converter writes with);
  *   - importance-weighted: each block's scale (and min) searched to minimise the
  *     weighted squared rounding error, the weights from the calibration imatrix.
  * And the grid view GPTQ needs: a block unpacked to per-sub-block scale/offset and
@@ -34,12 +35,6 @@ static inline void put16(uint8_t *p, uint16_t v)
 static inline uint16_t get16(const uint8_t *p)
 {
     return (uint16_t)(p[0] | p[1] << 8);
-}
-/* roundf (halves away from zero) for |v| < 2^22 without a libm call: adding the float
- * just below 0.5 and truncating gives the same integer for every such v. */
-static inline int round_away(float v)
-{
-    return (int)(v + copysignf(0.49999997f, v));
 }
 static inline int imin(int a, int b)
 {
@@ -275,20 +270,6 @@ static void grid_unpack(int type, const void *src, qnt_grid *g, int16_t *q)
 
 /* ============================================================ round to nearest ===
  * ggml's reference quantizers, one block at a time. */
-
-/* Q8_0: d = amax / 127, q = round(x / d). */
-static void rtn_q8_0(const float *x, uint8_t *y)
-{
-    float amax = 0.0f;
-    for (int j = 0; j < QK; j++) {
-        float a = fabsf(x[j]);
-        amax = amax > a ? amax : a;
-    }
-    const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
-    put16(y, f2h(d));
-    for (int j = 0; j < QK; j++)
-        y[2 + j] = (uint8_t)(int8_t)round_away(x[j] * id);
-}
 
 /* The signed value of largest magnitude (the first one on ties). */
 static float signed_max(const float *x, int n)
@@ -719,8 +700,8 @@ int qnt_quantize_row(int type, const float *x, void *dst, int64_t n, const float
         case ENG_Q8_0:
             if (bimp)
                 imp_block32(type, x, imp, y);
-            else
-                rtn_q8_0(x, y);
+            else /* the engine's, which the converter writes with too */
+                eng_encode_row(ENG_Q8_0, x, y, QK);
             break;
         case ENG_Q4_0:
         case ENG_Q5_0:

@@ -4,7 +4,6 @@
  * raises; and the measured sensitivity of each tensor. Not for choosing types
  * (recipe.c) or storing the result (cli/cmd_quantize.c). */
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,15 +94,6 @@ static int par_rows(core_pool *pool, int64_t rows, int (*fn)(void *, int64_t, in
 
 /* ------------------------------------------------------------- one tensor ------ */
 
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN */
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
 typedef struct qjob {
     const float *w; /* (rows, cols) */
     int type;
@@ -119,17 +109,10 @@ static int quant_rows(void *arg, int64_t r0, int64_t r1)
     for (int64_t r = r0; r < r1; r++) {
         const float *x = j->w + r * j->cols;
         uint8_t *y = j->dst + (size_t)r * j->row_bytes;
-        if (j->type == ENG_F32) {
-            memcpy(y, x, (size_t)j->cols * 4);
-        } else if (j->type == ENG_F16 || j->type == ENG_BF16) {
-            for (int64_t c = 0; c < j->cols; c++) {
-                uint16_t h = j->type == ENG_F16 ? eng_fp32_to_fp16(x[c]) : f32_to_bf16(x[c]);
-                memcpy(y + 2 * c, &h, 2);
-            }
-        } else {
-            int rc = qnt_quantize_row(j->type, x, y, j->cols, j->imp);
-            if (rc) return rc;
-        }
+        bool plain = j->type == ENG_F32 || j->type == ENG_F16 || j->type == ENG_BF16;
+        int rc = plain ? eng_encode_row(j->type, x, y, j->cols)
+                       : qnt_quantize_row(j->type, x, y, j->cols, j->imp);
+        if (rc) return rc;
     }
     return 0;
 }
@@ -143,30 +126,14 @@ typedef struct deqjob {
     int64_t bad_row; /* first row with a NaN or an infinity, or -1 */
 } deqjob;
 
-/* Every half as a float: F16 models are the common input, and a table lookup is several
- * times faster than converting each value. */
-static float f16_table[65536];
-static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
-static void f16_table_init(void)
-{
-    for (uint32_t h = 0; h < 65536; h++)
-        f16_table[h] = eng_fp16_to_fp32((uint16_t)h);
-}
-
 static int deq_rows(void *arg, int64_t r0, int64_t r1)
 {
     deqjob *j = arg;
     for (int64_t r = r0; r < r1; r++) {
         float *o = j->out + r * j->cols;
         const uint8_t *src = j->src + (size_t)r * j->row_bytes;
-        if (j->type == ENG_F16) {
-            pthread_once(&f16_once, f16_table_init);
-            for (int64_t c = 0; c < j->cols; c++)
-                o[c] = f16_table[src[2 * c] | src[2 * c + 1] << 8];
-        } else {
-            int rc = eng_dequantize_row(j->type, src, o, j->cols);
-            if (rc) return rc;
-        }
+        int rc = eng_dequantize_row(j->type, src, o, j->cols);
+        if (rc) return rc;
         for (int64_t c = 0; c < j->cols; c++)
             if (!isfinite(o[c])) {
                 j->bad_row = r; /* any one of them will do for the message */
