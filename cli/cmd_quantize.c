@@ -45,7 +45,8 @@ typedef struct qcmd {
     size_t n_ov;
     double max_drop; /* < 0: none */
     double max_rounds, ctx, calib_tokens, hessian_mb;
-    const cli_source *calib_text; /* --calib, else --eval-data */
+    const cli_source *calib_text; /* --calib, else --eval-data; set when cal is */
+    char out_name[65];            /* a stored output's model: --name, else the input's */
     eng_load_opts lo;
     cli_source src, calib, evald;
     core_pool *pool;
@@ -235,7 +236,7 @@ static int raise_round(qcmd *q, json_t *raised_now, size_t *n_raised)
         rc = core_err_set(MLV_ENOMEM, "out of memory");
         goto done;
     }
-    if ((rc = qnt_session_sensitivity(q->sess, &q->plan, q->cal, sens))) goto done;
+    if ((rc = qnt_session_sensitivity(q->sess, &q->plan, q->cal, q->pool, sens))) goto done;
     size_t n = 0;
     for (size_t i = 0; i < q->plan.n; i++) {
         const qnt_tensor_plan *t = &q->plan.t[i];
@@ -292,10 +293,9 @@ static char *recipe_json(const qcmd *q, const qnt_result *res)
         json_array_append_new(ovs, json_string(vals[i]));
     json_t *calib = json_null();
     if (q->cal)
-        calib =
-            json_pack("{s:s,s:s,s:I,s:I}", "dataset", (q->calib.data ? q->calib : q->evald).label,
-                      "sha256", (q->calib.data ? q->calib : q->evald).content_digest, "tokens",
-                      (json_int_t)qnt_calib_tokens(q->cal), "ctx", (json_int_t)q->ctx);
+        calib = json_pack("{s:s,s:s,s:I,s:I}", "dataset", q->calib_text->label, "sha256",
+                          q->calib_text->content_digest, "tokens",
+                          (json_int_t)qnt_calib_tokens(q->cal), "ctx", (json_int_t)q->ctx);
     /* the stored types of the matrices that were dequantized first, in type order */
     json_t *deq = json_array();
     for (int type = 0; type < 64; type++)
@@ -328,23 +328,13 @@ static int tmp_target(qcmd *q, char *dir, size_t dcap, char *path, size_t pcap)
     if (rc) return rc;
     snprintf(dir, dcap, "%s/tmp/quant-XXXXXX", home);
     if (!mkdtemp(dir)) return core_err_set(MLV_EIO, "%s: %s", dir, strerror(errno));
-    const char *name = cli_opt(&q->a, "name");
-    char in_name[160];
-    snprintf(in_name, sizeof in_name, "%s", q->src.label);
-    char *colon = strrchr(in_name, ':');
-    if (colon) *colon = 0;
-    snprintf(path, pcap, "%s/%s.%s.gguf", dir, name ? name : in_name, q->target.name);
+    snprintf(path, pcap, "%s/%s.%s.gguf", dir, q->out_name, q->target.name);
     return 0;
 }
 
 /* Pushes the written file as a new version whose lineage is the input and the recipe. */
 static int push(qcmd *q, const char *path, const qnt_result *res, reg_pushed *out)
 {
-    char in_name[160];
-    snprintf(in_name, sizeof in_name, "%s", q->src.label);
-    char *colon = strrchr(in_name, ':');
-    if (colon) *colon = 0;
-    const char *name = cli_opt(&q->a, "name") ? cli_opt(&q->a, "name") : in_name;
     char *params = recipe_json(q, res);
     if (!params) return core_err_set(MLV_ENOMEM, "out of memory");
     char note[256] = "";
@@ -356,9 +346,8 @@ static int push(qcmd *q, const char *path, const qnt_result *res, reg_pushed *ou
     const char *parents[1] = {q->src.label};
     const char *datasets[1];
     size_t n_ds = 0;
-    const cli_source *cs = q->calib.data ? &q->calib : &q->evald;
-    if (q->cal && cs->stored) datasets[n_ds++] = cs->label;
-    reg_push_opts po = {.name = name,
+    if (q->cal && q->calib_text->stored) datasets[n_ds++] = q->calib_text->label;
+    reg_push_opts po = {.name = q->out_name,
                         .path = path,
                         .parents = parents,
                         .n_parents = 1,
@@ -460,8 +449,6 @@ int cmd_quantize(int argc, char **argv)
     void *img = NULL;
     size_t img_len = 0;
     reg_eval base, cand;
-    bool evaluated = false;
-    const char *label = "quantize";
     char tmpdir[4200] = "", tmppath[4400] = "";
     int rc = parse_opts(&q, argc, argv);
     if (rc) goto done;
@@ -490,6 +477,11 @@ int cmd_quantize(int argc, char **argv)
         goto done;
     if ((rc = cli_open_model(&q.a, q.a.pos[0], &q.lo, &q.src))) goto done;
     if (!file_input && !q.src.r && (rc = cli_open_auth(&q.a, &q.src.r, &q.src.user))) goto done;
+    if (!file_input) {
+        const char *name = cli_opt(&q.a, "name");
+        size_t n = name ? strlen(name) : strcspn(q.src.label, ":");
+        snprintf(q.out_name, sizeof q.out_name, "%.*s", (int)n, name ? name : q.src.label);
+    }
     /* a new version needs the push right: refuse before the work, not after */
     if (!file_input && (rc = reg_authorize(&q.src.user, REG_ACT_PUSH))) goto done;
     size_t in_len = 0;
@@ -514,7 +506,7 @@ int cmd_quantize(int argc, char **argv)
         if ((rc = qnt_calib_run(&q.cal, q.src.model, q.calib_text->data, q.calib_text->len, &co)))
             goto done;
     }
-    if ((rc = qnt_session_new(&q.sess, g, in_img, in_len))) goto done;
+    if ((rc = qnt_session_new(&q.sess, g, in_img))) goto done;
     qnt_opts qo = {.method = q.method, .calib = q.cal, .pool = q.pool};
     if (group) { /* GPTQ in groups of layers: the Hessians would not fit at once */
         qo.calibrate = calibrate_group;
@@ -527,11 +519,11 @@ int cmd_quantize(int argc, char **argv)
     }
     if (isatty(2)) {
         qo.progress = qprogress;
-        qo.progress_arg = (void *)label;
+        qo.progress_arg = (void *)"quantize";
     }
     /* Without an evaluation the file is written straight where it goes; with one, the
      * image stays in memory until the tuning is done. */
-    const bool in_mem = q.evald.data != NULL;
+    const bool in_mem = q.evald.data != NULL, evaluated = in_mem;
     const char *dest = outpath;
     if (!file_input) {
         if ((rc = tmp_target(&q, tmpdir, sizeof tmpdir, tmppath, sizeof tmppath))) goto done;
@@ -540,11 +532,10 @@ int cmd_quantize(int argc, char **argv)
     qnt_result res;
     if ((rc = qnt_session_build(q.sess, &q.plan, &qo, in_mem ? NULL : dest, &img, &img_len, &res)))
         goto done;
-    if (q.evald.data) {
+    if (evaluated) {
         if ((rc = eval_input(&q, &base))) goto done;
         memset(&cand, 0, sizeof cand);
         if ((rc = eval_image(&q, img, img_len, &cand))) goto done;
-        evaluated = true;
         double drop = (base.value - cand.value) * 100;
         json_array_append_new(q.rounds,
                               json_pack("{s:i,s:f,s:f,s:o}", "round", 0, "accuracy", cand.value,

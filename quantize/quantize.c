@@ -20,28 +20,24 @@ typedef struct variant {
 struct qnt_session {
     const eng_gguf *g;
     const uint8_t *image;
-    size_t len;
     uint64_t data_off;
     size_t n;
     variant **cache; /* per tensor: every variant built so far */
-    int *last;       /* per tensor: the method of the last build's variant (-1 = input) */
-    int *last_type;
+    variant **used;  /* per tensor: the variant the last build wrote (NULL: the input's) */
 };
 
-int qnt_session_new(qnt_session **out, const eng_gguf *in, const uint8_t *image, size_t len)
+int qnt_session_new(qnt_session **out, const eng_gguf *in, const uint8_t *image)
 {
     *out = NULL;
     qnt_session *s = calloc(1, sizeof *s);
     if (!s) return core_err_set(MLV_ENOMEM, "out of memory");
     s->g = in;
     s->image = image;
-    s->len = len;
     s->data_off = eng_gguf_data_offset(in);
     s->n = eng_gguf_n_tensors(in);
     s->cache = calloc(s->n ? s->n : 1, sizeof *s->cache);
-    s->last = calloc(s->n ? s->n : 1, sizeof *s->last);
-    s->last_type = calloc(s->n ? s->n : 1, sizeof *s->last_type);
-    if (!s->cache || !s->last || !s->last_type) {
+    s->used = calloc(s->n ? s->n : 1, sizeof *s->used);
+    if (!s->cache || !s->used) {
         qnt_session_free(s);
         return core_err_set(MLV_ENOMEM, "out of memory");
     }
@@ -59,8 +55,7 @@ void qnt_session_free(qnt_session *s)
             free(v);
         }
     free(s->cache);
-    free(s->last);
-    free(s->last_type);
+    free(s->used);
     free(s);
 }
 
@@ -321,8 +316,7 @@ int qnt_session_build(qnt_session *s, const qnt_plan *plan, const qnt_opts *o, c
         const void *data = s->image + s->data_off + t.offset;
         size_t size = (size_t)t.size;
         int type = t.type;
-        s->last[i] = -1;
-        s->last_type[i] = t.type;
+        s->used[i] = NULL;
         if (p->quantized && p->type != t.type) {
             if (o->progress) {
                 char msg[160];
@@ -334,8 +328,7 @@ int qnt_session_build(qnt_session *s, const qnt_plan *plan, const qnt_opts *o, c
             data = v->data;
             size = v->size;
             type = v->type;
-            s->last[i] = v->method;
-            s->last_type[i] = v->type;
+            s->used[i] = v;
             res->n_quantized++;
         }
         if (p->quantized) {
@@ -358,84 +351,67 @@ int qnt_session_build(qnt_session *s, const qnt_plan *plan, const qnt_opts *o, c
 /* ------------------------------------------------------------ sensitivity ------ */
 
 typedef struct sjob {
-    const float *w, *q, *imp;
+    const float *w, *q, *imp; /* (rows, cols), (rows, cols), (cols) */
     int64_t cols;
-    double *err, *sig; /* per thread */
-    int64_t rows;
+    double *err, *sig; /* per row: sum_j imp_j (w - q)^2, sum_j imp_j w^2 */
 } sjob;
 
-static void sens_worker(void *arg, int ith, int nth)
+static int sens_rows(void *arg, int64_t r0, int64_t r1)
 {
     sjob *j = arg;
-    int64_t per = (j->rows + nth - 1) / nth, r0 = per * ith, r1 = r0 + per;
-    if (r1 > j->rows) r1 = j->rows;
-    double e = 0, g = 0;
     for (int64_t r = r0; r < r1; r++) {
         const float *w = j->w + r * j->cols, *q = j->q + r * j->cols;
+        double e = 0, g = 0;
         for (int64_t c = 0; c < j->cols; c++) {
             double d = (double)w[c] - (double)q[c];
             e += j->imp[c] * d * d;
             g += j->imp[c] * (double)w[c] * (double)w[c];
         }
+        j->err[r] = e;
+        j->sig[r] = g;
     }
-    j->err[ith] = e;
-    j->sig[ith] = g;
+    return 0;
 }
 
 int qnt_session_sensitivity(qnt_session *s, const qnt_plan *plan, const qnt_calib *calib,
-                            double *s_out)
+                            core_pool *pool, double *s_out)
 {
     if (plan->n != s->n) return core_err_set(MLV_EINVAL, "quantize: the plan is for another model");
-    core_pool *pool = NULL;
-    int rc = core_pool_new(&pool, 0);
-    if (rc == 0 && core_pool_size(pool) > 256) { /* the per-thread sums below */
-        core_pool_free(pool);
-        rc = core_pool_new(&pool, 256);
-    }
+    int rc = 0;
     for (size_t i = 0; rc == 0 && i < plan->n; i++) {
         const qnt_tensor_plan *p = &plan->t[i];
+        const variant *v = s->used[i];
         s_out[i] = 0;
         int64_t n_in = 0;
         const float *imp = calib ? qnt_calib_imatrix(calib, p->name, &n_in) : NULL;
-        if (!p->quantized || !imp || n_in != p->n_in || s->last[i] < 0) continue;
-        variant *v = find_variant(s, i, s->last_type[i], s->last[i]);
-        if (!v) continue;
-        float *w = NULL, *q = malloc((size_t)p->n_in * (size_t)p->n_out * sizeof *q);
-        if (!q) {
+        if (!p->quantized || !imp || n_in != p->n_in || !v) continue;
+        size_t n = (size_t)p->n_in * (size_t)p->n_out;
+        float *w = NULL, *q = malloc(n * sizeof *q);
+        double *sums = malloc(2 * (size_t)p->n_out * sizeof *sums);
+        if (!q || !sums) {
             rc = core_err_set(MLV_ENOMEM, "out of memory");
-            break;
-        }
-        if ((rc = load_f32(s, i, p, pool, &w))) {
-            free(q);
-            break;
-        }
-        deqjob dj = {.src = v->data,
-                     .type = v->type,
-                     .cols = p->n_in,
-                     .row_bytes = row_bytes_of(v->type, p->n_in),
-                     .out = q,
-                     .bad_row = -1};
-        if ((rc = par_rows(pool, p->n_out, deq_rows, &dj)) == 0) {
-            int nth = core_pool_size(pool);
-            double acc[2 * 256] = {0};
-            sjob j = {.w = w,
-                      .q = q,
-                      .imp = imp,
-                      .cols = p->n_in,
-                      .rows = p->n_out,
-                      .err = acc,
-                      .sig = acc + 256};
-            core_pool_run(pool, sens_worker, &j);
-            double e = 0, g = 0;
-            for (int k = 0; k < nth; k++) {
-                e += j.err[k];
-                g += j.sig[k];
+        } else if ((rc = load_f32(s, i, p, pool, &w)) == 0) {
+            deqjob dj = {.src = v->data,
+                         .type = v->type,
+                         .cols = p->n_in,
+                         .row_bytes = row_bytes_of(v->type, p->n_in),
+                         .out = q,
+                         .bad_row = -1};
+            sjob sj = {
+                .w = w, .q = q, .imp = imp, .cols = p->n_in, .err = sums, .sig = sums + p->n_out};
+            if ((rc = par_rows(pool, p->n_out, deq_rows, &dj)) == 0 &&
+                (rc = par_rows(pool, p->n_out, sens_rows, &sj)) == 0) {
+                double e = 0, g = 0;
+                for (int64_t r = 0; r < p->n_out; r++) {
+                    e += sj.err[r];
+                    g += sj.sig[r];
+                }
+                s_out[i] = g > 0 ? e / g : 0;
             }
-            s_out[i] = g > 0 ? e / g : 0;
         }
         free(w);
         free(q);
+        free(sums);
     }
-    core_pool_free(pool);
     return rc;
 }

@@ -203,9 +203,11 @@ typedef struct qnt_result {
     double seconds;
 } qnt_result;
 /* A reusable session: tensors already quantized at some type are kept, so a plan that
- * raises a few tensors re-quantizes only those. */
+ * raises a few tensors re-quantizes only those. image: the whole GGUF `in` was parsed
+ * from (which checked every tensor's bounds), borrowed, as `in`, for the session's
+ * life. */
 typedef struct qnt_session qnt_session;
-int qnt_session_new(qnt_session **out, const eng_gguf *in, const uint8_t *image, size_t len);
+int qnt_session_new(qnt_session **out, const eng_gguf *in, const uint8_t *image);
 void qnt_session_free(qnt_session *s);
 /* Builds the quantized GGUF for `plan`: written to `path` (atomically, fsync'd) when it
  * is not NULL, else an image in *out (owned by the caller, free()) of *len bytes. */
@@ -214,8 +216,9 @@ int qnt_session_build(qnt_session *s, const qnt_plan *plan, const qnt_opts *o, c
 /* The measured sensitivity of each quantized tensor under the last build: the relative
  * output error its rounding causes on the calibration activations,
  *   sum_j imatrix_j * ||W[:, j] - Q[:, j]||^2 / sum_j imatrix_j * ||W[:, j]||^2
- * (needs calib; 0 for tensors without statistics). s[i] follows plan->t[i]. */
+ * (needs calib; 0 for tensors without statistics). s[i] follows plan->t[i]; pool may
+ * be NULL. */
 int qnt_session_sensitivity(qnt_session *s, const qnt_plan *plan, const qnt_calib *calib,
-                            double *s_out);
+                            core_pool *pool, double *s_out);
 
 #endif
