@@ -309,6 +309,27 @@ typedef struct attn_job {
     float scale;
 } attn_job;
 
+/* One query's attention output from its raw scores sc[0..n_keys) (Q . K, unscaled):
+ * o (hd) = softmax(sc * scale) . V, V rows at v (fp16, kv_dim apart). sc is clobbered. */
+static void softmax_v(const eng_kernels *k, float *sc, int n_keys, float scale, const uint16_t *v,
+                      int kv_dim, int hd, float *o)
+{
+    float mx = -INFINITY;
+    for (int p = 0; p < n_keys; p++) {
+        sc[p] *= scale;
+        if (sc[p] > mx) mx = sc[p];
+    }
+    double sum = 0.0;
+    for (int p = 0; p < n_keys; p++) {
+        sc[p] = expf(sc[p] - mx);
+        sum += sc[p];
+    }
+    const float inv = (float)(1.0 / sum);
+    memset(o, 0, sizeof *o * hd);
+    for (int p = 0; p < n_keys; p++)
+        k->mad_f16(hd, o, v + (size_t)p * kv_dim, sc[p] * inv);
+}
+
 static void attn_rows_job(void *arg, int ith, int nth)
 {
     attn_job *j = arg;
@@ -324,23 +345,10 @@ static void attn_rows_job(void *arg, int ith, int nth)
         const float *qr = j->q + (size_t)u * j->hd;
         for (int i = 0; i < j->hd; i++)
             qh[i] = eng_fp32_to_fp16(qr[i]);
-        float mx = -INFINITY;
-        for (int p = 0; p < n_keys; p++) {
-            float s;
-            k->dot_f16(j->hd, &s, j->k + (size_t)p * kv_dim + (size_t)g * j->hd, qh);
-            sc[p] = s * j->scale;
-            if (sc[p] > mx) mx = sc[p];
-        }
-        double sum = 0.0;
-        for (int p = 0; p < n_keys; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
-        }
-        const float inv = (float)(1.0 / sum);
-        float *o = j->out + (size_t)u * j->hd;
-        memset(o, 0, sizeof *o * j->hd);
         for (int p = 0; p < n_keys; p++)
-            k->mad_f16(j->hd, o, j->v + (size_t)p * kv_dim + (size_t)g * j->hd, sc[p] * inv);
+            k->dot_f16(j->hd, &sc[p], j->k + (size_t)p * kv_dim + (size_t)g * j->hd, qh);
+        softmax_v(k, sc, n_keys, j->scale, j->v + (size_t)g * j->hd, kv_dim, j->hd,
+                  j->out + (size_t)u * j->hd);
     }
 }
 
@@ -373,25 +381,10 @@ static void attn_tiles_job(void *arg, int ith, int nth)
             tile(j->hd, nr, nc, S + k0, ldc, j->k + (size_t)k0 * kv_dim + (size_t)g * j->hd,
                  sizeof(uint16_t) * kv_dim, qh, sizeof(uint16_t) * j->hd);
         }
-        for (int c = 0; c < nc; c++) {
-            float *sc = S + (size_t)c * ldc;
-            const int n_keys = j->pos0 + t0 + c + 1;
-            float mx = -INFINITY;
-            for (int p = 0; p < n_keys; p++) {
-                sc[p] *= j->scale;
-                if (sc[p] > mx) mx = sc[p];
-            }
-            double sum = 0.0;
-            for (int p = 0; p < n_keys; p++) {
-                sc[p] = expf(sc[p] - mx);
-                sum += sc[p];
-            }
-            const float inv = (float)(1.0 / sum);
-            float *o = j->out + ((size_t)(t0 + c) * j->n_head + h) * j->hd;
-            memset(o, 0, sizeof *o * j->hd);
-            for (int p = 0; p < n_keys; p++)
-                k->mad_f16(j->hd, o, j->v + (size_t)p * kv_dim + (size_t)g * j->hd, sc[p] * inv);
-        }
+        for (int c = 0; c < nc; c++) /* each query masked to its own position */
+            softmax_v(k, S + (size_t)c * ldc, j->pos0 + t0 + c + 1, j->scale,
+                      j->v + (size_t)g * j->hd, kv_dim, j->hd,
+                      j->out + ((size_t)(t0 + c) * j->n_head + h) * j->hd);
     }
 }
 
