@@ -41,21 +41,6 @@
 
 /* ------------------------------------------------------------------ helpers ---- */
 
-/* splitmix64: deterministic test data, the same on every run and machine. */
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* uniform in [0, 1) */
-static double rng_unit(uint64_t *s)
-{
-    return (double)(rng_next(s) >> 11) * 0x1p-53;
-}
-
 /* roughly normal (sum of uniforms), mean 0, deviation 1 */
 static double rng_normal(uint64_t *s)
 {

@@ -41,15 +41,6 @@ static int teardown_tmp(void **state)
 
 /* ------------------------------------------------------------------ helpers ---- */
 
-/* splitmix64: deterministic test data, the same on every run and machine. */
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static uint32_t bits_of(float f)
 {
     uint32_t u;

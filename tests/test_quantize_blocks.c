@@ -25,18 +25,14 @@ static const int TYPES[] = {ENG_Q8_0, ENG_Q4_0, ENG_Q4_1, ENG_Q5_0,
                             ENG_Q5_1, ENG_Q4_K, ENG_Q5_K, ENG_Q6_K};
 #define N_TYPES (sizeof TYPES / sizeof TYPES[0])
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rng_state = 20261129;
 static double urand(void)
 {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
+    return rng_unit(&rng_state);
 }
 static float nrand(void)
 {
-    double u = urand() + 1e-12, v = urand();
-    return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
+    return (float)rng_gauss(&rng_state);
 }
 
 static size_t block_of(int type, size_t *bytes)

@@ -33,21 +33,6 @@ static bool have_models;
 
 /* ------------------------------------------------------------------ helpers --- */
 
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static double rng_gauss(uint64_t *s)
-{
-    double u1 = ((double)(rng_next(s) >> 11) + 0.5) / 9007199254740992.0;
-    double u2 = (double)(rng_next(s) >> 11) / 9007199254740992.0;
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
 /* X (T, n): correlated = a rank-n/4 mixture plus a little noise, columns of different
  * scales (as real activations have); otherwise white noise. */
 static float *make_x(int T, int n, bool correlated, uint64_t seed)
