@@ -30,11 +30,12 @@ typedef struct cli_args {
     /* common */
     const char *home;
     const char *token;
+    const char *registry; /* --registry URL */
     bool json;
 } cli_args;
 
-/* Parses argv against `spec` plus the common options (--home, --token, --json,
- * --help). Returns 0, or MLV_EINVAL with a message. */
+/* Parses argv against `spec` plus the common options (--home, --token, --registry,
+ * --json, --help). Returns 0, or MLV_EINVAL with a message. */
 int cli_parse(cli_args *a, int argc, char **argv, const cli_opt_spec *spec, int nspec);
 const char *cli_opt(const cli_args *a, const char *name); /* last value or NULL */
 bool cli_flag(const cli_args *a, const char *name);       /* given at all */
@@ -83,6 +84,26 @@ int cli_eval_model(eng_model *m, int metric, const cli_source *ds, uint32_t ctx,
 /* A progress bar on stderr: arg is the label (const char *), f in [0, 1]. */
 void cli_progress_bar(void *arg, double f);
 
+/* ------------------------------------------------ remote registry (cli/remote.c) --- */
+/* The registry server's URL: --registry, else $MLVAULT_URL; NULL means the local home.
+ * Every command that touches the registry checks this first and, when set, talks to the
+ * server instead — with the same output and the same exit codes. */
+const char *cli_remote_url(const cli_args *a);
+/* One JSON call to that server with the CLI's token (--token, $MLVAULT_TOKEN); TLS
+ * trusts $MLVAULT_CACERT when set. *out owned by the caller (may be NULL: discarded). */
+int cli_api(const cli_args *a, const char *method, const char *path, const json_t *body,
+            json_t **out);
+/* An open client for streaming calls (push, export); free with reg_client_free. */
+int cli_client(const cli_args *a, reg_client **out);
+
+/* ------------------------------------------------------ jobs (cli/cmd_job.c) --- */
+/* Follows a job until it ends (a progress bar on a terminal): 0 and *job (owned by the
+ * caller) when it succeeded, else the job's error as its code (MLV_EGATE, ...). Local
+ * (a running server on the same home runs it) or remote. */
+int cli_job_wait(const cli_args *a, int64_t id, json_t **job);
+/* Checks a job's parameters against the command's options (the server's validator). */
+int cli_job_validate(void *ctx, const char *kind, const json_t *params);
+
 int cmd_init(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_push(int argc, char **argv);
@@ -100,5 +121,12 @@ int cmd_convert(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_job(int argc, char **argv);
+int cmd_channel(int argc, char **argv);
+int cmd_promote(int argc, char **argv);
+int cmd_approve(int argc, char **argv);
+int cmd_reject(int argc, char **argv);
+int cmd_requests(int argc, char **argv);
 
 #endif

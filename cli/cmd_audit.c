@@ -23,7 +23,7 @@ int cmd_audit(int argc, char **argv)
         return 0;
     }
     json_t *arr;
-    rc = reg_audit_list(r, &me, &arr);
+    rc = reg_audit_list(r, &me, NULL, &arr);
     reg_close(r);
     if (rc) return rc;
     if (a.json) {

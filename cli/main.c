@@ -41,8 +41,20 @@ static const char *USAGE =
     "      [--max-drop POINTS --eval-data DATASET] [--max-rounds N] [--name NAME] [-o OUT]\n"
     "                                             a smaller version, its recipe as lineage\n"
     "\n"
+    "  serve [--listen ADDR:PORT] [--tls-cert FILE --tls-key FILE] [--job-workers N]\n"
+    "                                             the registry server (REST API, jobs, metrics)\n"
+    "  job submit quantize|eval REF [OPTIONS] [--wait] | job list [--state S]\n"
+    "  job show ID | job log ID [--follow] | job cancel ID\n"
+    "                                             jobs, run by the server in child processes\n"
+    "  channel set NAME CHANNEL --gate-data DATASET [--gate-metric M] [--threshold 2.0]\n"
+    "      [--approvals N] [--expiry-days D] | channel list NAME | channel show NAME CHANNEL\n"
+    "  promote REF --to CHANNEL [--reason TEXT]   request a promotion; the gate runs first\n"
+    "  approve ID [--comment TEXT] | reject ID --reason TEXT | requests [--pending]\n"
+    "                                             the change-control board\n"
+    "\n"
     "REF is NAME (latest), NAME:VERSION or NAME@CHANNEL. The home is --home, else\n"
-    "$MLVAULT_HOME, else ~/.mlvault; the token is --token, else $MLVAULT_TOKEN.\n";
+    "$MLVAULT_HOME, else ~/.mlvault; the token is --token, else $MLVAULT_TOKEN. With\n"
+    "--registry URL (or $MLVAULT_URL) commands talk to a registry server instead.\n";
 
 /* Exit codes, one per error class, so scripts can tell them apart. */
 static int exit_code(int rc)
@@ -59,6 +71,7 @@ static int exit_code(int rc)
     case MLV_EGATE: return 9;
     case MLV_EBUSY: return 10;
     case MLV_EUNSUPPORTED: return 11;
+    case MLV_ELIMIT: return 12;
     default: return 1;
     }
 }
@@ -74,7 +87,9 @@ static const command COMMANDS[] = {
     {"lineage", cmd_lineage}, {"export", cmd_export},   {"verify", cmd_verify},
     {"audit", cmd_audit},     {"bundle", cmd_bundle},   {"keys", cmd_keys},
     {"fsck", cmd_fsck},       {"convert", cmd_convert}, {"run", cmd_run},
-    {"eval", cmd_eval},       {"quantize", cmd_quantize},
+    {"eval", cmd_eval},       {"quantize", cmd_quantize}, {"serve", cmd_serve},
+    {"job", cmd_job},         {"channel", cmd_channel},   {"promote", cmd_promote},
+    {"approve", cmd_approve}, {"reject", cmd_reject},     {"requests", cmd_requests},
 };
 
 int main(int argc, char **argv)
@@ -101,8 +116,10 @@ int main(int argc, char **argv)
 
 /* ------------------------------------------------------------- shared helpers --- */
 
-static const cli_opt_spec COMMON[] = {
-    {"home", 0, true, false}, {"token", 0, true, false}, {"json", 0, false, false}};
+static const cli_opt_spec COMMON[] = {{"home", 0, true, false},
+                                      {"token", 0, true, false},
+                                      {"registry", 0, true, false},
+                                      {"json", 0, false, false}};
 
 int cli_parse(cli_args *a, int argc, char **argv, const cli_opt_spec *spec, int nspec)
 {
@@ -162,6 +179,8 @@ int cli_parse(cli_args *a, int argc, char **argv, const cli_opt_spec *spec, int 
                 a->home = val;
             else if (!strcmp(name, "token"))
                 a->token = val;
+            else if (!strcmp(name, "registry"))
+                a->registry = val;
             else
                 a->json = true;
             continue;

@@ -29,6 +29,7 @@ enum {
     MLV_EDB = -11,          /* the catalog (SQLite) failed */
     MLV_EBUSY = -12,        /* locked by another process; try again */
     MLV_EUNSUPPORTED = -13, /* a valid request we do not implement (format, version) */
+    MLV_ELIMIT = -14,       /* over a size or count limit (request body, uploads at once) */
 };
 
 /* Sets the calling thread's error slot and returns `code`, so a failure site
@@ -43,6 +44,9 @@ int core_err_code(void);
 void core_err_clear(void);
 /* A short stable name for a code: "EINVAL", "EINTEGRITY", ... (static string). */
 const char *core_err_name(int code);
+/* The code of a name core_err_name gives ("EGATE" → MLV_EGATE); unknown names: MLV_EIO.
+ * The HTTP client uses it to turn the server's error back into the same code. */
+int core_err_from_name(const char *name);
 
 /* Logging to stderr; level from MLVAULT_LOG (error|warn|info|debug), default warn. */
 enum { CORE_LOG_ERROR, CORE_LOG_WARN, CORE_LOG_INFO, CORE_LOG_DEBUG };

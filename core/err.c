@@ -67,8 +67,16 @@ const char *core_err_name(int code)
     case MLV_EDB: return "EDB";
     case MLV_EBUSY: return "EBUSY";
     case MLV_EUNSUPPORTED: return "EUNSUPPORTED";
+    case MLV_ELIMIT: return "ELIMIT";
     default: return "EUNKNOWN";
     }
+}
+
+int core_err_from_name(const char *name)
+{
+    for (int c = MLV_OK; c >= MLV_ELIMIT; c--)
+        if (name && !strcmp(name, core_err_name(c))) return c;
+    return MLV_EIO;
 }
 
 static int log_level(void)

@@ -101,17 +101,50 @@ done:
     return rc;
 }
 
-int reg_audit_list(reg_ctx *r, const reg_user *actor, json_t **out)
+int reg_audit_record(reg_ctx *r, const reg_user *actor, const char *action, const char *target,
+                     const char *detail)
+{
+    int rc = reg_begin(r);
+    if (rc) return rc;
+    if ((rc = reg_audit_append(r, actor->name, action, target, detail, NULL, 0)) == 0)
+        rc = reg_commit(r);
+    if (rc) {
+        reg_rollback(r);
+        return rc;
+    }
+    return reg_ledger_settle(r);
+}
+
+int reg_audit_list(reg_ctx *r, const reg_user *actor, const reg_audit_filter *f, json_t **out)
 {
     *out = NULL;
     int rc = reg_authorize(actor, REG_ACT_AUDIT);
     if (rc) return rc;
+    reg_audit_filter none = {0};
+    if (!f) f = &none;
+    /* An action ending in '.' is a prefix: "promote." matches promote.request, ... */
+    char prefix[80] = "";
+    if (f->action && *f->action && f->action[strlen(f->action) - 1] == '.')
+        snprintf(prefix, sizeof prefix, "%s", f->action);
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db,
-                           "SELECT seq, at, actor, action, target, detail, hash FROM audit"
-                           " ORDER BY seq",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            r->db,
+            "SELECT seq, at, actor, action, target, detail, hash FROM audit"
+            " WHERE (?1 IS NULL OR actor = ?1)"
+            "   AND (?2 IS NULL OR action = ?2 OR (?3 <> '' AND substr(action, 1, length(?3)) = ?3))"
+            "   AND (?4 IS NULL OR target = ?4) AND (?5 IS NULL OR at >= ?5)"
+            "   AND (?6 IS NULL OR at <= ?6) AND seq > ?7"
+            " ORDER BY seq LIMIT ?8",
+            -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "audit");
+    const char *txt[] = {f->actor, f->action, NULL, f->target, f->since, f->until};
+    for (int i = 0; i < 6; i++)
+        if (i == 2)
+            sqlite3_bind_text(st, 3, prefix, -1, SQLITE_STATIC);
+        else if (txt[i] && *txt[i])
+            sqlite3_bind_text(st, i + 1, txt[i], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, f->after_seq);
+    sqlite3_bind_int64(st, 8, f->limit > 0 ? f->limit : -1);
     json_t *arr = json_array();
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {

@@ -46,6 +46,7 @@ int reg_authenticate(reg_ctx *r, const char *token, reg_user *out)
 {
     if (!token || !*token)
         return core_err_set(MLV_EAUTH, "no token: set MLVAULT_TOKEN or pass --token");
+    if (!strncmp(token, "mlvj_", 5)) return reg_job_authenticate(r, token, out);
     if (strncmp(token, "mlv_", 4) != 0 || !core_is_hex(token + 4, 64))
         return core_err_set(MLV_EAUTH, "invalid token: not an mlvault token");
     char h[65];
@@ -72,20 +73,32 @@ int reg_authenticate(reg_ctx *r, const char *token, reg_user *out)
     return rc;
 }
 
+/* The policy, deny by default: a role not named for an action may not do it. `node`
+ * reads nothing here (it pulls its enrolled models through release records). */
 int reg_authorize(const reg_user *u, reg_action a)
 {
     bool ok = false;
+    reg_role ro = u->role;
+    bool person = ro == REG_ROLE_VIEWER || ro == REG_ROLE_ENGINEER || ro == REG_ROLE_APPROVER ||
+                  ro == REG_ROLE_ADMIN;
     switch (a) {
     case REG_ACT_READ:
-    case REG_ACT_DOWNLOAD: ok = true; break;
-    case REG_ACT_PUSH: ok = u->role == REG_ROLE_ENGINEER || u->role == REG_ROLE_ADMIN; break;
-    case REG_ACT_ADMIN: ok = u->role == REG_ROLE_ADMIN; break;
-    case REG_ACT_AUDIT: ok = u->role == REG_ROLE_ADMIN || u->role == REG_ROLE_APPROVER; break;
+    case REG_ACT_DOWNLOAD: ok = person; break;
+    case REG_ACT_PUSH:
+    case REG_ACT_JOB:
+    case REG_ACT_PROMOTE: ok = ro == REG_ROLE_ENGINEER || ro == REG_ROLE_ADMIN; break;
+    case REG_ACT_ADMIN:
+    case REG_ACT_CHANNEL: ok = ro == REG_ROLE_ADMIN; break;
+    case REG_ACT_AUDIT: ok = ro == REG_ROLE_ADMIN || ro == REG_ROLE_APPROVER; break;
+    case REG_ACT_APPROVE: ok = ro == REG_ROLE_APPROVER; break;
     }
     if (u->disabled) return core_err_set(MLV_EAUTH, "user %s is disabled", u->name);
     if (ok) return 0;
-    static const char *what[] = {"read the registry", "download artifacts", "push artifacts",
-                                 "administer users", "read the audit log"};
+    static const char *what[] = {"read the registry",   "download artifacts",
+                                 "push artifacts",      "administer users",
+                                 "read the audit log",  "run jobs",
+                                 "request promotions",  "approve or reject promotions",
+                                 "set channel policies"};
     return core_err_set(MLV_EFORBIDDEN, "forbidden: %s (role %s) may not %s", u->name,
                         reg_role_name(u->role), what[a]);
 }
@@ -207,4 +220,40 @@ int reg_user_list(reg_ctx *r, const reg_user *actor, reg_user **out, size_t *n)
         *n = 0;
     }
     return rc;
+}
+
+int reg_user_rotate_token(reg_ctx *r, const reg_user *actor, const char *name,
+                          char token_out[REG_TOKEN_LEN + 1])
+{
+    int rc = reg_authorize(actor, REG_ACT_ADMIN);
+    if (rc) return rc;
+    unsigned char raw[32];
+    if ((rc = core_random(raw, sizeof raw)) != 0) return rc;
+    char token[REG_TOKEN_LEN + 1], h[65];
+    memcpy(token, "mlv_", 4);
+    core_hex(token + 4, raw, sizeof raw);
+    token_hash(h, token);
+    if ((rc = reg_begin(r)) != 0) return rc;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db, "UPDATE users SET token_hash = ? WHERE name = ?", -1, &st,
+                           NULL) != SQLITE_OK) {
+        rc = reg_db_err(r, "rotate token");
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, h, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = reg_db_err(r, "rotate token");
+    else if (sqlite3_changes(r->db) == 0)
+        rc = core_err_set(MLV_ENOTFOUND, "no user named '%s'", name);
+    if (rc == 0) rc = reg_audit_append(r, actor->name, "user.token", name, "", NULL, 0);
+    if (rc == 0) rc = reg_commit(r);
+done:
+    sqlite3_finalize(st);
+    if (rc != 0) {
+        reg_rollback(r);
+        return rc;
+    }
+    memcpy(token_out, token, sizeof token);
+    return reg_ledger_settle(r);
 }

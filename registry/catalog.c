@@ -13,7 +13,7 @@
 
 #include "registry/reg_internal.h"
 
-#define SCHEMA_VERSION "3"
+#define SCHEMA_VERSION "4"
 
 static const char *SCHEMA =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
@@ -65,7 +65,39 @@ static const char *SCHEMA =
     "  seconds REAL NOT NULL, engine TEXT NOT NULL, created_by TEXT NOT NULL,"
     "  created_at TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS evaluations_key"
-    "  ON evaluations(model_digest, dataset_digest, metric);";
+    "  ON evaluations(model_digest, dataset_digest, metric);"
+    /* schema 4: jobs, channels, promotions, releases, upload sessions */
+    "CREATE TABLE IF NOT EXISTS jobs("
+    "  id INTEGER PRIMARY KEY, kind TEXT NOT NULL, params TEXT NOT NULL,"
+    "  state TEXT NOT NULL CHECK(state IN ('queued','running','succeeded','failed','cancelled')),"
+    "  created_by TEXT NOT NULL, created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,"
+    "  progress REAL NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '',"
+    "  started_mono REAL, pid INTEGER, token_hash TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT NOT NULL DEFAULT '', result TEXT);"
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);"
+    "CREATE TABLE IF NOT EXISTS channels("
+    "  model TEXT NOT NULL, channel TEXT NOT NULL, gate_dataset TEXT NOT NULL,"
+    "  gate_metric TEXT NOT NULL, threshold REAL NOT NULL, approvals INTEGER NOT NULL,"
+    "  expiry_days INTEGER NOT NULL, ctx INTEGER NOT NULL, updated_by TEXT NOT NULL,"
+    "  updated_at TEXT NOT NULL, PRIMARY KEY(model, channel));"
+    "CREATE TABLE IF NOT EXISTS promotions("
+    "  id INTEGER PRIMARY KEY, model TEXT NOT NULL, version_id INTEGER NOT NULL REFERENCES versions(id),"
+    "  digest TEXT NOT NULL, channel TEXT NOT NULL,"
+    "  state TEXT NOT NULL CHECK(state IN ('gating','pending','released','rejected')),"
+    "  reason TEXT NOT NULL, requested_by TEXT NOT NULL, requested_at TEXT NOT NULL,"
+    "  gate TEXT, job_id INTEGER, rejection TEXT, release_seq INTEGER, decided_at TEXT);"
+    "CREATE INDEX IF NOT EXISTS promotions_state ON promotions(state);"
+    "CREATE TABLE IF NOT EXISTS approvals("
+    "  promotion_id INTEGER NOT NULL REFERENCES promotions(id), user TEXT NOT NULL,"
+    "  digest TEXT NOT NULL, comment TEXT NOT NULL, at TEXT NOT NULL,"
+    "  PRIMARY KEY(promotion_id, user));"
+    "CREATE TABLE IF NOT EXISTS releases("
+    "  model TEXT NOT NULL, channel TEXT NOT NULL, sequence INTEGER NOT NULL,"
+    "  version_id INTEGER NOT NULL REFERENCES versions(id), promotion_id INTEGER NOT NULL,"
+    "  record TEXT NOT NULL, signature TEXT NOT NULL, issued_at TEXT NOT NULL,"
+    "  PRIMARY KEY(model, channel, sequence));"
+    "CREATE TABLE IF NOT EXISTS uploads("
+    "  id TEXT PRIMARY KEY, user TEXT NOT NULL, meta TEXT NOT NULL, created_at TEXT NOT NULL);";
 
 /* SQLite tells the failing system call and its errno only to its error log, at the
  * moment of failure: sqlite3_system_errno() reads errno later, after the rollback's own
@@ -156,8 +188,9 @@ static int db_open(reg_ctx *r, bool create)
         SQLITE_OK)
         return reg_db_err(r, "schema");
     const char *v = sqlite3_step(st) == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : "";
-    if (!strcmp(v, "2")) {
-        /* Schema 3 adds the evaluations table; nothing else changed. */
+    if (!strcmp(v, "2") || !strcmp(v, "3")) {
+        /* Schemas 3 and 4 only add tables (evaluations; jobs, channels, promotions,
+         * releases, uploads): nothing else changed. */
         sqlite3_finalize(st);
         if ((rc = reg_exec(r, "BEGIN IMMEDIATE")) != 0) return rc;
         if ((rc = reg_exec(r, SCHEMA)) != 0 ||

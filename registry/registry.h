@@ -59,6 +59,10 @@ typedef enum reg_action {
     REG_ACT_PUSH,     /* push models and datasets */
     REG_ACT_ADMIN,    /* users, keys */
     REG_ACT_AUDIT,    /* read the audit log */
+    REG_ACT_JOB,      /* submit and cancel jobs (engineer, admin) */
+    REG_ACT_PROMOTE,  /* request a promotion (engineer, admin) */
+    REG_ACT_APPROVE,  /* approve or reject a promotion request (approver) */
+    REG_ACT_CHANNEL,  /* set a channel's policy (admin) */
 } reg_action;
 /* 0 when the user's role allows the action, else MLV_EFORBIDDEN with a message. */
 int reg_authorize(const reg_user *u, reg_action a);
@@ -68,6 +72,9 @@ int reg_user_add(reg_ctx *r, const reg_user *actor, const char *name, reg_role r
 int reg_user_disable(reg_ctx *r, const reg_user *actor, const char *name);
 /* *out owned by the caller (free()). */
 int reg_user_list(reg_ctx *r, const reg_user *actor, reg_user **out, size_t *n);
+/* A new token for a user (admin); the old one stops working. Audited "user.token". */
+int reg_user_rotate_token(reg_ctx *r, const reg_user *actor, const char *name,
+                          char token_out[REG_TOKEN_LEN + 1]);
 
 /* ================================================================= artifacts ==== */
 /* A parsed reference: NAME, NAME:VERSION, NAME@CHANNEL. */
@@ -191,8 +198,19 @@ int reg_key_trust(reg_ctx *r, const reg_user *actor, const char *pem, const char
 int reg_key_list(reg_ctx *r, const reg_user *actor, json_t **out);
 
 /* ====================================================================== audit ==== */
-/* [{seq, at, actor, action, target, detail, hash}] oldest first. */
-int reg_audit_list(reg_ctx *r, const reg_user *actor, json_t **out);
+/* Filters of reg_audit_list; NULL/0 fields do not filter. `action` matches exactly or,
+ * ending in '.', as a prefix ("promote."); times are RFC 3339 UTC, inclusive. */
+typedef struct reg_audit_filter {
+    const char *actor, *action, *target, *since, *until;
+    int64_t after_seq; /* rows with seq > after_seq */
+    int64_t limit;     /* 0: all */
+} reg_audit_filter;
+/* Appends one audit row as its own transaction (and ledger commit): for reads that must
+ * leave a trace (blob downloads over the API). */
+int reg_audit_record(reg_ctx *r, const reg_user *actor, const char *action, const char *target,
+                     const char *detail);
+/* [{seq, at, actor, action, target, detail, hash}] oldest first. f may be NULL. */
+int reg_audit_list(reg_ctx *r, const reg_user *actor, const reg_audit_filter *f, json_t **out);
 /* Checks the hash chain and that its head matches the ledger's audit/head.json.
  * MLV_EINTEGRITY naming the first bad row. rows_out may be NULL. */
 int reg_audit_verify(reg_ctx *r, const reg_user *actor, int64_t *rows_out);
@@ -226,5 +244,163 @@ int reg_bundle_export(reg_ctx *r, const reg_user *actor, const reg_bundle_export
 int reg_bundle_import(reg_ctx *r, const reg_user *actor, const char *path, json_t **out);
 /* This site's import public key (PEM) and its hint; *pem owned by the caller. */
 int reg_import_key(reg_ctx *r, const reg_user *actor, char **pem, char hint[65]);
+
+/* ======================================================================= jobs ==== */
+/* registry/jobs.c (DESIGN.md, Jobs). A job is a kind ("quantize", "eval" or "gate"),
+ * parameters (a JSON object: "ref" is the positional argument, every other key a long
+ * option of the same local command; true = a flag, an array = a repeated option), the
+ * submitting user, a state (queued → running → succeeded | failed | cancelled),
+ * progress (fraction, message, ETA) and a log under HOME/jobs/ID/.
+ *
+ * Runners: the server's scheduler (reg_jobs_scheduler_*) starts each queued job as a
+ * child process `mlvault job run ID` with a job token (MLVAULT_JOB_TOKEN, valid only
+ * while that job runs) that authenticates as the submitter; the child reports progress
+ * with reg_job_progress and ends with reg_job_finish. */
+typedef struct reg_job_validate {
+    /* Checks a kind's parameters before the job is queued (the CLI parses them against
+     * the command's options): 0 or MLV_EINVAL with a message. */
+    int (*fn)(void *ctx, const char *kind, const json_t *params);
+    void *ctx;
+} reg_job_validate;
+/* Queues a job (REG_ACT_JOB; audited "job.submit"). The id is written to *id. */
+int reg_job_submit(reg_ctx *r, const reg_user *actor, const reg_job_validate *v, const char *kind,
+                   const json_t *params, int64_t *id);
+/* {id, kind, state, params, created_by, created_at, started_at, finished_at, progress,
+ *  message, eta_s, error, result} (result: the command's --json output once it
+ *  succeeded, else null). *out owned by the caller. */
+int reg_job_get(reg_ctx *r, const reg_user *actor, int64_t id, json_t **out);
+/* Newest first; state may be NULL (all) or one state name. */
+int reg_job_list(reg_ctx *r, const reg_user *actor, const char *state, json_t **out);
+/* The log from byte `offset` (at most 1 MiB); *out owned by the caller. */
+int reg_job_log(reg_ctx *r, const reg_user *actor, int64_t id, uint64_t offset, char **out,
+                size_t *len);
+/* Cancels a queued job at once, a running one by signalling its process (SIGTERM, then
+ * SIGKILL). The submitter or an admin. Audited "job.cancel". */
+int reg_job_cancel(reg_ctx *r, const reg_user *actor, int64_t id);
+/* The running child: progress (fraction in [0,1], message) into the job's row, at most a
+ * few times a second (cheap to call often); also appended to the log as a line. */
+int reg_job_progress(reg_ctx *r, int64_t id, double fraction, const char *message);
+/* Job tokens ("mlvj_" + 64 hex) → the submitting user, while the job runs. */
+int reg_job_authenticate(reg_ctx *r, const char *token, reg_user *out);
+/* The child's job: kind and parameters (owned by the caller). */
+int reg_job_load(reg_ctx *r, int64_t id, char kind[16], json_t **params);
+
+typedef struct reg_jobs_scheduler reg_jobs_scheduler;
+typedef struct reg_jobs_scheduler_opts {
+    const char *home;
+    const char *exe; /* the mlvault binary to run `job run ID` with */
+    int workers;     /* jobs at once (>= 1) */
+} reg_jobs_scheduler_opts;
+/* Marks jobs left running by a previous server failed ("the server stopped while the
+ * job ran"), then starts a thread that launches queued jobs, reaps children, records
+ * their end (exit 0: succeeded with the child's stdout as result; a signal or another
+ * status: failed with the reason and the log's last error line) and applies cancels. */
+int reg_jobs_scheduler_start(reg_jobs_scheduler **out, const reg_jobs_scheduler_opts *o);
+/* Stops launching, kills running children (their jobs fail: "server shutting down"). */
+void reg_jobs_scheduler_stop(reg_jobs_scheduler *s);
+/* {"queued": n, "running": n, "succeeded": n, "failed": n, "cancelled": n} */
+int reg_jobs_counts(reg_ctx *r, json_t **out);
+
+/* ============================================================ channels & promotions ==== */
+/* registry/promote.c (DESIGN.md, Evaluation and the gate; Promotion and approvals). */
+typedef struct reg_channel_policy {
+    char gate_dataset[160]; /* a dataset ref, resolved to name:version when set */
+    char gate_metric[32];   /* next_token_accuracy | mc_accuracy */
+    double threshold;       /* points; drop >= threshold fails */
+    int approvals;          /* distinct approvers needed (0: none) */
+    int expiry_days;        /* a release record's lifetime */
+    uint32_t ctx;           /* evaluation context (0: the engine's default) */
+} reg_channel_policy;
+/* Creates or changes a channel's policy (REG_ACT_CHANNEL; audited, ledger). */
+int reg_channel_set(reg_ctx *r, const reg_user *actor, const char *model, const char *channel,
+                    const reg_channel_policy *p);
+/* [{channel, policy:{...}, current: release record or null}] */
+int reg_channel_list(reg_ctx *r, const reg_user *actor, const char *model, json_t **out);
+/* {record:{schema, model, version, digest, channel, sequence, issued_at, expires_at,
+ *  approvers:[...], gate:{...}, promotion}, record_json: the exact signed bytes,
+ *  signature: base64 DER ECDSA P-256 over SHA-256(record_json), key_hint}
+ * MLV_ENOTFOUND when the channel has no release yet. */
+int reg_channel_release(reg_ctx *r, const reg_user *actor, const char *model,
+                        const char *channel, json_t **out);
+
+/* What the gate needs evaluated (missing from the cache), one at a time. */
+typedef struct reg_gate_need {
+    char model_ref[160];   /* name:version */
+    char dataset_ref[160]; /* name:version */
+    char metric[32];
+    uint32_t ctx;
+} reg_gate_need;
+/* Runs one evaluation and records it (reg_eval_record) — the CLI's engine. */
+typedef int (*reg_gate_eval_fn)(void *ctx, const reg_gate_need *need);
+
+/* Opens a promotion request of `ref` to `channel` (REG_ACT_PROMOTE; audited; ledger
+ * promotions/ID.json) in state "gating". *id written. */
+int reg_promote_request(reg_ctx *r, const reg_user *actor, const char *ref, const char *channel,
+                        const char *reason, int64_t *id);
+/* Runs the gate of a request in state "gating": every missing evaluation through
+ * eval_fn, then baseline vs candidate. A failed gate rejects the request (MLV_EGATE with
+ * both numbers, the drop and the threshold); a passed one leaves it "pending", or
+ * releases at once when the channel needs no approvals. */
+int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eval_fn eval_fn,
+                     void *eval_ctx);
+/* An approval (REG_ACT_APPROVE; never the requester; once per user). `digest` is the
+ * candidate manifest digest the approver saw (NULL: the request's); a different one is
+ * refused. The last approval needed releases: signed record, channel moved, ledger. */
+int reg_promote_approve(reg_ctx *r, const reg_user *actor, int64_t id, const char *digest,
+                        const char *comment);
+/* One rejection ends the request (REG_ACT_APPROVE; a reason is required). */
+int reg_promote_reject(reg_ctx *r, const reg_user *actor, int64_t id, const char *reason);
+/* {id, model, version, ref, digest, channel, state: gating|pending|released|rejected,
+ *  reason, requested_by, requested_at, gate:{verdict: pass|fail|"no baseline",
+ *  baseline:{ref, value}, candidate:{ref, value}, drop, threshold, metric, dataset},
+ *  approvals:[{user, digest, comment, at}], approvals_needed, rejection:{user, reason,
+ *  at}, release: record or null, job: id of its gate job or null} */
+int reg_promote_get(reg_ctx *r, const reg_user *actor, int64_t id, json_t **out);
+/* Newest first; pending_only: state gating or pending. */
+int reg_promote_list(reg_ctx *r, const reg_user *actor, bool pending_only, json_t **out);
+/* Links a request to the job that runs its gate (the server). */
+int reg_promote_set_job(reg_ctx *r, int64_t id, int64_t job_id);
+/* {"pending": n, "released": n, "rejected": n} and, per channel, the current version's
+ * gate value: [{model, channel, version, metric, value}] — for /metrics. */
+int reg_promote_stats(reg_ctx *r, json_t **counts, json_t **accuracy);
+
+/* ===================================================================== server ==== */
+/* registry/server.c: `mlvault serve` — CivetWeb, the JSON REST API under /api/v1
+ * (docs/api.md), /metrics, /healthz, the job scheduler. */
+typedef struct reg_server reg_server;
+typedef struct reg_server_opts {
+    const char *home;
+    const char *listen; /* "127.0.0.1:8080" */
+    const char *tls_cert, *tls_key;
+    int job_workers;
+    const char *exe; /* this binary, for job children */
+    reg_job_validate validate;
+    uint64_t max_body;     /* JSON request bodies (default 1 MiB) */
+    uint64_t max_upload;   /* bytes per upload session (default 64 GiB) */
+    int max_uploads;       /* open upload sessions at once (default 8) */
+} reg_server_opts;
+int reg_server_start(reg_server **out, const reg_server_opts *o);
+/* The bound port (useful with port 0) and the base URL ("http://127.0.0.1:PORT"). */
+int reg_server_port(const reg_server *s);
+void reg_server_stop(reg_server *s);
+
+/* ===================================================================== client ==== */
+/* registry/client.c: libcurl client of the API for the remote CLI (and, later, nodes).
+ * Errors come back as the server's code and message, so a remote command exits as the
+ * local one would. */
+typedef struct reg_client reg_client;
+/* url: "http(s)://host:port"; token may be NULL; cafile (TLS) may be NULL. */
+int reg_client_new(reg_client **out, const char *url, const char *token, const char *cafile);
+void reg_client_free(reg_client *c);
+/* method GET|POST|PUT|DELETE, path "/api/v1/...", body may be NULL. *out: the response
+ * JSON (owned by the caller) on 2xx; else the server's error as code + message. */
+int reg_client_json(reg_client *c, const char *method, const char *path, const json_t *body,
+                    json_t **out);
+/* Uploads a file or folder as a new version through an upload session, resuming parts
+ * after a broken connection. meta: {name, kind, parents, note, ...} as POST /uploads. */
+int reg_client_push(reg_client *c, const json_t *meta, const char *path, json_t **out);
+/* Downloads url path into `dest` (a file), resuming with Range requests; verifies the
+ * SHA-256 when sha256 is given. */
+int reg_client_download(reg_client *c, const char *path, const char *dest, const char *sha256);
 
 #endif

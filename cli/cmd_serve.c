@@ -1,0 +1,3 @@
+/* cli/cmd_serve.c: WORK IN PROGRESS */
+#include "cli/cli.h"
+int cmd_serve(int argc, char **argv) { (void)argc, (void)argv; return core_err_set(MLV_EUNSUPPORTED, "not yet"); }

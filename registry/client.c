@@ -1,0 +1,1 @@
+/* registry/client.c: WORK IN PROGRESS (being written this session). */

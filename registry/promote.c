@@ -1,0 +1,1 @@
+/* registry/promote.c: WORK IN PROGRESS (being written this session). */

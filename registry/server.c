@@ -1,0 +1,1 @@
+/* registry/server.c: WORK IN PROGRESS (being written this session). */
