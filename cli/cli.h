@@ -104,6 +104,11 @@ int cli_job_wait(const cli_args *a, int64_t id, json_t **job);
 /* Checks a job's parameters against the command's options (the server's validator). */
 int cli_job_validate(void *ctx, const char *kind, const json_t *params);
 
+/* ---------------------------------------- promotions (cli/cmd_promote.c) --- */
+/* Runs the gate of promotion request `id` in this process: missing evaluations on the
+ * engine (recorded), then the verdict (reg_promote_gate). The job kind "gate". */
+int cli_promote_gate(const cli_args *a, int64_t id);
+
 int cmd_init(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_push(int argc, char **argv);

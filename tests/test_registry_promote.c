@@ -1,0 +1,2 @@
+/* WORK IN PROGRESS: written this session. */
+int main(void) { return 0; }
