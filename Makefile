@@ -51,6 +51,7 @@ bench: deps-llama-cpp build
 	./bench/ingest $(BUILD)/mlvault
 	./bench/engine --bin $(BUILD)/mlvault
 	./bench/quantize --bin $(BUILD)/mlvault
+	./bench/registry $(BUILD)/mlvault
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -95,6 +95,13 @@ int cli_api(const cli_args *a, const char *method, const char *path, const json_
             json_t **out);
 /* An open client for streaming calls (push, export); free with reg_client_free. */
 int cli_client(const cli_args *a, reg_client **out);
+/* A REF's API path plus `suffix` ("/lineage", or NULL): "/api/v1/models/NAME/versions/V". */
+int cli_remote_version_path(const cli_args *a, const char *ref, const char *suffix, char *out,
+                            size_t n);
+/* For commands that run only where the data home is (fsck, keys, bundle, init, ...):
+ * MLV_EUNSUPPORTED "WHAT runs on the registry host: unset MLVAULT_URL" when a server is
+ * set, else 0. */
+int cli_remote_refuse(const cli_args *a, const char *what);
 
 /* ------------------------------------------------------ jobs (cli/cmd_job.c) --- */
 /* Follows a job until it ends (a progress bar on a terminal): 0 and *job (owned by the
@@ -103,6 +110,25 @@ int cli_client(const cli_args *a, reg_client **out);
 int cli_job_wait(const cli_args *a, int64_t id, json_t **job);
 /* Checks a job's parameters against the command's options (the server's validator). */
 int cli_job_validate(void *ctx, const char *kind, const json_t *params);
+/* The remote path of quantize and eval: submits the command's parsed options in `a` as a
+ * job of `kind`, follows it (cli_job_wait) and gives the job (owned by the caller, also
+ * on failure when there is one; NULL otherwise). */
+int cli_job_submit_wait(const cli_args *a, const char *kind, json_t **job);
+/* Inside a job's child (`mlvault job run`): cli_progress_bar also reports to the job's
+ * row (reg_job_progress) while r is set; NULL stops it. */
+void cli_job_reporter_set(reg_ctx *r, int64_t id);
+/* Whether progress is worth reporting: on a terminal, or inside a job. */
+bool cli_progress_wanted(void);
+/* quantize and eval (cli/cmd_quantize.c, cli/cmd_eval.c) for jobs: their option specs
+ * (count returned), a check of a command line (argv[0] the command) as the command makes
+ * it before any work, and the printer of a result (the command's --json document) as
+ * text or, with --json, JSON — one printer for local and remote runs. */
+int cli_quantize_spec(const cli_opt_spec **spec);
+int cli_quantize_check(int argc, char **argv);
+void cli_quantize_print(const cli_args *a, const json_t *result);
+int cli_eval_spec(const cli_opt_spec **spec);
+int cli_eval_check(int argc, char **argv);
+void cli_eval_print(const cli_args *a, const json_t *result);
 
 /* ---------------------------------------- promotions (cli/cmd_promote.c) --- */
 /* Runs the gate of promotion request `id` in this process: missing evaluations on the

@@ -112,7 +112,7 @@ int cmd_bundle(int argc, char **argv)
         {"to", 0, true, false}, {"output", 'o', true, false}, {"with-ancestors", 0, false, false}};
     cli_args a;
     int rc = cli_parse(&a, argc, argv, spec, 3);
-    if (rc) return rc;
+    if (rc || (rc = cli_remote_refuse(&a, "bundle")) != 0) return rc;
     const char *sub = a.npos ? a.pos[0] : "";
     if (!strcmp(sub, "export")) return bundle_export(&a);
     if (!strcmp(sub, "import")) {

@@ -7,7 +7,7 @@ int cmd_fsck(int argc, char **argv)
     static const cli_opt_spec spec[] = {{"prune", 0, false, false}};
     cli_args a;
     int rc = cli_parse(&a, argc, argv, spec, 1);
-    if (rc) return rc;
+    if (rc || (rc = cli_remote_refuse(&a, "fsck")) != 0) return rc;
     if (a.npos) return core_err_set(MLV_EINVAL, "usage: mlvault fsck [--prune] [--json]");
     reg_ctx *r;
     reg_user me;

@@ -7,7 +7,7 @@ int cmd_init(int argc, char **argv)
 {
     cli_args a;
     int rc = cli_parse(&a, argc, argv, NULL, 0);
-    if (rc) return rc;
+    if (rc || (rc = cli_remote_refuse(&a, "init")) != 0) return rc;
     if (a.npos > 1) return core_err_set(MLV_EINVAL, "usage: mlvault init [--home DIR]");
     const char *home = a.npos == 1 ? a.pos[0] : cli_home(&a);
     char token[REG_TOKEN_LEN + 1];

@@ -110,7 +110,7 @@ int cmd_keys(int argc, char **argv)
     static const cli_opt_spec spec[] = {{"output", 'o', true, false}, {"name", 0, true, false}};
     cli_args a;
     int rc = cli_parse(&a, argc, argv, spec, 2);
-    if (rc) return rc;
+    if (rc || (rc = cli_remote_refuse(&a, "keys")) != 0) return rc;
     const char *sub = a.npos ? a.pos[0] : "";
     bool exp = !strcmp(sub, "export-import-key") && a.npos == 1 && !cli_opt(&a, "name");
     bool tr = !strcmp(sub, "trust") && a.npos == 2 && !cli_opt(&a, "output");

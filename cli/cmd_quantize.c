@@ -12,7 +12,11 @@
  * costs most (measured on calibration activations, quantize/quantize.h) are raised one
  * type and the model rebuilt; it stops at success, when nothing is left to raise or
  * after --max-rounds rounds, and then fails (MLV_EGATE) with the best result reached,
- * storing nothing. Every step runs before anything is stored. */
+ * storing nothing. Every step runs before anything is stored.
+ *
+ * With a registry server (--registry / $MLVAULT_URL) the same options run there as a job
+ * (cli/cmd_job.c) on a stored version, and its result prints as a local run's would,
+ * with the same exit code. Inside a job, progress also goes to the job's row. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -116,6 +120,22 @@ static int parse_opts(qcmd *q, int argc, char **argv)
     return parse_overrides(q);
 }
 
+int cli_quantize_spec(const cli_opt_spec **spec)
+{
+    *spec = SPEC;
+    return (int)(sizeof SPEC / sizeof *SPEC);
+}
+
+int cli_quantize_check(int argc, char **argv)
+{
+    qcmd q;
+    memset(&q, 0, sizeof q);
+    int rc = parse_opts(&q, argc, argv);
+    for (size_t i = 0; i < q.n_ov; i++)
+        free((char *)q.ov[i].pattern);
+    return rc;
+}
+
 /* Evaluation and calibration data must be text: valid UTF-8 without NUL bytes. */
 static int check_text(const cli_source *s, const char *what)
 {
@@ -146,7 +166,7 @@ static qnt_calib_opts calib_opts(const qcmd *q, bool hessian)
 {
     qnt_calib_opts co = {
         .n_ctx = (uint32_t)q->ctx, .max_tokens = (size_t)q->calib_tokens, .hessian = hessian};
-    if (isatty(2)) {
+    if (cli_progress_wanted()) {
         co.progress = qprogress;
         co.progress_arg = "calibrate";
     }
@@ -361,6 +381,47 @@ static int push(qcmd *q, const char *path, const qnt_result *res, reg_pushed *ou
     return rc;
 }
 
+static double num(const json_t *j, const char *k)
+{
+    return json_number_value(json_object_get(j, k));
+}
+
+static const char *str(const json_t *j, const char *k)
+{
+    const char *s = json_string_value(json_object_get(j, k));
+    return s ? s : "";
+}
+
+void cli_quantize_print(const cli_args *a, const json_t *j)
+{
+    if (a->json) {
+        cli_print_json(json_incref((json_t *)j));
+        return;
+    }
+    char hb[32];
+    core_human_bytes(hb, sizeof hb, (uint64_t)num(j, "bytes"));
+    json_t *warnings = json_object_get(j, "warnings"), *raised = json_object_get(j, "raised");
+    for (size_t i = 0; i < json_array_size(warnings); i++)
+        printf("warning: %s\n", json_string_value(json_array_get(warnings, i)));
+    printf("%s -> %s: %s %s, %s (%.2f bits per weight) in %.1f s\n", str(j, "input"),
+           str(j, "output"), str(j, "type"), str(j, "method"), hb, num(j, "bpw"),
+           num(j, "seconds"));
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(j, "tensor_types"), k, v)
+        printf("  %-5s %lld tensors\n", k, (long long)json_integer_value(v));
+    json_t *ev = json_object_get(j, "evaluation");
+    if (ev)
+        printf("  next-token accuracy on %s: %.2f%% -> %.2f%% (drop %.2f points), perplexity "
+               "%.4f -> %.4f\n",
+               str(ev, "dataset"), num(ev, "input") * 100, num(ev, "output") * 100, num(ev, "drop"),
+               num(ev, "input_perplexity"), num(ev, "output_perplexity"));
+    for (size_t i = 0; i < json_array_size(raised); i++) {
+        json_t *r = json_array_get(raised, i);
+        printf("  raised %s to %s\n", str(r, "tensor"), str(r, "type"));
+    }
+}
+
 static void print_result(const qcmd *q, const char *out, const char *digest, size_t img_len,
                          const qnt_result *res, const reg_eval *base, const reg_eval *cand,
                          double secs)
@@ -374,52 +435,51 @@ static void print_result(const qcmd *q, const char *out, const char *digest, siz
         if (q->plan.t[i].raised)
             json_array_append_new(raised, json_pack("{s:s,s:s}", "tensor", q->plan.t[i].name,
                                                     "type", eng_type_name(q->plan.t[i].type)));
-    if (q->a.json) {
-        json_t *j = json_pack(
-            "{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:o,s:O,s:O,s:O,s:I,s:f}", "input", q->src.label,
-            "output", out, "type", q->target.name, "method", qnt_method_name(q->method), "bytes",
-            (json_int_t)img_len, "tensor_bytes_in", (json_int_t)res->bytes_in, "tensor_bytes",
-            (json_int_t)res->bytes_out, "bpw", bpw, "tensor_types", type_counts(&q->plan), "raised",
-            raised, "rounds", q->rounds, "warnings", q->warnings, "fallback_rtn",
-            (json_int_t)res->n_fallback_rtn, "seconds", secs);
-        if (digest) json_object_set_new(j, "digest", json_string(digest));
-        if (q->cal)
-            json_object_set_new(j, "calibration_tokens",
-                                json_integer((json_int_t)qnt_calib_tokens(q->cal)));
-        if (cand)
-            json_object_set_new(j, "evaluation",
-                                json_pack("{s:s,s:s,s:f,s:f,s:f,s:f,s:f,s:I}", "dataset",
-                                          cand->dataset_ref, "metric", cand->metric, "input",
-                                          base->value, "output", cand->value, "drop",
-                                          (base->value - cand->value) * 100, "input_perplexity",
-                                          base->perplexity, "output_perplexity", cand->perplexity,
-                                          "n_samples", (json_int_t)cand->n_samples));
-        cli_print_json(j);
-        json_decref(raised);
-        return;
-    }
-    char hb[32];
-    core_human_bytes(hb, sizeof hb, img_len);
-    for (size_t i = 0; i < json_array_size(q->warnings); i++)
-        printf("warning: %s\n", json_string_value(json_array_get(q->warnings, i)));
-    printf("%s -> %s: %s %s, %s (%.2f bits per weight) in %.1f s\n", q->src.label, out,
-           q->target.name, qnt_method_name(q->method), hb, bpw, secs);
-    const char *k;
-    json_t *v, *counts = type_counts(&q->plan);
-    json_object_foreach(counts, k, v)
-        printf("  %-5s %lld tensors\n", k, (long long)json_integer_value(v));
-    json_decref(counts);
+    json_t *j = json_pack(
+        "{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:o,s:o,s:O,s:O,s:I,s:f}", "input", q->src.label,
+        "output", out, "type", q->target.name, "method", qnt_method_name(q->method), "bytes",
+        (json_int_t)img_len, "tensor_bytes_in", (json_int_t)res->bytes_in, "tensor_bytes",
+        (json_int_t)res->bytes_out, "bpw", bpw, "tensor_types", type_counts(&q->plan), "raised",
+        raised, "rounds", q->rounds, "warnings", q->warnings, "fallback_rtn",
+        (json_int_t)res->n_fallback_rtn, "seconds", secs);
+    if (digest) json_object_set_new(j, "digest", json_string(digest));
+    if (q->cal)
+        json_object_set_new(j, "calibration_tokens",
+                            json_integer((json_int_t)qnt_calib_tokens(q->cal)));
     if (cand)
-        printf("  next-token accuracy on %s: %.2f%% -> %.2f%% (drop %.2f points), perplexity "
-               "%.4f -> %.4f\n",
-               cand->dataset_ref, base->value * 100, cand->value * 100,
-               (base->value - cand->value) * 100, base->perplexity, cand->perplexity);
-    for (size_t i = 0; i < json_array_size(raised); i++) {
-        json_t *r = json_array_get(raised, i);
-        printf("  raised %s to %s\n", json_string_value(json_object_get(r, "tensor")),
-               json_string_value(json_object_get(r, "type")));
+        json_object_set_new(j, "evaluation",
+                            json_pack("{s:s,s:s,s:f,s:f,s:f,s:f,s:f,s:I}", "dataset",
+                                      cand->dataset_ref, "metric", cand->metric, "input",
+                                      base->value, "output", cand->value, "drop",
+                                      (base->value - cand->value) * 100, "input_perplexity",
+                                      base->perplexity, "output_perplexity", cand->perplexity,
+                                      "n_samples", (json_int_t)cand->n_samples));
+    cli_quantize_print(&q->a, j);
+    json_decref(j);
+}
+
+/* On a registry server: the same quantization as a job there (of a stored version),
+ * printed as a local run prints it; a failed --max-drop prints its report with --json. */
+static int quantize_remote(const qcmd *q)
+{
+    struct stat st;
+    if (stat(q->a.pos[0], &st) == 0 || cli_opt(&q->a, "output"))
+        return core_err_set(MLV_EINVAL,
+                            "%s: a registry server quantizes stored versions; push the file "
+                            "first (mlvault push), or unset MLVAULT_URL to quantize it here",
+                            q->a.pos[0]);
+    json_t *job = NULL;
+    int rc = cli_job_submit_wait(&q->a, "quantize", &job);
+    if (rc == 0)
+        cli_quantize_print(&q->a, json_object_get(job, "result"));
+    else if (q->a.json && json_object_get(job, "output")) {
+        char *msg = strdup(core_err_last());
+        cli_print_json(json_incref(json_object_get(job, "output")));
+        if (msg) core_err_set(rc, "%s", msg);
+        free(msg);
     }
-    json_decref(raised);
+    json_decref(job);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ command ---- */
@@ -452,6 +512,10 @@ int cmd_quantize(int argc, char **argv)
     char tmpdir[4200] = "", tmppath[4400] = "";
     int rc = parse_opts(&q, argc, argv);
     if (rc) goto done;
+    if (cli_remote_url(&q.a)) {
+        rc = quantize_remote(&q);
+        goto done;
+    }
     const char *outpath = cli_opt(&q.a, "output");
     struct stat st;
     bool file_input = stat(q.a.pos[0], &st) == 0;
@@ -517,7 +581,7 @@ int cmd_quantize(int argc, char **argv)
                                            "calibrating %u layers per pass",
                                            group));
     }
-    if (isatty(2)) {
+    if (cli_progress_wanted()) {
         qo.progress = qprogress;
         qo.progress_arg = (void *)"quantize";
     }

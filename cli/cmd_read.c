@@ -1,12 +1,14 @@
 /* cli/cmd_read.c: the read commands — list, show, lineage, export, verify — printing
- * the registry's JSON views as text for people or as JSON with --json. */
+ * the registry's JSON views as text for people or as JSON with --json. With a registry
+ * URL the same views come from the API (docs/api.md) and print the same way. */
 #include <string.h>
 
 #include "cli/cli.h"
 
+/* A string member, or o itself when k is NULL; "" when absent. */
 static const char *str(json_t *o, const char *k)
 {
-    const char *s = json_string_value(json_object_get(o, k));
+    const char *s = json_string_value(k ? json_object_get(o, k) : o);
     return s ? s : "";
 }
 
@@ -22,29 +24,19 @@ static void types_line(char *out, size_t n, json_t *types)
     }
 }
 
-int cmd_list(int argc, char **argv)
+/* The list view (reg_list's JSON, local or GET /models[/NAME]); takes arr. */
+static void print_list(const cli_args *a, json_t *arr)
 {
-    cli_args a;
-    int rc = cli_parse(&a, argc, argv, NULL, 0);
-    if (rc) return rc;
-    if (a.npos > 1) return core_err_set(MLV_EINVAL, "usage: mlvault list [NAME] [--json]");
-    reg_ctx *r;
-    reg_user me;
-    if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
-    json_t *arr;
-    rc = reg_list(r, &me, a.npos ? a.pos[0] : NULL, &arr);
-    reg_close(r);
-    if (rc) return rc;
-    if (a.json) {
+    if (a->json) {
         cli_print_json(arr);
-        return 0;
+        return;
     }
     size_t i;
     json_t *o;
     char hb[32], types[256];
     if (json_array_size(arr) == 0)
         printf("no models or datasets yet (mlvault push NAME PATH)\n");
-    else if (a.npos)
+    else if (a->npos)
         printf("%-24s %-12s %-12s %-14s %-10s %s\n", "VERSION", "SIZE", "FORMAT", "TYPES", "BY",
                "CREATED");
     else
@@ -56,7 +48,7 @@ int cmd_list(int argc, char **argv)
         char ref[96];
         snprintf(ref, sizeof ref, "%s:%d", str(o, "name"),
                  (int)json_integer_value(json_object_get(o, "version")));
-        if (a.npos) {
+        if (a->npos) {
             types_line(types, sizeof types, json_object_get(o, "tensor_types"));
             printf("%-24s %-12s %-12s %-14s %-10s %s\n", ref, hb, str(o, "format"), types,
                    str(o, "created_by"), str(o, "created_at"));
@@ -67,25 +59,40 @@ int cmd_list(int argc, char **argv)
         }
     }
     json_decref(arr);
-    return 0;
 }
 
-int cmd_show(int argc, char **argv)
+int cmd_list(int argc, char **argv)
 {
     cli_args a;
     int rc = cli_parse(&a, argc, argv, NULL, 0);
     if (rc) return rc;
-    if (a.npos != 1) return core_err_set(MLV_EINVAL, "usage: mlvault show REF [--json]");
-    reg_ctx *r;
-    reg_user me;
-    if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
-    json_t *o;
-    rc = reg_show(r, &me, a.pos[0], &o);
-    reg_close(r);
+    if (a.npos > 1) return core_err_set(MLV_EINVAL, "usage: mlvault list [NAME] [--json]");
+    json_t *arr;
+    if (cli_remote_url(&a)) {
+        char path[256];
+        if (a.npos && !core_name_valid(a.pos[0]))
+            return core_err_set(MLV_EINVAL, "invalid name '%s'", a.pos[0]);
+        snprintf(path, sizeof path, "/api/v1/models%s%s", a.npos ? "/" : "",
+                 a.npos ? a.pos[0] : "");
+        rc = cli_api(&a, "GET", path, NULL, &arr);
+    } else {
+        reg_ctx *r;
+        reg_user me;
+        if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
+        rc = reg_list(r, &me, a.npos ? a.pos[0] : NULL, &arr);
+        reg_close(r);
+    }
     if (rc) return rc;
-    if (a.json) {
+    print_list(&a, arr);
+    return 0;
+}
+
+/* The show view (reg_show's JSON, local or GET /models/NAME/versions/V); takes o. */
+static void print_show(const cli_args *a, json_t *o)
+{
+    if (a->json) {
         cli_print_json(o);
-        return 0;
+        return;
     }
     json_t *m = json_object_get(o, "manifest"), *lin = json_object_get(m, "lineage");
     json_t *sig = json_object_get(o, "signature");
@@ -155,6 +162,28 @@ int cmd_show(int argc, char **argv)
                str(x, "created_at"));
     }
     json_decref(o);
+}
+
+int cmd_show(int argc, char **argv)
+{
+    cli_args a;
+    int rc = cli_parse(&a, argc, argv, NULL, 0);
+    if (rc) return rc;
+    if (a.npos != 1) return core_err_set(MLV_EINVAL, "usage: mlvault show REF [--json]");
+    json_t *o;
+    if (cli_remote_url(&a)) {
+        char path[320];
+        if ((rc = cli_remote_version_path(&a, a.pos[0], NULL, path, sizeof path)) != 0) return rc;
+        rc = cli_api(&a, "GET", path, NULL, &o);
+    } else {
+        reg_ctx *r;
+        reg_user me;
+        if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
+        rc = reg_show(r, &me, a.pos[0], &o);
+        reg_close(r);
+    }
+    if (rc) return rc;
+    print_show(&a, o);
     return 0;
 }
 
@@ -165,12 +194,19 @@ int cmd_lineage(int argc, char **argv)
     int rc = cli_parse(&a, argc, argv, spec, 1);
     if (rc) return rc;
     if (a.npos != 1) return core_err_set(MLV_EINVAL, "usage: mlvault lineage REF [--json|--dot]");
-    reg_ctx *r;
-    reg_user me;
-    if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
     json_t *g;
-    rc = reg_lineage(r, &me, a.pos[0], &g);
-    reg_close(r);
+    if (cli_remote_url(&a)) {
+        char path[320];
+        if ((rc = cli_remote_version_path(&a, a.pos[0], "/lineage", path, sizeof path)) != 0)
+            return rc;
+        rc = cli_api(&a, "GET", path, NULL, &g);
+    } else {
+        reg_ctx *r;
+        reg_user me;
+        if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
+        rc = reg_lineage(r, &me, a.pos[0], &g);
+        reg_close(r);
+    }
     if (rc) return rc;
     json_t *nodes = json_object_get(g, "nodes"), *edges = json_object_get(g, "edges"), *x;
     size_t i;
@@ -217,11 +253,26 @@ int cmd_verify(int argc, char **argv)
     int rc = cli_parse(&a, argc, argv, NULL, 0);
     if (rc) return rc;
     if (a.npos != 1) return core_err_set(MLV_EINVAL, "usage: mlvault verify REF");
-    reg_ctx *r;
-    reg_user me;
-    if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
-    rc = reg_verify(r, &me, a.pos[0], a.json ? NULL : print_line, NULL);
-    reg_close(r);
+    if (cli_remote_url(&a)) {
+        /* the server decrypts and hashes every blob; it sends the lines verify prints */
+        char path[320];
+        json_t *res = NULL;
+        if ((rc = cli_remote_version_path(&a, a.pos[0], "/verify", path, sizeof path)) != 0)
+            return rc;
+        rc = cli_api(&a, "POST", path, NULL, &res);
+        size_t i;
+        json_t *x;
+        if (rc == 0 && !a.json)
+            json_array_foreach(json_object_get(res, "checked"), i, x)
+                print_line(str(x, NULL), NULL);
+        json_decref(res);
+    } else {
+        reg_ctx *r;
+        reg_user me;
+        if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
+        rc = reg_verify(r, &me, a.pos[0], a.json ? NULL : print_line, NULL);
+        reg_close(r);
+    }
     if (rc == 0) {
         if (a.json)
             cli_print_json(json_pack("{s:s,s:b}", "ref", a.pos[0], "verified", 1));
@@ -239,11 +290,18 @@ int cmd_export(int argc, char **argv)
     if (rc) return rc;
     if (a.npos != 1 || !cli_opt(&a, "output"))
         return core_err_set(MLV_EINVAL, "usage: mlvault export REF -o DIR");
-    reg_ctx *r;
-    reg_user me;
-    if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
-    rc = reg_export(r, &me, a.pos[0], cli_opt(&a, "output"));
-    reg_close(r);
+    if (cli_remote_url(&a)) {
+        reg_client *c;
+        if ((rc = cli_client(&a, &c)) != 0) return rc;
+        rc = reg_client_export(c, a.pos[0], cli_opt(&a, "output"));
+        reg_client_free(c);
+    } else {
+        reg_ctx *r;
+        reg_user me;
+        if ((rc = cli_open_auth(&a, &r, &me)) != 0) return rc;
+        rc = reg_export(r, &me, a.pos[0], cli_opt(&a, "output"));
+        reg_close(r);
+    }
     if (rc == 0) {
         if (a.json)
             cli_print_json(json_pack("{s:s,s:s}", "ref", a.pos[0], "dir", cli_opt(&a, "output")));

@@ -1,3 +1,73 @@
-/* cli/cmd_serve.c: WORK IN PROGRESS */
+/* cli/cmd_serve.c: `mlvault serve` — runs the registry server (registry/server.c) on a
+ * home until SIGINT or SIGTERM, then stops it cleanly (requests finish, job children
+ * are stopped, the catalog is closed). */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "cli/cli.h"
-int cmd_serve(int argc, char **argv) { (void)argc, (void)argv; return core_err_set(MLV_EUNSUPPORTED, "not yet"); }
+
+static const cli_opt_spec SPEC[] = {{"listen", 0, true, false},
+                                    {"tls-cert", 0, true, false},
+                                    {"tls-key", 0, true, false},
+                                    {"job-workers", 0, true, false}};
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    cli_args a;
+    int rc = cli_parse(&a, argc, argv, SPEC, 4);
+    if (rc) return rc;
+    if (a.npos != 0)
+        return core_err_set(MLV_EINVAL, "usage: mlvault serve [--home DIR] [--listen ADDR:PORT] "
+                                        "[--tls-cert FILE --tls-key FILE] [--job-workers N]");
+    double workers = 1;
+    if ((rc = cli_opt_num(&a, "job-workers", 1, 256, true, &workers)) != 0) return rc;
+    static char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return core_err_set(MLV_EIO, "/proc/self/exe: %s", strerror(errno));
+    exe[n] = 0;
+    const char *listen = cli_opt(&a, "listen") ? cli_opt(&a, "listen") : "127.0.0.1:8080";
+    reg_server_opts o = {.home = cli_home(&a),
+                         .listen = listen,
+                         .tls_cert = cli_opt(&a, "tls-cert"),
+                         .tls_key = cli_opt(&a, "tls-key"),
+                         .job_workers = (int)workers,
+                         .exe = exe,
+                         .validate = {cli_job_validate, NULL}};
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    reg_server *s;
+    if ((rc = reg_server_start(&s, &o)) != 0) return rc;
+    char host[256];
+    snprintf(host, sizeof host, "%s", listen);
+    char *colon = strrchr(host, ':');
+    if (colon) *colon = 0;
+    printf("mlvault: serving %s on %s://%s:%d\n", o.home, o.tls_cert ? "https" : "http", host,
+           reg_server_port(s));
+    fflush(stdout);
+    while (!stop_requested) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "mlvault: stopping\n");
+    reg_server_stop(s);
+    return 0;
+}

@@ -23,7 +23,9 @@ void cli_source_clear(cli_source *s)
 static int open_auth_once(const cli_args *a, cli_source *s)
 {
     if (s->r) return 0;
-    return cli_open_auth(a, &s->r, &s->user);
+    /* a stored version is decrypted where the keys are; files run anywhere */
+    int rc = cli_remote_refuse(a, "loading a stored version (not a file)");
+    return rc ? rc : cli_open_auth(a, &s->r, &s->user);
 }
 
 /* The model from an HF folder's files in memory -> GGUF image -> model. */

@@ -402,5 +402,15 @@ int reg_client_push(reg_client *c, const json_t *meta, const char *path, json_t 
 /* Downloads url path into `dest` (a file), resuming with Range requests; verifies the
  * SHA-256 when sha256 is given. */
 int reg_client_download(reg_client *c, const char *path, const char *dest, const char *sha256);
+/* The API path of a version, "/api/v1/models/NAME/versions/V" (V: a number or latest);
+ * NAME@CHANNEL asks the server which version the channel's release names. */
+int reg_client_version_path(reg_client *c, const char *ref, char *out, size_t n);
+/* reg_export against the server: outdir must not exist or be empty; the version's files,
+ * mlvault-manifest.json and model.sig land in a staging folder beside it (named by the
+ * digest, so a second run after a broken connection resumes), each file checked against
+ * the manifest's SHA-256, the manifest against the version's digest and the signature
+ * with the registry's public key (GET /registry/key; another site's signature: the
+ * server's verify); then the folder is renamed into place. */
+int reg_client_export(reg_client *c, const char *ref, const char *outdir);
 
 #endif

@@ -217,6 +217,14 @@ int repo_aead_dec_chunk(repo_aead_dec *d, const unsigned char *in, size_t n, boo
     return 0;
 }
 
+int repo_aead_dec_seek(repo_aead_dec *d, uint64_t chunk)
+{
+    if (d->s.failed) return core_err_set(MLV_EINTEGRITY, "stream already failed to verify");
+    d->s.counter = chunk;
+    d->s.finished = false;
+    return 0;
+}
+
 void repo_aead_dec_free(repo_aead_dec *d)
 {
     if (!d) return;

@@ -641,6 +641,100 @@ int repo_blob_decrypt_mem(const char *home, const repo_keys *k, const char *sha2
     return blob_decrypt(home, k, sha256, size, wrapped_dek, -1, out ? out : &one);
 }
 
+int repo_blob_decrypt_range(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
+                            const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], uint64_t offset,
+                            uint64_t len, repo_blob_sink sink, void *ctx)
+{
+    if (!core_is_hex(sha256, 64))
+        return core_err_set(MLV_EINVAL, "not a SHA-256 digest: '%.80s'", sha256 ? sha256 : "");
+    if (size > BLOB_MAX) return core_err_set(MLV_EINVAL, "blob %s: size out of range", sha256);
+    if (offset > size || len > size - offset)
+        return core_err_set(MLV_EINVAL, "blob %s: range outside its %llu bytes", sha256,
+                            (unsigned long long)size);
+    int rc = 0, fd = -1;
+    unsigned char dek[REPO_KEY_LEN], header[REPO_BLOB_HEADER];
+    unsigned char *cipher = NULL, *plain = NULL;
+    bool have_dek = false;
+    repo_aead_dec *dec = NULL;
+    char *path = repo_blob_path(home, sha256);
+    if (!path) return core_err_code();
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0) {
+        rc = errno == ENOENT ? core_err_set(MLV_ENOTFOUND, "blob %s is missing", sha256)
+                             : core_err_set(MLV_EIO, "blob %s: %s", sha256, strerror(errno));
+        goto done;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        (uint64_t)st.st_size != repo_aead_ciphertext_size(size)) {
+        rc = core_err_set(MLV_EINTEGRITY, "blob %s: truncated, extended or not a file", sha256);
+        goto done;
+    }
+    if ((rc = repo_keys_unwrap_dek(k, wrapped_dek, dek)) != 0) {
+        core_err_wrap("blob %s: ", sha256);
+        goto done;
+    }
+    have_dek = true;
+    if (read_full(fd, header, sizeof header) != (ssize_t)sizeof header) {
+        rc = core_err_set(MLV_EIO, "blob %s: cannot read its header", sha256);
+        goto done;
+    }
+    if ((rc = repo_aead_dec_new(&dec, dek, header)) != 0) {
+        core_err_wrap("blob %s: ", sha256);
+        goto done;
+    }
+    if (len == 0) goto done;
+    if (!(cipher = buf_alloc(CIPHER_BATCH)) || !(plain = buf_alloc(PLAIN_BATCH))) {
+        rc = core_err_set(MLV_ENOMEM, "out of memory for blob buffers");
+        goto done;
+    }
+    const uint64_t nchunks_all = size / REPO_CHUNK + 1, end = offset + len;
+    uint64_t chunk = offset / REPO_CHUNK;
+    if ((rc = repo_aead_dec_seek(dec, chunk)) != 0) goto done;
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    while (chunk * REPO_CHUNK < end) {
+        /* up to BATCH_CHUNKS chunks covering what is still wanted */
+        uint64_t want = (end - chunk * REPO_CHUNK + REPO_CHUNK - 1) / REPO_CHUNK;
+        if (want == 0) want = 1;
+        size_t nch = want < BATCH_CHUNKS ? (size_t)want : BATCH_CHUNKS;
+        if (chunk + nch > nchunks_all) nch = (size_t)(nchunks_all - chunk);
+        bool reaches_last = chunk + nch == nchunks_all;
+        uint64_t pstart = chunk * REPO_CHUNK;
+        uint64_t pbytes = reaches_last ? size - pstart : (uint64_t)nch * REPO_CHUNK;
+        size_t clen = (size_t)pbytes + nch * REPO_TAG;
+        off_t pos = REPO_BLOB_HEADER + (off_t)(chunk * (REPO_CHUNK + REPO_TAG));
+        ssize_t r = pread(fd, cipher, clen, pos);
+        if (r != (ssize_t)clen) {
+            rc = r < 0 ? core_err_set(MLV_EIO, "blob %s: read: %s", sha256, strerror(errno))
+                       : core_err_set(MLV_EINTEGRITY, "blob %s: truncated", sha256);
+            goto done;
+        }
+        const unsigned char *c = cipher;
+        for (size_t j = 0; j < nch; j++) {
+            bool last = reaches_last && j + 1 == nch;
+            size_t cn = last ? (size_t)(pbytes - (uint64_t)j * REPO_CHUNK) : REPO_CHUNK;
+            if ((rc = repo_aead_dec_chunk(dec, c, cn + REPO_TAG, last, plain + j * REPO_CHUNK)) !=
+                0) {
+                core_err_wrap("blob %s: ", sha256);
+                goto done;
+            }
+            c += cn + REPO_TAG;
+        }
+        uint64_t from = offset > pstart ? offset - pstart : 0;
+        uint64_t to = end < pstart + pbytes ? end - pstart : pbytes;
+        if (to > from && (rc = sink(ctx, plain + from, (size_t)(to - from))) != 0) goto done;
+        chunk += nch;
+    }
+done:
+    if (have_dek) OPENSSL_cleanse(dek, sizeof dek);
+    repo_aead_dec_free(dec);
+    if (plain) OPENSSL_cleanse(plain, PLAIN_BATCH);
+    free(plain);
+    free(cipher);
+    if (fd >= 0) close(fd);
+    free(path);
+    return rc;
+}
+
 int repo_tmp_sweep(const char *home)
 {
     char *tmp = core_path_join(home, "tmp");

@@ -119,6 +119,9 @@ int repo_aead_dec_new(repo_aead_dec **out, const unsigned char dek[REPO_KEY_LEN]
  * bytes into out. MLV_EINTEGRITY when the tag does not verify. */
 int repo_aead_dec_chunk(repo_aead_dec *d, const unsigned char *in, size_t n, bool last,
                         unsigned char *out);
+/* Positions the stream at chunk number `chunk` for random access: each chunk's nonce
+ * holds its number, so a chunk decrypted there still authenticates its place. */
+int repo_aead_dec_seek(repo_aead_dec *d, uint64_t chunk);
 void repo_aead_dec_free(repo_aead_dec *d);
 
 /* ====================================================================== blobs ====
@@ -160,6 +163,16 @@ int repo_blob_decrypt(const char *home, const repo_keys *k, const char *sha256, 
  * on disk; used by serving nodes and the engine). */
 int repo_blob_decrypt_mem(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
                           const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], void *out);
+
+/* Decrypts the plaintext bytes [offset, offset + len) of blob `sha256` (a ranged
+ * download), from the chunk holding `offset` on, handing each authenticated piece to
+ * sink (a non-zero return stops with that code). Each chunk's tag authenticates its
+ * bytes and its position, and the ciphertext's length is checked; the SHA-256 of the
+ * whole plaintext is not (the receiver checks it against the manifest). */
+typedef int (*repo_blob_sink)(void *ctx, const void *data, size_t n);
+int repo_blob_decrypt_range(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
+                            const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], uint64_t offset,
+                            uint64_t len, repo_blob_sink sink, void *ctx);
 
 /* Removes the files in HOME/tmp left by an interrupted operation (called at open). */
 int repo_tmp_sweep(const char *home);
@@ -235,6 +248,15 @@ int repo_sign_resources(const repo_keys *k, const char *model_name, const repo_s
  * what differs. */
 int repo_sig_verify(const char *bundle_json, size_t len, const char *public_pem,
                     const repo_sig_resource *expect, size_t n_expect);
+
+/* Plain signatures over bytes (release records, docs/api.md): ECDSA with the registry's
+ * P-256 key over SHA-256 of `data`; *sig_b64 is standard base64 (padded) of the DER
+ * signature, owned by the caller (free()). Checkable with `openssl dgst -sha256 -verify
+ * signing.pub -signature SIG.der DATA`. */
+int repo_sign_bytes(const repo_keys *k, const void *data, size_t len, char **sig_b64);
+/* Verifies such a signature with a public key (PEM; P-256/384/521 with SHA-256/384/512):
+ * 0, MLV_EINTEGRITY when it does not verify or is not base64, MLV_EINVAL for a bad key. */
+int repo_verify_bytes(const char *public_pem, const void *data, size_t len, const char *sig_b64);
 
 /* Parses a PEM public key (ECDSA P-256/384/521) and re-encodes it as SubjectPublicKeyInfo
  * PEM, the form whose SHA-256 is the key's model-signing hint. *canon_pem owned by the

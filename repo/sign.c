@@ -24,7 +24,10 @@
  * ignore_paths holds "model.sig" (unless a resource has that name), as the reference
  * records it, so a folder exported with its signature as DIR/model.sig verifies both
  * with the CLI and through the reference's Python API. The keys themselves live in
- * keys.c; what to sign and when to verify is the registry's business. */
+ * keys.c; what to sign and when to verify is the registry's business.
+ *
+ * Also plain signatures over bytes (repo_sign_bytes): base64 of the DER ECDSA signature
+ * over SHA-256 of the bytes, for the registry's release records. */
 #include "repo.h"
 #include "repo/repo_internal.h"
 
@@ -46,7 +49,6 @@
 #define MODEL_NAME_MAX 256
 
 /* ------------------------------------------------------------------- helpers -- */
-
 
 /* Standard base64 with padding; caller frees. */
 static char *b64_encode(const unsigned char *in, size_t n)
@@ -629,16 +631,81 @@ int repo_pubkey_canonical(const char *pem, char **canon_pem, char hint[65])
     int rc = 0;
     char *data;
     long n;
-    if (!key) rc = core_err_set(MLV_EINVAL, "not a PEM public key");
-    else if (!key_digest(key)) rc = core_err_set(MLV_EINVAL, "not an ECDSA P-256/384/521 key");
+    if (!key)
+        rc = core_err_set(MLV_EINVAL, "not a PEM public key");
+    else if (!key_digest(key))
+        rc = core_err_set(MLV_EINVAL, "not an ECDSA P-256/384/521 key");
     else if (!(out = BIO_new(BIO_s_mem())) || PEM_write_bio_PUBKEY(out, key) != 1 ||
              (n = BIO_get_mem_data(out, &data)) <= 0)
         rc = core_err_set(MLV_ECRYPTO, "cannot encode the public key");
     else if (!(*canon_pem = strndup(data, (size_t)n)))
         rc = core_err_set(MLV_ENOMEM, "out of memory");
-    else repo_sha256_hex(hint, *canon_pem, (size_t)n);
+    else
+        repo_sha256_hex(hint, *canon_pem, (size_t)n);
     EVP_PKEY_free(key);
     BIO_free(in);
     BIO_free(out);
+    return rc;
+}
+
+/* ------------------------------------------------------ signatures over bytes -- */
+/* Release records are signed as plain bytes, not as model-signing bundles: a serving
+ * node or `openssl dgst -verify` checks them with nothing but the public key. */
+
+int repo_sign_bytes(const repo_keys *k, const void *data, size_t len, char **sig_b64)
+{
+    if (!sig_b64) return core_err_set(MLV_EINVAL, "signature: no output");
+    *sig_b64 = NULL;
+    EVP_PKEY *key = k ? repo_keys_signing_pkey(k) : NULL;
+    const EVP_MD *md = key_digest(key);
+    if (!md) return core_err_set(MLV_EINVAL, "signature: no ECDSA signing key");
+    if (!data && len) return core_err_set(MLV_EINVAL, "signature: no data");
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned char *sig = NULL;
+    size_t siglen = 0;
+    int rc = 0;
+    if (!ctx || EVP_DigestSignInit(ctx, NULL, md, NULL, key) != 1 ||
+        EVP_DigestSign(ctx, NULL, &siglen, data, len) != 1 || !(sig = malloc(siglen)) ||
+        EVP_DigestSign(ctx, sig, &siglen, data, len) != 1) {
+        rc = core_err_set(MLV_ECRYPTO, "signature: ECDSA signing failed");
+        goto done;
+    }
+    if (!(*sig_b64 = b64_encode(sig, siglen)))
+        rc = core_err_set(MLV_ENOMEM, "signature: out of memory");
+done:
+    free(sig);
+    EVP_MD_CTX_free(ctx);
+    return rc;
+}
+
+int repo_verify_bytes(const char *public_pem, const void *data, size_t len, const char *sig_b64)
+{
+    if (!public_pem || !sig_b64 || (!data && len))
+        return core_err_set(MLV_EINVAL, "signature: missing argument");
+    BIO *bio = BIO_new_mem_buf(public_pem, -1);
+    EVP_PKEY *key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+    EVP_MD_CTX *ctx = NULL;
+    unsigned char *sig = NULL;
+    size_t siglen = 0;
+    const EVP_MD *md = key_digest(key);
+    int rc = 0;
+    if (!md) {
+        rc = core_err_set(MLV_EINVAL, "signature: the public key is not an ECDSA P-256/384/521 "
+                                      "PEM public key");
+        goto done;
+    }
+    if ((rc = b64_decode("the signature", sig_b64, strlen(sig_b64), &sig, &siglen))) goto done;
+    if (!(ctx = EVP_MD_CTX_new()) || EVP_DigestVerifyInit(ctx, NULL, md, NULL, key) != 1) {
+        rc = core_err_set(MLV_ECRYPTO, "signature: cannot start ECDSA verification");
+        goto done;
+    }
+    if (EVP_DigestVerify(ctx, sig, siglen, data, len) != 1)
+        rc = core_err_set(MLV_EINTEGRITY,
+                          "signature: the ECDSA signature does not verify with this public key");
+done:
+    free(sig);
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(key);
+    BIO_free(bio);
     return rc;
 }

