@@ -59,10 +59,13 @@ int reg_client_new(reg_client **out, const char *url, const char *token, const c
         while (n > 0 && c->url[n - 1] == '/')
             c->url[--n] = 0;
     }
-    if (token && *token && asprintf(&c->auth, "Authorization: Bearer %s", token) < 0)
-        c->auth = NULL, c->url = (free(c->url), NULL);
+    bool auth_failed = false;
+    if (token && *token && asprintf(&c->auth, "Authorization: Bearer %s", token) < 0) {
+        c->auth = NULL;
+        auth_failed = true;
+    }
     c->cafile = cafile && *cafile ? strdup(cafile) : NULL;
-    if (!c->curl || !c->url || (cafile && *cafile && !c->cafile)) {
+    if (!c->curl || !c->url || auth_failed || (cafile && *cafile && !c->cafile)) {
         reg_client_free(c);
         return core_err_set(MLV_ENOMEM, "out of memory");
     }
@@ -97,9 +100,10 @@ typedef struct xfer {
     bool bad_range;
     char sha_hdr[65];    /* X-Mlvault-Sha256 */
     int64_t range_first; /* Content-Range: bytes FIRST-... (-1: none) */
-    /* an upload: bytes [in_off, in_off + in_left) of in_fd */
+    /* an upload: bytes [in_off, in_off + in_left) of in_fd, out of the part that
+     * starts at part_off and is part_len long (libcurl may rewind it) */
     int in_fd;
-    uint64_t in_off, in_left;
+    uint64_t in_off, in_left, part_off, part_len;
     int rerr; /* errno of a failed read */
 } xfer;
 
@@ -188,6 +192,16 @@ static size_t on_read(char *p, size_t size, size_t n, void *ud)
     }
 }
 
+static int on_seek(void *ud, curl_off_t offset, int origin)
+{
+    xfer *x = ud;
+    if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > x->part_len)
+        return CURL_SEEKFUNC_CANTSEEK;
+    x->in_off = x->part_off + (uint64_t)offset;
+    x->in_left = x->part_len - (uint64_t)offset;
+    return CURL_SEEKFUNC_OK;
+}
+
 static void xfer_init(xfer *x, reg_client *c)
 {
     memset(x, 0, sizeof *x);
@@ -270,7 +284,10 @@ static int perform(reg_client *c, xfer *x, const char *what)
 
 /* A transfer that failed for a reason another try may not meet: no complete response
  * (a broken connection, a timeout: status -1, set by perform) or a server error. */
-static bool transient(long status) { return status >= 500 || status == -1; }
+static bool transient(long status)
+{
+    return status >= 500 || status == -1;
+}
 
 static const char *jstr(const json_t *o, const char *k)
 {
@@ -352,7 +369,7 @@ static int json_call(reg_client *c, const char *method, const char *path, const 
     struct curl_slist *hdrs = NULL;
     char *text = NULL;
     /* a commit or a verify works on the whole version before it answers */
-    int rc = setup(c, &x, method, path, &hdrs, 3600);
+    int rc = setup(c, &x, method, path, &hdrs, 900);
     if (rc) return rc;
     if (body) {
         text = core_json_dumps(body, JSON_COMPACT);
@@ -474,6 +491,44 @@ static int get_once(reg_client *c, const char *path, int fd, uint64_t start, xfe
     return rc;
 }
 
+/* GETs `path` into fd (the part file) from the bytes it holds, resuming after broken
+ * connections; `want` (65 bytes) takes the server's X-Mlvault-Sha256 when empty and
+ * must match it otherwise (the part is removed on a mismatch). */
+static int fetch(reg_client *c, const char *path, int fd, const char *part, char *want, xfer *x)
+{
+    int rc = 0;
+    for (int attempt = 0;; attempt++) {
+        struct stat st;
+        if (fstat(fd, &st) != 0) return core_err_set(MLV_EIO, "%s: %s", part, strerror(errno));
+        uint64_t have = (uint64_t)st.st_size;
+        core_buf_free(&x->body);
+        rc = get_once(c, path, fd, have, x);
+        if (x->sha_hdr[0]) {
+            if (want[0] && strcmp(want, x->sha_hdr) != 0) {
+                unlink(part);
+                return core_err_set(MLV_EINTEGRITY,
+                                    "%s: the registry names sha256 %.12s…, expected %.12s…", path,
+                                    x->sha_hdr, want);
+            }
+            snprintf(want, 65, "%s", x->sha_hdr);
+        }
+        if (rc == 0 || attempt + 1 >= ATTEMPTS) return rc;
+        if (x->status == 416 && have > 0) {
+            /* nothing after `have`: the part may already be whole; the digest decides */
+            char got[65];
+            if (want[0] && sha256_fd(fd, part, got, NULL) == 0 && !strcmp(got, want)) return 0;
+            if (ftruncate(fd, 0) != 0)
+                return core_err_set(MLV_EIO, "%s: %s", part, strerror(errno));
+            continue;
+        }
+        /* a first connection refused: the server is not there, no point waiting */
+        bool absent = attempt == 0 && x->status == -1 && strstr(core_err_last(), "cannot connect");
+        if (!transient(x->status) || absent) return rc;
+        core_log(CORE_LOG_WARN, "%s (resuming)", core_err_last());
+        backoff(attempt);
+    }
+}
+
 int reg_client_download(reg_client *c, const char *path, const char *dest, const char *sha256)
 {
     if (!c) return core_err_set(MLV_EINVAL, "no registry client");
@@ -491,50 +546,22 @@ int reg_client_download(reg_client *c, const char *path, const char *dest, const
         goto done;
     }
     if (sha256) snprintf(want, sizeof want, "%s", sha256);
-    for (int attempt = 0;; attempt++) {
-        struct stat st;
-        if (fstat(fd, &st) != 0) {
-            rc = core_err_set(MLV_EIO, "%s: %s", part, strerror(errno));
-            goto done;
-        }
-        uint64_t have = (uint64_t)st.st_size;
-        core_buf_free(&x.body);
-        rc = get_once(c, path, fd, have, &x);
-        if (x.sha_hdr[0]) {
-            if (want[0] && strcmp(want, x.sha_hdr) != 0) {
-                rc = core_err_set(MLV_EINTEGRITY,
-                                  "%s: the registry names sha256 %.12s…, expected %.12s…", path,
-                                  x.sha_hdr, want);
-                unlink(part);
-                goto done;
-            }
-            snprintf(want, sizeof want, "%s", x.sha_hdr);
-        }
-        if (rc == 0) break;
-        if (attempt + 1 >= ATTEMPTS) goto done;
-        if (x.status == 416 && have > 0) {
-            /* nothing after `have`: the part may already be whole; the digest decides */
-            char got[65];
-            if (want[0] && sha256_fd(fd, part, got, NULL) == 0 && !strcmp(got, want)) {
-                rc = 0;
-                break;
-            }
+    struct stat st0;
+    /* bytes an earlier run left: resumed from, but dropped once if they prove wrong */
+    bool stale = fstat(fd, &st0) == 0 && st0.st_size > 0;
+    for (int round = 0;; round++) {
+        if ((rc = fetch(c, path, fd, part, want, &x)) != 0) goto done;
+        char got[65];
+        if ((rc = sha256_fd(fd, part, got, NULL)) != 0) goto done;
+        if (!want[0] || !strcmp(got, want)) break;
+        if (stale && round == 0) {
+            core_log(CORE_LOG_WARN, "%s: an earlier download's bytes do not match; again", part);
             if (ftruncate(fd, 0) != 0) {
                 rc = core_err_set(MLV_EIO, "%s: %s", part, strerror(errno));
                 goto done;
             }
             continue;
         }
-        /* a first connection refused: the server is not there, no point waiting */
-        bool absent = attempt == 0 && x.status == -1 && strstr(core_err_last(), "cannot connect");
-        if (!transient(x.status) || absent) goto done;
-        core_log(CORE_LOG_WARN, "%s (resuming)", core_err_last());
-        backoff(attempt);
-    }
-    char got[65];
-    uint64_t size = 0;
-    if ((rc = sha256_fd(fd, part, got, &size)) != 0) goto done;
-    if (want[0] && strcmp(got, want) != 0) {
         rc = core_err_set(MLV_EINTEGRITY, "%s: digest mismatch: got sha256 %s, expected %s", path,
                           got, want);
         unlink(part);
@@ -669,8 +696,8 @@ static int put_part(reg_client *c, const char *url_path, int fd, const up_file *
     xfer x;
     xfer_init(&x, c);
     x.in_fd = fd;
-    x.in_off = from;
-    x.in_left = len;
+    x.in_off = x.part_off = from;
+    x.in_left = x.part_len = len;
     struct curl_slist *hdrs = NULL, *t;
     int rc = setup(c, &x, "PUT", url_path, &hdrs, 60);
     if (rc) return rc;
@@ -687,6 +714,8 @@ static int put_part(reg_client *c, const char *url_path, int fd, const up_file *
     curl_easy_setopt(c->curl, CURLOPT_UPLOAD, 1L);
     curl_easy_setopt(c->curl, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(c->curl, CURLOPT_READDATA, &x);
+    curl_easy_setopt(c->curl, CURLOPT_SEEKFUNCTION, on_seek);
+    curl_easy_setopt(c->curl, CURLOPT_SEEKDATA, &x);
     curl_easy_setopt(c->curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)len);
     char what[320];
     snprintf(what, sizeof what, "upload %s", f->rel);

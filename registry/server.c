@@ -592,20 +592,19 @@ done:
 }
 
 /* CivetWeb 1.15 loads libssl at run time and calls SSL_get_peer_certificate on every
- * TLS connection; OpenSSL 3 only has it as a macro (SSL_get1_peer_certificate), so such
- * a build would jump to NULL on the first HTTPS request (civetweb issue #1334). */
+ * TLS connection; OpenSSL 3 only has it as a macro (SSL_get1_peer_certificate). mlvault
+ * links registry/tls/ssl_compat.c, which supplies it under the name CivetWeb opens; this
+ * checks that it took effect rather than crash on the first HTTPS request. */
 static int tls_usable(void)
 {
     void *h = dlopen("libssl.so", RTLD_LAZY | RTLD_LOCAL);
-    if (!h) h = dlopen("libssl.so.3", RTLD_LAZY | RTLD_LOCAL);
     bool ok = h && dlsym(h, "SSL_get_peer_certificate") != NULL;
     if (h) dlclose(h);
     if (ok) return 0;
     return core_err_set(MLV_EUNSUPPORTED,
-                        "TLS: this CivetWeb library (%s) needs OpenSSL 1.1's "
-                        "SSL_get_peer_certificate, which this OpenSSL 3 lacks, and would crash "
-                        "on the first HTTPS connection (civetweb issue #1334); serve HTTP on "
-                        "127.0.0.1 behind a TLS proxy instead",
+                        "TLS: CivetWeb %s needs SSL_get_peer_certificate, which OpenSSL 3 lacks "
+                        "and the ssl-compat library (built beside mlvault) supplies; it was "
+                        "not found: keep build/ssl-compat/ beside the binary",
                         mg_version());
 }
 

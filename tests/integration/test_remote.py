@@ -42,7 +42,11 @@ class CuttingProxy:
                 c, _ = self.sock.accept()
             except OSError:
                 return
-            s = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                s = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                c.close()
+                continue
             for a, b in ((c, s), (s, c)):
                 threading.Thread(target=self.pump, args=(a, b, c, s), daemon=True).start()
 
