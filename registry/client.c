@@ -322,9 +322,11 @@ static int setup(reg_client *c, xfer *x, const char *method, const char *path,
     curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "mlvault/" MLV_VERSION);
     if (strcmp(method, "GET") != 0) curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    struct curl_slist *l = NULL, *t;
-    if (c->auth && !(t = curl_slist_append(l, c->auth))) goto oom;
-    if (c->auth) l = t;
+    struct curl_slist *l = NULL, *t = NULL;
+    if (c->auth) {
+        if (!(t = curl_slist_append(l, c->auth))) goto oom;
+        l = t;
+    }
     if (!(t = curl_slist_append(l, "Expect:"))) goto oom; /* no 100-continue round trip */
     l = t;
     *hdrs = l;

@@ -549,6 +549,9 @@ static int job_end(reg_ctx *r, int64_t id, const char *state, const char *error,
         sqlite3_bind_null(st, 5);
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : reg_db_err(r, "end job");
     sqlite3_finalize(st);
+    /* a promotion whose gate was this job must not wait for it for ever */
+    if (rc == 0 && strcmp(state, "succeeded") != 0 && reg_promote_sweep_failed_gates(r) != 0)
+        core_log(CORE_LOG_WARN, "promotions of a failed gate job: %s", core_err_last());
     return rc;
 }
 
@@ -937,6 +940,8 @@ int reg_jobs_scheduler_start(reg_jobs_scheduler **out, const reg_jobs_scheduler_
     sqlite3_bind_text(st, 1, at, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) rc = reg_db_err(s->r, "orphaned jobs");
     sqlite3_finalize(st);
+    if (rc == 0 && reg_promote_sweep_failed_gates(s->r) != 0)
+        core_log(CORE_LOG_WARN, "promotions of orphaned gate jobs: %s", core_err_last());
     if (rc) goto fail;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);

@@ -615,6 +615,100 @@ int reg_promote_list(reg_ctx *r, const reg_user *actor, bool pending_only, json_
     return 0;
 }
 
+/* The sequence number of a channel's current release (0: none yet). */
+static int channel_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT COALESCE(MAX(sequence), 0) FROM releases"
+                           " WHERE model = ? AND channel = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "releases");
+    sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : reg_db_err(r, "releases");
+    *seq = rc == 0 ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Inside a transaction: ends an open request (gating or pending) as rejected by `actor`
+ * with `reason`, audited as `action`. 0 also when it was no longer open. */
+static int reject_locked(reg_ctx *r, const char *actor, const char *action, const prom_row *p,
+                         const char *reason)
+{
+    char now[21];
+    core_time_iso(now);
+    json_t *rej = json_pack("{s:s,s:s,s:s}", "user", actor, "reason", reason, "at", now);
+    char *rej_text = rej ? core_json_dumps(rej, JSON_SORT_KEYS | JSON_COMPACT) : NULL;
+    json_decref(rej);
+    if (!rej_text) return core_err_set(MLV_ENOMEM, "out of memory");
+    sqlite3_stmt *st = NULL;
+    int rc = 0;
+    if (sqlite3_prepare_v2(r->db,
+                           "UPDATE promotions SET state = 'rejected', rejection = ?, decided_at = ?"
+                           " WHERE id = ? AND state IN ('gating', 'pending')",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = reg_db_err(r, "promotions");
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, rej_text, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, now, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, p->id);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = reg_db_err(r, "promotions");
+    else if (sqlite3_changes(r->db) == 1)
+        rc = audit_request(r, actor, action, p, reason);
+done:
+    sqlite3_finalize(st);
+    free(rej_text);
+    return rc;
+}
+
+/* A request whose gate could not run (an evaluation failed, its job crashed or was
+ * cancelled) is rejected with the reason, rather than left "gating" for ever. */
+static int gate_abort(reg_ctx *r, const char *actor, const prom_row *p, const char *why)
+{
+    char reason[900];
+    snprintf(reason, sizeof reason, "the gate could not run: %s", why);
+    int rc = reg_begin(r);
+    if (rc == 0 && (rc = reject_locked(r, actor, "promote.gate", p, reason)) == 0)
+        rc = reg_commit(r);
+    if (rc) {
+        reg_rollback(r);
+        return rc;
+    }
+    return reg_ledger_settle(r);
+}
+
+int reg_promote_sweep_failed_gates(reg_ctx *r)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT p.id, j.error FROM promotions p JOIN jobs j ON j.id = p.job_id"
+                           " WHERE p.state = 'gating' AND j.state IN ('failed', 'cancelled')",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "promotions");
+    int64_t ids[64];
+    char errs[64][400];
+    int n = 0;
+    while (n < 64 && sqlite3_step(st) == SQLITE_ROW) {
+        ids[n] = sqlite3_column_int64(st, 0);
+        const char *e = (const char *)sqlite3_column_text(st, 1);
+        snprintf(errs[n], sizeof errs[n], "its job %s", e && *e ? e : "failed");
+        n++;
+    }
+    sqlite3_finalize(st);
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        prom_row p;
+        if ((rc = prom_row_load(r, ids[i], &p)) != 0) break;
+        rc = gate_abort(r, p.requested_by, &p, errs[i]);
+        prom_row_clear(&p);
+    }
+    return rc;
+}
+
 /* ---------------------------------------------------------------------- gate --- */
 
 /* The cached evaluation of version `vid` on the gate's dataset, metric and context;
@@ -708,11 +802,13 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
     char *gate_text = NULL, *rej_text = NULL;
     char msg[768] = "";
     bool failed = false;
+    bool gating = false; /* once true, a failure rejects the request (gate_abort) */
     if (strcmp(p.state, "gating") != 0) {
         rc = core_err_set(MLV_EINVAL, "request %lld is %s: its gate has run", (long long)id,
                           p.state);
         goto out;
     }
+    gating = true;
     reg_channel_policy pol;
     reg_gate_need proto;
     char dataset_digest[65];
@@ -723,12 +819,14 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
     snprintf(proto.metric, sizeof proto.metric, "%s", pol.gate_metric);
     proto.ctx = pol.ctx;
 
-    /* Every evaluation first, outside any transaction: they take minutes. */
+    /* Every evaluation first, outside any transaction: they take minutes. The channel's
+     * release sequence is noted, and checked again when the verdict is written. */
     reg_eval cand, base;
     bool have_base = false;
-    int64_t base_vid = 0;
+    int64_t base_vid = 0, seq = 0;
     if ((rc = gate_eval(r, actor, p.version_id, &proto, dataset_digest, eval_fn, eval_ctx,
-                        &cand)) != 0)
+                        &cand)) != 0 ||
+        (rc = channel_sequence(r, p.model, p.channel, &seq)) != 0)
         goto out;
     rc = release_current(r, p.model, p.channel, &base_vid, NULL);
     if (rc == 0) {
@@ -750,13 +848,13 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
     double drop = have_base ? (base.value - cand.value) * 100.0 : 0;
     failed = have_base && drop >= pol.threshold - GATE_EPS;
     const char *verdict = !have_base ? "no baseline" : failed ? "fail" : "pass";
-    gate = json_pack("{s:s,s:s,s:s,s:s,s:I,s:f,s:o,s:o,s:o,s:i,s:i,s:s,s:s}", "verdict", verdict,
-                     "metric", proto.metric, "dataset", proto.dataset_ref, "dataset_digest",
-                     dataset_digest, "ctx", (json_int_t)proto.ctx, "threshold", pol.threshold,
-                     "baseline", have_base ? side_json(&base) : json_null(), "candidate",
-                     side_json(&cand), "drop", have_base ? json_real(drop) : json_null(),
-                     "approvals_needed", pol.approvals, "expiry_days", pol.expiry_days, "by",
-                     actor->name, "at", now);
+    gate = json_pack(
+        "{s:s,s:s,s:s,s:s,s:I,s:f,s:o,s:o,s:o,s:i,s:i,s:s,s:s,s:I}", "verdict", verdict, "metric",
+        proto.metric, "dataset", proto.dataset_ref, "dataset_digest", dataset_digest, "ctx",
+        (json_int_t)proto.ctx, "threshold", pol.threshold, "baseline",
+        have_base ? side_json(&base) : json_null(), "candidate", side_json(&cand), "drop",
+        have_base ? json_real(drop) : json_null(), "approvals_needed", pol.approvals, "expiry_days",
+        pol.expiry_days, "by", actor->name, "at", now, "channel_sequence", (json_int_t)seq);
     if (!gate || !(gate_text = core_json_dumps(gate, JSON_SORT_KEYS | JSON_COMPACT))) {
         rc = core_err_set(MLV_ENOMEM, "out of memory");
         goto out;
@@ -785,7 +883,21 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
 
     const char *state = failed ? "rejected" : "pending";
     sqlite3_stmt *st = NULL;
+    int64_t seq_now = 0;
     if ((rc = reg_begin(r)) != 0) goto out;
+    if ((rc = channel_sequence(r, p.model, p.channel, &seq_now)) != 0) goto fail;
+    if (seq_now != seq) {
+        /* Released meanwhile: this verdict was measured against another baseline. */
+        reg_rollback(r);
+        char why[300];
+        snprintf(why, sizeof why,
+                 "%s@%s moved (release %lld, then %lld) while it ran; "
+                 "request the promotion again",
+                 p.model, p.channel, (long long)seq, (long long)seq_now);
+        rc = gate_abort(r, actor->name, &p, why);
+        if (rc == 0) rc = core_err_set(MLV_EGATE, "the gate could not run: %s", why);
+        goto out;
+    }
     if (sqlite3_prepare_v2(r->db,
                            "UPDATE promotions SET gate = ?, state = ?, rejection = ?,"
                            " decided_at = ? WHERE id = ? AND state = 'gating'",
@@ -809,6 +921,7 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
     if (sqlite3_changes(r->db) != 1) {
         /* Rejected by an approver while its evaluations ran. */
         rc = core_err_set(MLV_EINVAL, "request %lld changed while its gate ran", (long long)id);
+        gating = false;
         goto fail;
     }
     if ((rc = audit_request(r, actor->name, "promote.gate", &p, msg)) != 0) goto fail;
@@ -820,6 +933,12 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
 fail:
     reg_rollback(r);
 out:
+    if (rc != 0 && rc != MLV_EGATE && gating) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", core_err_last());
+        int code = rc;
+        if (gate_abort(r, actor->name, &p, why) == 0) core_err_set(code, "%s", why);
+    }
     json_decref(gate);
     free(gate_text);
     free(rej_text);
@@ -877,6 +996,27 @@ int reg_promote_approve(reg_ctx *r, const reg_user *actor, int64_t id, const cha
                           (long long)id, p.digest, digest);
         goto done;
     }
+    /* The gate compared against the channel as it was; if it has been released since,
+     * that verdict no longer holds: the request ends and must be made again. */
+    gate = load_json_text(p.gate);
+    int64_t seq_gate = json_integer_value(json_object_get(gate, "channel_sequence")), seq_now = 0;
+    if ((rc = channel_sequence(r, p.model, p.channel, &seq_now)) != 0) goto done;
+    if (seq_now != seq_gate) {
+        char why[300];
+        snprintf(why, sizeof why,
+                 "%s@%s has been released since its gate ran (release %lld, now %lld): the "
+                 "gate's verdict no longer holds; request the promotion again",
+                 p.model, p.channel, (long long)seq_gate, (long long)seq_now);
+        if ((rc = reject_locked(r, actor->name, "promote.reject", &p, why)) == 0 &&
+            (rc = reg_commit(r)) == 0) {
+            reg_ledger_settle(r);
+            rc = core_err_set(MLV_EGATE, "request %lld: %s", (long long)id, why);
+        }
+        json_decref(gate);
+        prom_row_clear(&p);
+        if (rc != MLV_EGATE) reg_rollback(r);
+        return rc;
+    }
     if (sqlite3_prepare_v2(r->db,
                            "INSERT INTO approvals(promotion_id, user, digest, comment, at)"
                            " VALUES(?,?,?,?,?)",
@@ -898,7 +1038,6 @@ int reg_promote_approve(reg_ctx *r, const reg_user *actor, int64_t id, const cha
         goto done;
     }
     int have = 0;
-    gate = load_json_text(p.gate);
     int need = approvals_needed(r, &p, gate);
     if ((rc = count_approvals(r, id, &have)) != 0) goto done;
     snprintf(detail, sizeof detail, "approval %d of %d by %s", have, need, actor->name);

@@ -109,6 +109,10 @@ int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m, 
 /* Hint of a public key PEM: hex SHA-256 of the PEM text (as model-signing's hint). */
 void reg_key_hint(char out[65], const char *pem);
 
+/* promote.c: rejects every request still "gating" whose gate job failed or was
+ * cancelled, with the job's error (called by the job scheduler when a job ends). */
+int reg_promote_sweep_failed_gates(reg_ctx *r);
+
 #define REG_MANIFEST_FILE "mlvault-manifest.json"
 #define REG_SIGNATURE_FILE "model.sig"
 

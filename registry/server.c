@@ -398,10 +398,30 @@ static int authenticate(srv_req *q)
     return rc;
 }
 
-/* A refused mutation leaves a trace in the audit chain. */
+#define ANON_AUDIT_INTERVAL 10.0 /* seconds */
+
+/* A refused mutation leaves a trace in the audit chain: every one by a known user; those
+ * without a valid token at most one row per ANON_AUDIT_INTERVAL, counting the others. */
 static void audit_refused(srv_req *q, const char *method, const char *path, int status, int code)
 {
     if (strcmp(method, "POST") && strcmp(method, "PUT") && strcmp(method, "DELETE")) return;
+    uint64_t folded = 0;
+    if (!q->authed) {
+        struct reg_server *s = q->s;
+        double now = core_now_s();
+        bool skip;
+        pthread_mutex_lock(&s->anon_mu);
+        skip = s->anon_last > 0 && now - s->anon_last < ANON_AUDIT_INTERVAL;
+        if (skip) {
+            s->anon_folded++;
+        } else {
+            s->anon_last = now;
+            folded = s->anon_folded;
+            s->anon_folded = 0;
+        }
+        pthread_mutex_unlock(&s->anon_mu);
+        if (skip) return;
+    }
     reg_user anon = {.role = REG_ROLE_VIEWER};
     snprintf(anon.name, sizeof anon.name, "anonymous");
     const reg_user *who = q->authed ? &q->user : &anon;
@@ -409,7 +429,11 @@ static void audit_refused(srv_req *q, const char *method, const char *path, int 
     snprintf(target, sizeof target, "%.190s", path);
     for (char *c = target; *c; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
-    snprintf(detail, sizeof detail, "%s %s -> %d %s", method, target, status, core_err_name(code));
+    int n = snprintf(detail, sizeof detail, "%s %s -> %d %s", method, target, status,
+                     core_err_name(code));
+    if (folded && n > 0 && (size_t)n < sizeof detail)
+        snprintf(detail + n, sizeof detail - (size_t)n,
+                 " (and %llu more without a valid token before it)", (unsigned long long)folded);
     char saved[512];
     snprintf(saved, sizeof saved, "%s", core_err_last());
     if (reg_audit_record(q->r, who, "api.refused", target, detail) != 0)
@@ -617,6 +641,7 @@ static void server_free(struct reg_server *s)
     }
     reg_close(s->main);
     pthread_mutex_destroy(&s->up_mu);
+    pthread_mutex_destroy(&s->anon_mu);
     free(s->up_busy);
     free(s->metrics);
     free(s->home);
@@ -634,6 +659,7 @@ int reg_server_start(reg_server **out, const reg_server_opts *o)
     struct reg_server *s = calloc(1, sizeof *s);
     if (!s) return core_err_set(MLV_ENOMEM, "out of memory");
     pthread_mutex_init(&s->up_mu, NULL);
+    pthread_mutex_init(&s->anon_mu, NULL);
     int rc = 0;
     s->home = strdup(o->home);
     s->listen = strdup(o->listen && *o->listen ? o->listen : "127.0.0.1:8080");

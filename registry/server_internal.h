@@ -43,6 +43,11 @@ struct reg_server {
     pthread_mutex_t up_mu;
     char (*up_busy)[33];
     int n_up_busy, cap_up_busy;
+    /* refused requests without a valid token: audited at most once per interval, with
+     * the count of those folded in, so no one without a token can flood the chain */
+    pthread_mutex_t anon_mu;
+    double anon_last;
+    uint64_t anon_folded;
 };
 
 /* ------------------------------------------------------------------ request --- */

@@ -320,7 +320,8 @@ static void t_gate_boundaries(void **s)
     record_eval("h:3", 0.50, 1024);
     assert_int_equal(promote("h:3", "prod", NULL, &id), MLV_ENOTFOUND); /* no evaluator */
     assert_non_null(strstr(core_err_last(), "no next_token_accuracy evaluation"));
-    assert_string_equal(state_of(id), "gating");
+    /* a gate that cannot run ends the request, with the reason, rather than leave it open */
+    assert_string_equal(state_of(id), "rejected");
 }
 
 static void t_baseline_ancestor(void **s)
@@ -552,6 +553,33 @@ static void t_sequence_rollback(void **s)
     json_decref(acc);
 }
 
+/* A request gated against the channel as it was cannot be released once the channel has
+ * moved: its verdict compared against another baseline. */
+static void t_stale_gate(void **s)
+{
+    (void)s;
+    push_model("st", NULL, NULL);
+    push_model("st", "st:1", NULL);
+    push_model("st", "st:1", NULL);
+    set_channel("st", "prod", 2.0, 1);
+    record_eval("st:1", 0.50, 512);
+    record_eval("st:2", 0.50, 512);
+    record_eval("st:3", 0.49, 512);
+    int64_t first, a, b;
+    assert_int_equal(promote("st:1", "prod", NULL, &first), 0);
+    assert_int_equal(reg_promote_approve(r, &alice, first, NULL, ""), 0);
+    assert_int_equal(promote("st:2", "prod", NULL, &a), 0);
+    assert_int_equal(promote("st:3", "prod", NULL, &b), 0);
+    assert_string_equal(state_of(b), "pending");
+    assert_int_equal(reg_promote_approve(r, &alice, a, NULL, ""), 0); /* the channel moves */
+    assert_int_equal(reg_promote_approve(r, &bob, b, NULL, ""), MLV_EGATE);
+    assert_non_null(strstr(core_err_last(), "released since its gate ran"));
+    assert_string_equal(state_of(b), "rejected");
+    int v;
+    assert_int_equal(current_sequence("st", "prod", &v), 2);
+    assert_int_equal(v, 2);
+}
+
 static void t_audit(void **s)
 {
     (void)s;
@@ -576,6 +604,7 @@ int main(void)
         cmocka_unit_test(t_baseline_ancestor),
         cmocka_unit_test(t_approvals),
         cmocka_unit_test(t_sequence_rollback),
+        cmocka_unit_test(t_stale_gate),
         cmocka_unit_test(t_audit),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
