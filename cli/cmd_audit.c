@@ -49,10 +49,10 @@ static void print_rows(const cli_args *a, json_t *arr)
     }
     size_t i;
     json_t *o;
-    printf("%-6s %-20s %-12s %-14s %-28s %s\n", "SEQ", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL");
+    printf("%-6s %-20s %-12s %-16s %-28s %s\n", "SEQ", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL");
     json_array_foreach(arr, i, o)
     {
-        printf("%-6lld %-20s %-12s %-14s %-28s %s\n",
+        printf("%-6lld %-20s %-12s %-16s %-28s %s\n",
                (long long)json_integer_value(json_object_get(o, "seq")),
                json_string_value(json_object_get(o, "at")),
                json_string_value(json_object_get(o, "actor")),
