@@ -94,26 +94,33 @@ int reg_authorize(const reg_user *u, reg_action a)
     }
     if (u->disabled) return core_err_set(MLV_EAUTH, "user %s is disabled", u->name);
     if (ok) return 0;
-    static const char *what[] = {"read the registry",   "download artifacts",
-                                 "push artifacts",      "administer users",
-                                 "read the audit log",  "run jobs",
-                                 "request promotions",  "approve or reject promotions",
-                                 "set channel policies"};
+    static const char *what[] = {
+        "read the registry",  "download artifacts",           "push artifacts",
+        "administer users",   "read the audit log",           "run jobs",
+        "request promotions", "approve or reject promotions", "set channel policies"};
     return core_err_set(MLV_EFORBIDDEN, "forbidden: %s (role %s) may not %s", u->name,
                         reg_role_name(u->role), what[a]);
+}
+
+/* A fresh token ("mlv_" + 64 hex of 32 random bytes) and its hash. */
+static int new_token(char token[REG_TOKEN_LEN + 1], char hash[65])
+{
+    unsigned char raw[32];
+    int rc = core_random(raw, sizeof raw);
+    if (rc) return rc;
+    memcpy(token, "mlv_", 4);
+    core_hex(token + 4, raw, sizeof raw);
+    token_hash(hash, token);
+    return 0;
 }
 
 /* Inside a transaction: inserts the user with a fresh token and audits it. */
 int reg_user_create_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
                            char token_out[REG_TOKEN_LEN + 1])
 {
-    unsigned char raw[32];
-    int rc = core_random(raw, sizeof raw);
-    if (rc) return rc;
-    memcpy(token_out, "mlv_", 4);
-    core_hex(token_out + 4, raw, sizeof raw);
     char h[65], at[21];
-    token_hash(h, token_out);
+    int rc = new_token(token_out, h);
+    if (rc) return rc;
     core_time_iso(at);
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(r->db,
@@ -157,24 +164,25 @@ int reg_user_add(reg_ctx *r, const reg_user *actor, const char *name, reg_role r
     return reg_ledger_settle(r);
 }
 
-int reg_user_disable(reg_ctx *r, const reg_user *actor, const char *name)
+/* One UPDATE of the user `name` (?2 in sql; ?1 is `value`, may be NULL), audited as
+ * `action` in its own transaction; `missing` is the message when no row changed. */
+static int user_update(reg_ctx *r, const reg_user *actor, const char *sql, const char *value,
+                       const char *name, const char *action, const char *missing)
 {
-    int rc = reg_authorize(actor, REG_ACT_ADMIN);
+    int rc = reg_begin(r);
     if (rc) return rc;
-    if (!strcmp(actor->name, name)) return core_err_set(MLV_EINVAL, "you cannot disable yourself");
-    if ((rc = reg_begin(r)) != 0) return rc;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db, "UPDATE users SET disabled = 1 WHERE name = ? AND disabled = 0",
-                           -1, &st, NULL) != SQLITE_OK) {
-        rc = reg_db_err(r, "disable user");
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        rc = reg_db_err(r, action);
         goto done;
     }
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    if (value) sqlite3_bind_text(st, 1, value, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
-        rc = reg_db_err(r, "disable user");
+        rc = reg_db_err(r, action);
     else if (sqlite3_changes(r->db) == 0)
-        rc = core_err_set(MLV_ENOTFOUND, "no enabled user named '%s'", name);
-    if (rc == 0) rc = reg_audit_append(r, actor->name, "user.disable", name, "", NULL, 0);
+        rc = core_err_set(MLV_ENOTFOUND, "%s '%s'", missing, name);
+    if (rc == 0) rc = reg_audit_append(r, actor->name, action, name, "", NULL, 0);
     if (rc == 0) rc = reg_commit(r);
 done:
     sqlite3_finalize(st);
@@ -183,6 +191,15 @@ done:
         return rc;
     }
     return reg_ledger_settle(r);
+}
+
+int reg_user_disable(reg_ctx *r, const reg_user *actor, const char *name)
+{
+    int rc = reg_authorize(actor, REG_ACT_ADMIN);
+    if (rc) return rc;
+    if (!strcmp(actor->name, name)) return core_err_set(MLV_EINVAL, "you cannot disable yourself");
+    return user_update(r, actor, "UPDATE users SET disabled = 1 WHERE name = ?2 AND disabled = 0",
+                       NULL, name, "user.disable", "no enabled user named");
 }
 
 int reg_user_list(reg_ctx *r, const reg_user *actor, reg_user **out, size_t *n)
@@ -227,33 +244,11 @@ int reg_user_rotate_token(reg_ctx *r, const reg_user *actor, const char *name,
 {
     int rc = reg_authorize(actor, REG_ACT_ADMIN);
     if (rc) return rc;
-    unsigned char raw[32];
-    if ((rc = core_random(raw, sizeof raw)) != 0) return rc;
     char token[REG_TOKEN_LEN + 1], h[65];
-    memcpy(token, "mlv_", 4);
-    core_hex(token + 4, raw, sizeof raw);
-    token_hash(h, token);
-    if ((rc = reg_begin(r)) != 0) return rc;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db, "UPDATE users SET token_hash = ? WHERE name = ?", -1, &st,
-                           NULL) != SQLITE_OK) {
-        rc = reg_db_err(r, "rotate token");
-        goto done;
-    }
-    sqlite3_bind_text(st, 1, h, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        rc = reg_db_err(r, "rotate token");
-    else if (sqlite3_changes(r->db) == 0)
-        rc = core_err_set(MLV_ENOTFOUND, "no user named '%s'", name);
-    if (rc == 0) rc = reg_audit_append(r, actor->name, "user.token", name, "", NULL, 0);
-    if (rc == 0) rc = reg_commit(r);
-done:
-    sqlite3_finalize(st);
-    if (rc != 0) {
-        reg_rollback(r);
-        return rc;
-    }
-    memcpy(token_out, token, sizeof token);
-    return reg_ledger_settle(r);
+    if ((rc = new_token(token, h)) != 0) return rc;
+    rc = user_update(r, actor, "UPDATE users SET token_hash = ?1 WHERE name = ?2", h, name,
+                     "user.token", "no user named");
+    if (rc == 0) memcpy(token_out, token, sizeof token);
+    memset(token, 0, sizeof token);
+    return rc;
 }

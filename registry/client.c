@@ -25,7 +25,6 @@
 #define JSON_MAX ((size_t)256 << 20) /* a JSON response */
 #define ERR_MAX ((size_t)1 << 20)    /* an error body */
 #define ATTEMPTS 6                   /* tries of one transfer before giving up */
-#define MAX_FILES 4096
 
 struct reg_client {
     CURL *curl; /* reused: keeps the connection alive between calls */
@@ -589,85 +588,25 @@ typedef struct up_file {
     char sha256[65];
 } up_file;
 
-static bool has_suffix(const char *s, const char *suf)
-{
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && !strcmp(s + n - m, suf);
-}
-
-static bool reserved_name(const char *n)
-{
-    return !strcmp(n, REG_MANIFEST_FILE) || !strcmp(n, REG_SIGNATURE_FILE);
-}
-
-static int add_file(up_file **fs, size_t *n, const char *rel, const char *full)
-{
-    if (*n >= MAX_FILES) return core_err_set(MLV_EINVAL, "more than %d files", MAX_FILES);
-    up_file *nf = realloc(*fs, (*n + 1) * sizeof *nf);
-    if (!nf) return core_err_set(MLV_ENOMEM, "out of memory");
-    *fs = nf;
-    memset(&nf[*n], 0, sizeof *nf);
-    nf[*n].rel = strdup(rel);
-    nf[*n].full = strdup(full);
-    (*n)++;
-    if (!nf[*n - 1].rel || !nf[*n - 1].full) return core_err_set(MLV_ENOMEM, "out of memory");
-    return 0;
-}
-
-/* What push sends: one .gguf or dataset file, or a Hugging Face folder's visible regular
- * files at its top level — the same choice and the same refusals as a local push. */
+/* What push sends (push_files.c), with each file's size and SHA-256 to come. */
 static int collect(const char *path, bool dataset, up_file **fs, size_t *n)
 {
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return core_err_set(errno == ENOENT ? MLV_ENOTFOUND : MLV_EIO, "%s: %s", path,
-                            strerror(errno));
-    char base[4096];
-    snprintf(base, sizeof base, "%s", path);
-    const char *bn = basename(base);
-    if (!dataset && S_ISDIR(st.st_mode)) {
-        DIR *d = opendir(path);
-        if (!d) return core_err_set(MLV_EIO, "%s: %s", path, strerror(errno));
-        int rc = 0;
-        struct dirent *e;
-        while (rc == 0 && (e = readdir(d)) != NULL) {
-            if (e->d_name[0] == '.') continue;
-            char *full = core_path_join(path, e->d_name);
-            struct stat fst;
-            if (!full)
-                rc = core_err_set(MLV_ENOMEM, "out of memory");
-            else if (lstat(full, &fst) != 0)
-                rc = core_err_set(MLV_EIO, "%s: %s", full, strerror(errno));
-            else if (S_ISLNK(fst.st_mode))
-                rc = core_err_set(MLV_EINVAL,
-                                  "%s is a symlink; copy the file itself into the folder", full);
-            else if (S_ISDIR(fst.st_mode))
-                rc = core_err_set(MLV_EINVAL, "%s: nested folders are not supported", full);
-            else if (!S_ISREG(fst.st_mode))
-                rc = core_err_set(MLV_EINVAL, "%s is not a regular file", full);
-            else if (!core_relpath_safe(e->d_name))
-                rc = core_err_set(MLV_EINVAL, "%s: file name not allowed", full);
-            else if (reserved_name(e->d_name))
-                rc = core_err_set(MLV_EINVAL, "%s: the name %s is reserved by mlvault", full,
-                                  e->d_name);
-            else
-                rc = add_file(fs, n, e->d_name, full);
-            free(full);
-        }
-        closedir(d);
-        if (rc == 0 && *n == 0) rc = core_err_set(MLV_EINVAL, "%s is an empty folder", path);
-        return rc;
+    reg_push_src *src = NULL;
+    size_t ns = 0;
+    bool dir;
+    int rc = reg_push_sources(path, dataset, &src, &ns, &dir);
+    if (rc) return rc;
+    if (!(*fs = calloc(ns, sizeof **fs))) {
+        reg_push_sources_free(src, ns);
+        return core_err_set(MLV_ENOMEM, "out of memory");
     }
-    if (dataset && !S_ISREG(st.st_mode))
-        return core_err_set(MLV_EINVAL, "%s: a dataset must be a regular file", path);
-    if (!dataset && (!S_ISREG(st.st_mode) || !has_suffix(path, ".gguf")))
-        return core_err_set(MLV_EINVAL,
-                            "%s: a model is a .gguf file or a Hugging Face folder "
-                            "(config.json, *.safetensors, tokenizer.json)",
-                            path);
-    if (!core_relpath_safe(bn) || reserved_name(bn))
-        return core_err_set(MLV_EINVAL, "%s: file name not allowed", path);
-    return add_file(fs, n, bn, path);
+    for (size_t i = 0; i < ns; i++) {
+        (*fs)[i].rel = src[i].rel;
+        (*fs)[i].full = src[i].full;
+    }
+    *n = ns;
+    free(src); /* the strings now belong to *fs */
+    return 0;
 }
 
 /* How many bytes of `rel` the server holds in session `id` (GET /uploads/ID). */
@@ -924,7 +863,7 @@ static bool have_file(const char *path, const char *want)
 int reg_client_export(reg_client *c, const char *ref, const char *outdir)
 {
     if (!c) return core_err_set(MLV_EINVAL, "no registry client");
-    char staging[4096] = "", parent[4096], leaf[4096], vpath[256];
+    char staging[4096] = "", vpath[256];
     bool out_exists = false, keep = false;
     json_t *show = NULL, *key = NULL;
     repo_manifest *m = NULL;
@@ -934,25 +873,8 @@ int reg_client_export(reg_client *c, const char *ref, const char *outdir)
     int rc = 0;
 
     /* Decide where the files go before asking the server anything (as reg_export). */
-    struct stat st;
-    if (lstat(outdir, &st) == 0) {
-        if (!S_ISDIR(st.st_mode))
-            return core_err_set(MLV_EEXISTS, "%s exists and is not a directory", outdir);
-        DIR *d = opendir(outdir);
-        if (!d) return core_err_set(MLV_EIO, "%s: %s", outdir, strerror(errno));
-        struct dirent *e;
-        bool empty = true;
-        while ((e = readdir(d)) != NULL)
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
-        closedir(d);
-        if (!empty) return core_err_set(MLV_EEXISTS, "%s exists and is not empty", outdir);
-        out_exists = true;
-    }
-    snprintf(parent, sizeof parent, "%s", outdir);
-    snprintf(leaf, sizeof leaf, "%s", outdir);
-    const char *pdir = dirname(parent), *lname = basename(leaf);
-    if (stat(pdir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return core_err_set(MLV_ENOTFOUND, "%s: parent folder %s does not exist", outdir, pdir);
+    char pdir[4096], lname[4096];
+    if ((rc = reg_export_target(outdir, &out_exists, pdir, lname)) != 0) return rc;
 
     if ((rc = reg_client_version_path(c, ref, vpath, sizeof vpath)) != 0) goto done;
     if ((rc = json_call(c, "GET", vpath, NULL, &show, NULL)) != 0) goto done;
@@ -1049,16 +971,8 @@ int reg_client_export(reg_client *c, const char *ref, const char *outdir)
         }
     }
     if ((rc = core_fsync_dir(staging)) != 0) goto done;
-    if (out_exists && rmdir(outdir) != 0) {
-        rc = core_err_set(MLV_EIO, "%s: %s", outdir, strerror(errno));
-        goto done;
-    }
-    if (rename(staging, outdir) != 0) {
-        rc = core_err_set(MLV_EIO, "rename into %s: %s", outdir, strerror(errno));
-        goto done;
-    }
+    if ((rc = reg_export_place(staging, outdir, out_exists, pdir)) != 0) goto done;
     staging[0] = 0;
-    rc = core_fsync_dir(pdir);
     goto done;
 oom:
     rc = core_err_set(MLV_ENOMEM, "out of memory");

@@ -615,23 +615,6 @@ int reg_promote_list(reg_ctx *r, const reg_user *actor, bool pending_only, json_
     return 0;
 }
 
-/* The sequence number of a channel's current release (0: none yet). */
-static int channel_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq)
-{
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db,
-                           "SELECT COALESCE(MAX(sequence), 0) FROM releases"
-                           " WHERE model = ? AND channel = ?",
-                           -1, &st, NULL) != SQLITE_OK)
-        return reg_db_err(r, "releases");
-    sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : reg_db_err(r, "releases");
-    *seq = rc == 0 ? sqlite3_column_int64(st, 0) : 0;
-    sqlite3_finalize(st);
-    return rc;
-}
-
 /* Inside a transaction: ends an open request (gating or pending) as rejected by `actor`
  * with `reason`, audited as `action`. 0 also when it was no longer open. */
 static int reject_locked(reg_ctx *r, const char *actor, const char *action, const prom_row *p,
@@ -826,7 +809,7 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
     int64_t base_vid = 0, seq = 0;
     if ((rc = gate_eval(r, actor, p.version_id, &proto, dataset_digest, eval_fn, eval_ctx,
                         &cand)) != 0 ||
-        (rc = channel_sequence(r, p.model, p.channel, &seq)) != 0)
+        (rc = release_sequence(r, p.model, p.channel, &seq)) != 0)
         goto out;
     rc = release_current(r, p.model, p.channel, &base_vid, NULL);
     if (rc == 0) {
@@ -885,7 +868,7 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
     sqlite3_stmt *st = NULL;
     int64_t seq_now = 0;
     if ((rc = reg_begin(r)) != 0) goto out;
-    if ((rc = channel_sequence(r, p.model, p.channel, &seq_now)) != 0) goto fail;
+    if ((rc = release_sequence(r, p.model, p.channel, &seq_now)) != 0) goto fail;
     if (seq_now != seq) {
         /* Released meanwhile: this verdict was measured against another baseline. */
         reg_rollback(r);
@@ -1000,7 +983,7 @@ int reg_promote_approve(reg_ctx *r, const reg_user *actor, int64_t id, const cha
      * that verdict no longer holds: the request ends and must be made again. */
     gate = load_json_text(p.gate);
     int64_t seq_gate = json_integer_value(json_object_get(gate, "channel_sequence")), seq_now = 0;
-    if ((rc = channel_sequence(r, p.model, p.channel, &seq_now)) != 0) goto done;
+    if ((rc = release_sequence(r, p.model, p.channel, &seq_now)) != 0) goto done;
     if (seq_now != seq_gate) {
         char why[300];
         snprintf(why, sizeof why,

@@ -32,6 +32,8 @@ int prom_ledger_text(reg_ctx *r, int64_t id, char path[64], char **text);
  * moved, state "released", and one audit row "promote.release" whose ledger commit holds
  * channels/MODEL/CHANNEL.json and promotions/ID.json. */
 int release_locked(reg_ctx *r, const char *actor, int64_t id);
+/* The sequence number of a channel's current release (0: none yet). */
+int release_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq);
 /* The current (highest sequence) release of a channel: *version_id and, when out is not
  * NULL, {record, record_json, signature, key_hint} (owned). MLV_ENOTFOUND before the
  * first release. */

@@ -109,6 +109,24 @@ int reg_signature_check(reg_ctx *r, const char *signer, const repo_manifest *m, 
 /* Hint of a public key PEM: hex SHA-256 of the PEM text (as model-signing's hint). */
 void reg_key_hint(char out[65], const char *pem);
 
+/* push_files.c: the files a push of `path` sends, sorted by their path inside the
+ * version: one .gguf (or, with `dataset`, one regular file), or a Hugging Face folder's
+ * visible regular files (*is_dir) — refusing links, nested folders, reserved and unsafe
+ * names. *out owned by the caller (reg_push_sources_free). */
+typedef struct reg_push_src {
+    char *rel;  /* path inside the version */
+    char *full; /* path on disk */
+} reg_push_src;
+int reg_push_sources(const char *path, bool dataset, reg_push_src **out, size_t *n, bool *is_dir);
+void reg_push_sources_free(reg_push_src *s, size_t n);
+/* vault.c: checks an export's destination before anything is fetched: `outdir` must not
+ * exist or be an empty folder (*exists), in an existing folder; pdir and leaf receive
+ * that folder and outdir's last component (a staging folder goes beside it). */
+int reg_export_target(const char *outdir, bool *exists, char pdir[4096], char leaf[4096]);
+/* Moves a complete staging folder to outdir (replacing the empty folder that was there
+ * when out_exists) and makes the rename durable (fsync of pdir). */
+int reg_export_place(const char *staging, const char *outdir, bool out_exists, const char *pdir);
+
 /* promote.c: rejects every request still "gating" whose gate job failed or was
  * cancelled, with the job's error (called by the job scheduler when a job ends). */
 int reg_promote_sweep_failed_gates(reg_ctx *r);

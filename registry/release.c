@@ -46,11 +46,11 @@ static json_t *approvers_json(reg_ctx *r, int64_t id)
     return arr;
 }
 
-static int next_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq)
+int release_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(r->db,
-                           "SELECT COALESCE(MAX(sequence), 0) + 1 FROM releases"
+                           "SELECT COALESCE(MAX(sequence), 0) FROM releases"
                            " WHERE model = ? AND channel = ?",
                            -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "releases");
@@ -91,7 +91,8 @@ int release_locked(reg_ctx *r, const char *actor, int64_t id)
     json_t *days = json_object_get(gate, "expiry_days");
     int expiry_days = json_is_integer(days) ? (int)json_integer_value(days) : 90;
     int64_t seq = 0;
-    if ((rc = next_sequence(r, p.model, p.channel, &seq)) != 0) goto done;
+    if ((rc = release_sequence(r, p.model, p.channel, &seq)) != 0) goto done;
+    seq++; /* only grows, a rollback included */
     time_t now = time(NULL);
     char issued[21], expires[21];
     iso_time(now, issued);

@@ -14,7 +14,6 @@
 #include "engine/engine.h"
 #include "registry/reg_internal.h"
 
-#define MAX_FILES 4096
 #define MAX_NOTE 4096
 #define REG_MAX_PUSH_DATASETS 16
 
@@ -24,109 +23,34 @@ typedef struct push_file {
     repo_staged_blob blob;
 } push_file;
 
-static int cmp_file(const void *a, const void *b)
-{
-    return strcmp(((const push_file *)a)->rel, ((const push_file *)b)->rel);
-}
-
-static bool has_suffix(const char *s, const char *suf)
-{
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && !strcmp(s + n - m, suf);
-}
-
-static bool reserved_name(const char *n)
-{
-    return !strcmp(n, REG_MANIFEST_FILE) || !strcmp(n, REG_SIGNATURE_FILE);
-}
-
-static int add_file(push_file **fs, size_t *n, const char *rel, const char *full)
-{
-    if (*n >= MAX_FILES) return core_err_set(MLV_EINVAL, "more than %d files", MAX_FILES);
-    push_file *nf = realloc(*fs, (*n + 1) * sizeof *nf);
-    if (!nf) return core_err_set(MLV_ENOMEM, "out of memory");
-    *fs = nf;
-    memset(&nf[*n], 0, sizeof *nf);
-    nf[*n].rel = strdup(rel);
-    nf[*n].full = strdup(full);
-    (*n)++;
-    if (!nf[*n - 1].rel || !nf[*n - 1].full) return core_err_set(MLV_ENOMEM, "out of memory");
-    return 0;
-}
-
-/* A Hugging Face folder: its visible regular files, top level only. */
-static int collect_dir(const char *dir, push_file **fs, size_t *n)
-{
-    DIR *d = opendir(dir);
-    if (!d) return core_err_set(MLV_EIO, "%s: %s", dir, strerror(errno));
-    int rc = 0;
-    struct dirent *e;
-    while (rc == 0 && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue; /* ., .., .git, .gitattributes, ... */
-        char *full = core_path_join(dir, e->d_name);
-        if (!full) {
-            rc = core_err_set(MLV_ENOMEM, "out of memory");
-            break;
-        }
-        struct stat st;
-        if (lstat(full, &st) != 0)
-            rc = core_err_set(MLV_EIO, "%s: %s", full, strerror(errno));
-        else if (S_ISLNK(st.st_mode))
-            rc = core_err_set(MLV_EINVAL, "%s is a symlink; copy the file itself into the folder",
-                              full);
-        else if (S_ISDIR(st.st_mode))
-            rc = core_err_set(MLV_EINVAL, "%s: nested folders are not supported", full);
-        else if (!S_ISREG(st.st_mode))
-            rc = core_err_set(MLV_EINVAL, "%s is not a regular file", full);
-        else if (!core_relpath_safe(e->d_name))
-            rc = core_err_set(MLV_EINVAL, "%s: file name not allowed", full);
-        else if (reserved_name(e->d_name))
-            rc =
-                core_err_set(MLV_EINVAL, "%s: the name %s is reserved by mlvault", full, e->d_name);
-        else
-            rc = add_file(fs, n, e->d_name, full);
-        free(full);
-    }
-    closedir(d);
-    if (rc == 0 && *n == 0) rc = core_err_set(MLV_EINVAL, "%s is an empty folder", dir);
-    return rc;
-}
-
-/* Decides what PATH is and describes it. */
+/* Decides what PATH is (push_files.c) and describes it. */
 static int collect(const reg_push_opts *o, push_file **fs, size_t *n, eng_model_info *info)
 {
-    struct stat st;
-    if (stat(o->path, &st) != 0)
-        return core_err_set(errno == ENOENT ? MLV_ENOTFOUND : MLV_EIO, "%s: %s", o->path,
-                            strerror(errno));
-    char base[4096];
-    snprintf(base, sizeof base, "%s", o->path);
-    const char *bn = basename(base);
-    if (o->dataset) {
-        if (!S_ISREG(st.st_mode))
-            return core_err_set(MLV_EINVAL, "%s: a dataset must be a regular file", o->path);
-        if (!core_relpath_safe(bn) || reserved_name(bn))
-            return core_err_set(MLV_EINVAL, "%s: file name not allowed", o->path);
+    reg_push_src *src = NULL;
+    size_t ns = 0;
+    bool dir;
+    int rc = reg_push_sources(o->path, o->dataset, &src, &ns, &dir);
+    if (rc) return rc;
+    if (o->dataset)
         snprintf(info->format, sizeof info->format, "dataset");
-        return add_file(fs, n, bn, o->path);
-    }
-    if (S_ISDIR(st.st_mode)) {
-        int rc = collect_dir(o->path, fs, n);
-        if (rc == 0) rc = eng_describe_hf_dir(o->path, info);
+    else if (dir)
+        rc = eng_describe_hf_dir(o->path, info);
+    else if (access(o->path, R_OK) != 0)
+        rc = core_err_set(MLV_EIO, "%s: %s", o->path, strerror(errno));
+    else if ((rc = eng_describe_gguf(o->path, info)) != 0)
+        core_err_wrap("%s: ", o->path);
+    if (rc == 0 && !(*fs = calloc(ns, sizeof **fs))) rc = core_err_set(MLV_ENOMEM, "out of memory");
+    if (rc) {
+        reg_push_sources_free(src, ns);
         return rc;
     }
-    if (!S_ISREG(st.st_mode) || !has_suffix(o->path, ".gguf"))
-        return core_err_set(MLV_EINVAL,
-                            "%s: a model is a .gguf file or a Hugging Face folder "
-                            "(config.json, *.safetensors, tokenizer.json)",
-                            o->path);
-    if (access(o->path, R_OK) != 0)
-        return core_err_set(MLV_EIO, "%s: %s", o->path, strerror(errno));
-    int rc = eng_describe_gguf(o->path, info);
-    if (rc) return core_err_wrap("%s: ", o->path);
-    if (!core_relpath_safe(bn) || reserved_name(bn))
-        return core_err_set(MLV_EINVAL, "%s: file name not allowed", o->path);
-    return add_file(fs, n, bn, o->path);
+    for (size_t i = 0; i < ns; i++) {
+        (*fs)[i].rel = src[i].rel;
+        (*fs)[i].full = src[i].full;
+    }
+    *n = ns;
+    free(src); /* the strings now belong to *fs */
+    return 0;
 }
 
 static int blob_known(reg_ctx *r, const char *sha, bool *known)
@@ -349,7 +273,6 @@ int reg_push(reg_ctx *r, const reg_user *actor, const reg_push_opts *o, reg_push
     const char *kind = o->dataset ? "dataset" : "model";
 
     if ((rc = collect(o, &fs, &nf, &info)) != 0) goto done;
-    qsort(fs, nf, sizeof *fs, cmp_file);
 
     parents = calloc(o->n_parents + 1, sizeof *parents);
     parent_ids = calloc(o->n_parents + 1, sizeof *parent_ids);
@@ -690,15 +613,9 @@ static int write_small(const char *dir, const char *name, const char *data)
     return rc;
 }
 
-int reg_export(reg_ctx *r, const reg_user *actor, const char *ref, const char *outdir)
+int reg_export_target(const char *outdir, bool *exists, char pdir[4096], char leaf[4096])
 {
-    int rc = reg_authorize(actor, REG_ACT_DOWNLOAD);
-    if (rc) return rc;
-    checked_version c = {0};
-    char staging[4096] = "", parent[4096], leaf[4096];
-    bool out_exists = false;
-
-    /* Decide where the files go before touching anything. */
+    *exists = false;
     struct stat st;
     if (lstat(outdir, &st) == 0) {
         if (!S_ISDIR(st.st_mode))
@@ -711,13 +628,38 @@ int reg_export(reg_ctx *r, const reg_user *actor, const char *ref, const char *o
             if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
         closedir(d);
         if (!empty) return core_err_set(MLV_EEXISTS, "%s exists and is not empty", outdir);
-        out_exists = true;
+        *exists = true;
     }
-    snprintf(parent, sizeof parent, "%s", outdir);
-    snprintf(leaf, sizeof leaf, "%s", outdir);
-    const char *pdir = dirname(parent), *lname = basename(leaf);
+    char a[4096], b[4096];
+    snprintf(a, sizeof a, "%s", outdir);
+    snprintf(b, sizeof b, "%s", outdir);
+    snprintf(pdir, 4096, "%s", dirname(a));
+    snprintf(leaf, 4096, "%s", basename(b));
     if (stat(pdir, &st) != 0 || !S_ISDIR(st.st_mode))
         return core_err_set(MLV_ENOTFOUND, "%s: parent folder %s does not exist", outdir, pdir);
+    return 0;
+}
+
+int reg_export_place(const char *staging, const char *outdir, bool out_exists, const char *pdir)
+{
+    if (out_exists && rmdir(outdir) != 0)
+        return core_err_set(MLV_EIO, "%s: %s", outdir, strerror(errno));
+    if (rename(staging, outdir) != 0)
+        return core_err_set(MLV_EIO, "rename into %s: %s", outdir, strerror(errno));
+    return core_fsync_dir(pdir);
+}
+
+int reg_export(reg_ctx *r, const reg_user *actor, const char *ref, const char *outdir)
+{
+    int rc = reg_authorize(actor, REG_ACT_DOWNLOAD);
+    if (rc) return rc;
+    checked_version c = {0};
+    char staging[4096] = "";
+    bool out_exists = false;
+
+    /* Decide where the files go before touching anything. */
+    char pdir[4096], lname[4096];
+    if ((rc = reg_export_target(outdir, &out_exists, pdir, lname)) != 0) return rc;
 
     if ((rc = check_version(r, ref, &c)) != 0) goto done;
     if (snprintf(staging, sizeof staging, "%s/.%s.partial-XXXXXX", pdir, lname) >=
@@ -767,17 +709,9 @@ int reg_export(reg_ctx *r, const reg_user *actor, const char *ref, const char *o
         reg_rollback(r);
         goto done;
     }
-    if (out_exists && rmdir(outdir) != 0) {
-        rc = core_err_set(MLV_EIO, "%s: %s", outdir, strerror(errno));
-        goto done;
-    }
-    if (rename(staging, outdir) != 0) {
-        rc = core_err_set(MLV_EIO, "rename into %s: %s", outdir, strerror(errno));
-        goto done;
-    }
+    if ((rc = reg_export_place(staging, outdir, out_exists, pdir)) != 0) goto done;
     staging[0] = 0;
-    rc = core_fsync_dir(pdir);
-    if (rc == 0) rc = reg_ledger_settle(r);
+    rc = reg_ledger_settle(r);
 done:
     if (staging[0]) core_rm_rf(staging);
     checked_clear(&c);
