@@ -449,6 +449,40 @@ class ServerTest(unittest.TestCase):
         r = subprocess.run(["pgrep", "-f", f"job run {j['id']}( |$)"], capture_output=True)
         self.assertNotEqual(r.returncode, 0, "the orphaned child still runs")
 
+    # ------------------------------------------------ a gate whose job is killed ---
+    def test_04b_gate_job_killed(self):
+        s = self.srv
+        if "smol" not in [m["name"] for m in s.api("GET", "/api/v1/models", "view")[1]]:
+            self.skipTest("needs test_04's model and text")
+        s.cli_ok("channel", "set", "smol", "slowgate", "--gate-data", "longtext")
+        st, req, _ = s.api("POST", "/api/v1/promotions", "eng",
+                           {"ref": "smol:1", "channel": "slowgate", "reason": "kill its gate"})
+        self.assertEqual(st, 201, req)
+        self.assertEqual(req["state"], "gating")
+        job = req["job"]
+        end = time.time() + 120
+        while time.time() < end:
+            j = s.api("GET", f"/api/v1/jobs/{job}")[1]
+            if j["state"] == "running" and j["progress"] > 0:
+                break
+            time.sleep(0.2)
+        self.assertEqual(j["state"], "running", j)
+        pid = subprocess.run(["pgrep", "-f", f"job run {job}( |$)"], capture_output=True,
+                             text=True).stdout.split()
+        self.assertTrue(pid)
+        os.kill(int(pid[0]), signal.SIGKILL)
+        end = time.time() + 60
+        while time.time() < end:
+            req = s.api("GET", f"/api/v1/promotions/{req['id']}", "view")[1]
+            if req["state"] != "gating":
+                break
+            time.sleep(0.2)
+        self.assertEqual(req["state"], "rejected", req)
+        self.assertIn("the gate could not run", req["rejection"]["reason"])
+        self.assertIn("signal 9", req["rejection"]["reason"])
+        st, _, _ = s.api("GET", "/api/v1/models/smol/channels/slowgate", "view")
+        self.assertEqual(st, 404, "nothing was released")
+
     # ---------------------------------------------------------- resumable upload ---
     def test_05_upload_resume(self):
         s = self.srv
