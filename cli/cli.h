@@ -54,14 +54,16 @@ void cli_print_json(json_t *j);
 
 /* A model or dataset named on the command line (cli/model_src.c): a path that exists is
  * a file (a .gguf, or a Hugging Face folder converted in memory), anything else a REF
- * into the vault, verified and decrypted into memory. */
+ * into the vault, verified and decrypted into memory — or, when a registry server is
+ * set (cli_remote_url), fetched from it into memory and verified (not `stored`: r stays
+ * NULL and no result is recorded). */
 typedef struct cli_source {
-    reg_ctx *r; /* opened when a REF needed it */
+    reg_ctx *r; /* opened when a local REF needed it */
     reg_user user;
     eng_model *model; /* models */
     char *data;       /* datasets: the bytes */
     size_t len;
-    bool stored; /* a stored version (results may be recorded) */
+    bool stored; /* a stored version of the local home (results may be recorded) */
     int64_t version_id;
     char label[160];         /* "name:version" or the path ("file:NAME" for data) */
     char digest[65];         /* manifest digest of a stored version */
@@ -98,7 +100,7 @@ int cli_client(const cli_args *a, reg_client **out);
 /* A REF's API path plus `suffix` ("/lineage", or NULL): "/api/v1/models/NAME/versions/V". */
 int cli_remote_version_path(const cli_args *a, const char *ref, const char *suffix, char *out,
                             size_t n);
-/* For commands that run only where the data home is (fsck, keys, bundle, init, ...):
+/* For commands that run only where the data home is (bundle, init, ...):
  * MLV_EUNSUPPORTED "WHAT runs on the registry host: unset MLVAULT_URL" when a server is
  * set, else 0. */
 int cli_remote_refuse(const cli_args *a, const char *what);

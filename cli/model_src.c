@@ -1,7 +1,8 @@
 /* cli/model_src.c: where `run` and `eval` get their model and data — a file on disk
  * (a .gguf, mmap'd; a Hugging Face folder, converted in memory) or a stored version
- * (verified and decrypted into memory through the registry: no plaintext on disk). A
- * path that exists is a file; anything else is a REF. */
+ * (verified and decrypted into memory through the registry, or fetched into memory from
+ * the registry server when MLVAULT_URL is set: no plaintext on disk either way). A path
+ * that exists is a file; anything else is a REF. */
 #include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,12 +21,24 @@ void cli_source_clear(cli_source *s)
     memset(s, 0, sizeof *s);
 }
 
-static int open_auth_once(const cli_args *a, cli_source *s)
+/* A REF's version in memory: from the registry server when one is set (checked there
+ * and here; nothing is recorded, so the source is not `stored`), else decrypted from
+ * the home, opened once per source. */
+static int load_ref(const cli_args *a, const char *what, cli_source *s, reg_loaded *l)
 {
-    if (s->r) return 0;
-    /* a stored version is decrypted where the keys are; files run anywhere */
-    int rc = cli_remote_refuse(a, "loading a stored version (not a file)");
-    return rc ? rc : cli_open_auth(a, &s->r, &s->user);
+    memset(l, 0, sizeof *l);
+    int rc;
+    if (cli_remote_url(a)) {
+        reg_client *c;
+        if ((rc = cli_client(a, &c)) != 0) return rc;
+        rc = reg_client_load(c, what, l);
+        reg_client_free(c);
+        return rc;
+    }
+    if (!s->r && (rc = cli_open_auth(a, &s->r, &s->user)) != 0) return rc;
+    if ((rc = reg_load(s->r, &s->user, what, l)) != 0) return rc;
+    s->stored = true;
+    return 0;
 }
 
 /* The model from an HF folder's files in memory -> GGUF image -> model. */
@@ -96,15 +109,14 @@ int cli_open_model(const cli_args *a, const char *what, const eng_load_opts *lo,
         if (S_ISDIR(st.st_mode)) return open_hf_dir(what, lo, &s->model);
         return eng_model_open_file(&s->model, what, lo);
     }
-    int rc = open_auth_once(a, s);
-    if (rc) return rc;
     reg_loaded l;
-    if ((rc = reg_load(s->r, &s->user, what, &l)) != 0) return rc;
+    int rc = load_ref(a, what, s, &l);
+    if (rc) return rc;
     if (strcmp(l.kind, "model") != 0) {
+        s->stored = false;
         rc = core_err_set(MLV_EINVAL, "%s:%d is a %s, not a model", l.name, l.version, l.kind);
         goto done;
     }
-    s->stored = true;
     s->version_id = l.version_id;
     snprintf(s->label, sizeof s->label, "%s:%d", l.name, l.version);
     snprintf(s->digest, sizeof s->digest, "%s", l.digest);
@@ -151,15 +163,14 @@ int cli_open_data(const cli_args *a, const char *what, cli_source *s)
         rc = core_read_file(what, (size_t)1 << 32, &s->data, &s->len);
         if (rc) return rc;
     } else {
-        if ((rc = open_auth_once(a, s)) != 0) return rc;
         reg_loaded l;
-        if ((rc = reg_load(s->r, &s->user, what, &l)) != 0) return rc;
+        if ((rc = load_ref(a, what, s, &l)) != 0) return rc;
         if (strcmp(l.kind, "dataset") != 0 || l.n_files != 1) {
+            s->stored = false;
             rc = core_err_set(MLV_EINVAL, "%s:%d is not a single-file dataset", l.name, l.version);
             reg_loaded_clear(&l);
             return rc;
         }
-        s->stored = true;
         s->version_id = l.version_id;
         snprintf(s->label, sizeof s->label, "%s:%d", l.name, l.version);
         s->data = l.files[0].data;

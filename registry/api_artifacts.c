@@ -1,5 +1,6 @@
-/* registry/api_artifacts.c: the API's identity, user, artifact and audit routes
- * (docs/api.md: Identity and users; Models, datasets and versions; Audit), each a thin
+/* registry/api_artifacts.c: the API's identity, user, artifact, audit and administration
+ * routes (docs/api.md: Identity and users; Models, datasets and versions; Audit;
+ * Administration: fsck and trusted keys), each a thin
  * edge over the registry functions the CLI calls, returning the same JSON as the CLI's
  * --json. File downloads stream decrypted plaintext chunk by chunk. The dispatcher in
  * server.c has already authenticated the caller and checked the route's role. */
@@ -384,4 +385,61 @@ int api_audit_verify(srv_req *q)
     int rc = reg_audit_verify(q->r, &q->user, &rows);
     if (rc) return rc;
     return srv_reply_json(q, 200, json_pack("{s:b,s:I}", "intact", 1, "rows", (json_int_t)rows));
+}
+
+/* ---------------------------------------------------------- administration --- */
+
+#define KEY_PEM_MAX 16384 /* as `mlvault keys trust` reads a key file */
+
+int api_fsck(srv_req *q)
+{
+    json_t *b;
+    int rc = srv_read_json(q, &b);
+    if (rc) return rc;
+    json_t *prune = json_object_get(b, "prune");
+    if (prune && !json_is_null(prune) && !json_is_boolean(prune))
+        rc = core_err_set(MLV_EINVAL, "'prune' must be true or false");
+    json_t *o = NULL;
+    if (rc == 0) rc = reg_fsck(q->r, &q->user, json_is_true(prune), &o);
+    json_decref(b);
+    /* 200 whatever it found: the report's "ok" says, as for the local command */
+    return rc ? rc : srv_reply_json(q, 200, o);
+}
+
+int api_keys_list(srv_req *q)
+{
+    json_t *o;
+    int rc = reg_key_list(q->r, &q->user, &o);
+    return rc ? rc : srv_reply_json(q, 200, o);
+}
+
+int api_key_trust(srv_req *q)
+{
+    json_t *b;
+    int rc = srv_read_json(q, &b);
+    if (rc) return rc;
+    const char *pem = NULL, *name = NULL;
+    char hint[65];
+    if ((rc = srv_str_field(b, "pem", true, KEY_PEM_MAX, &pem)) != 0 ||
+        (rc = srv_str_field(b, "name", true, 64, &name)) != 0)
+        goto done;
+    if (!core_name_valid(name)) {
+        rc = core_err_set(MLV_EINVAL, "invalid key name '%s': use [a-z0-9][a-z0-9._-]{0,63}", name);
+        goto done;
+    }
+    if ((rc = reg_key_trust(q->r, &q->user, pem, name, hint)) != 0) goto done;
+    rc = srv_reply_json(q, 201, json_pack("{s:s,s:s}", "name", name, "hint", hint));
+done:
+    json_decref(b);
+    return rc;
+}
+
+int api_import_key(srv_req *q)
+{
+    char *pem = NULL, hint[65];
+    int rc = reg_import_key(q->r, &q->user, &pem, hint);
+    if (rc) return rc;
+    rc = srv_reply_json(q, 200, json_pack("{s:s,s:s}", "pem", pem, "hint", hint));
+    free(pem);
+    return rc;
 }

@@ -1,7 +1,9 @@
 /* registry/client.c: the libcurl client of the registry API (docs/api.md) for the remote
  * CLI and, later, serving nodes. JSON calls, resumable uploads (upload sessions, 8 MiB
- * parts streamed from disk) and resumable downloads (Range requests into DEST.part,
- * SHA-256 checked at the end). The server's {"error":{code,message}} comes back as the
+ * parts streamed from disk; a session a killed run left is continued), resumable
+ * downloads (Range requests into DEST.part, SHA-256 checked at the end) and loads of a
+ * version into memory (reg_client_load: signature, sizes and digests checked, nothing
+ * on disk). The server's {"error":{code,message}} comes back as the
  * same MLV_E* code and message, so a remote command fails exactly as a local one. Not
  * for printing: callers (cli/) decide what the user sees. */
 #include <dirent.h>
@@ -91,8 +93,11 @@ typedef struct xfer {
     core_buf body; /* a JSON response, or an error body */
     size_t body_max;
     bool body_over;
-    /* a download: 2xx bodies go to fd from offset `start` */
+    /* a download: 2xx bodies go to fd, or into mem (mem_cap bytes), from offset `start` */
     int out_fd;
+    unsigned char *mem;
+    uint64_t mem_cap;
+    bool mem_over; /* more bytes than mem holds */
     uint64_t start, written;
     bool decided; /* the first body byte was seen */
     int werr;     /* errno of a failed write */
@@ -134,23 +139,36 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     xfer *x = ud;
     size_t len = size * n;
+    bool sink = (x->out_fd >= 0 || x->mem) && (x->status == 200 || x->status == 206);
     if (!x->decided) {
         x->decided = true;
         curl_easy_getinfo(x->c->curl, CURLINFO_RESPONSE_CODE, &x->status);
-        if (x->out_fd >= 0 && (x->status == 200 || x->status == 206)) {
+        sink = (x->out_fd >= 0 || x->mem) && (x->status == 200 || x->status == 206);
+        if (sink) {
             if (x->status == 206 && x->range_first != (int64_t)x->start) {
                 x->bad_range = true;
                 return 0;
             }
             if (x->status == 200) x->start = 0; /* the server sent it all: start over */
-            if (ftruncate(x->out_fd, (off_t)x->start) != 0 ||
-                lseek(x->out_fd, (off_t)x->start, SEEK_SET) < 0) {
-                x->werr = errno;
-                return 0;
-            }
+        }
+        if (sink && x->out_fd >= 0 &&
+            (ftruncate(x->out_fd, (off_t)x->start) != 0 ||
+             lseek(x->out_fd, (off_t)x->start, SEEK_SET) < 0)) {
+            x->werr = errno;
+            return 0;
         }
     }
-    if (x->out_fd >= 0 && (x->status == 200 || x->status == 206)) {
+    if (sink && x->mem) {
+        uint64_t at = x->start + x->written;
+        if (at > x->mem_cap || len > x->mem_cap - at) {
+            x->mem_over = true;
+            return 0;
+        }
+        memcpy(x->mem + at, p, len);
+        x->written += len;
+        return len;
+    }
+    if (sink) {
         for (size_t done = 0; done < len;) {
             ssize_t w = write(x->out_fd, p + done, len - done);
             if (w < 0 && errno == EINTR) continue;
@@ -268,6 +286,9 @@ static int perform(reg_client *c, xfer *x, const char *what)
     if (x->body_over)
         return core_err_set(MLV_ELIMIT, "registry %s: %s: response over %zu bytes", c->url, what,
                             x->body_max);
+    if (x->mem_over)
+        return core_err_set(MLV_EINTEGRITY, "registry %s: %s: more than the %llu bytes expected",
+                            c->url, what, (unsigned long long)x->mem_cap);
     x->status = -1; /* no complete answer: the connection failed or broke */
     if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
         cc == CURLE_COULDNT_RESOLVE_PROXY)
@@ -469,18 +490,15 @@ static void backoff(int attempt)
     sleep(s);
 }
 
-/* One GET of `path` appending to fd from `start`. */
-static int get_once(reg_client *c, const char *path, int fd, uint64_t start, xfer *x)
+/* One GET of `path` into x's sink (fd or memory) from x->start. */
+static int get_range(reg_client *c, const char *path, xfer *x)
 {
-    xfer_init(x, c);
-    x->out_fd = fd;
-    x->start = start;
     struct curl_slist *hdrs = NULL;
     int rc = setup(c, x, "GET", path, &hdrs, 60);
     if (rc) return rc;
     char range[64];
-    if (start > 0) {
-        snprintf(range, sizeof range, "%llu-", (unsigned long long)start);
+    if (x->start > 0) {
+        snprintf(range, sizeof range, "%llu-", (unsigned long long)x->start);
         curl_easy_setopt(c->curl, CURLOPT_RANGE, range);
     }
     curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, hdrs);
@@ -490,6 +508,15 @@ static int get_once(reg_client *c, const char *path, int fd, uint64_t start, xfe
     if (rc == 0 && x->status != 200 && x->status != 206) rc = http_error(c, what, x, NULL);
     curl_slist_free_all(hdrs);
     return rc;
+}
+
+/* One GET of `path` appending to fd from `start`. */
+static int get_once(reg_client *c, const char *path, int fd, uint64_t start, xfer *x)
+{
+    xfer_init(x, c);
+    x->out_fd = fd;
+    x->start = start;
+    return get_range(c, path, x);
 }
 
 /* GETs `path` into fd (the part file) from the bytes it holds, resuming after broken
@@ -745,6 +772,71 @@ static int upload_file(reg_client *c, const char *id_path, const up_file *f, uin
     return rc;
 }
 
+/* Whether a session of GET /uploads is the push `req` describes: the same name, kind,
+ * parents, note and files (paths, sizes, SHA-256). */
+static bool session_matches(const json_t *sess, const json_t *req)
+{
+    const char *kinds[] = {"name", "kind"};
+    for (size_t i = 0; i < 2; i++)
+        if (strcmp(jstr(sess, kinds[i]), jstr(req, kinds[i])) != 0) return false;
+    if (strcmp(jstr(sess, "note"), jstr(req, "note")) != 0) return false;
+    json_t *sp = json_object_get(sess, "parents"), *rp = json_object_get(req, "parents");
+    if (json_array_size(sp) != json_array_size(rp)) return false;
+    for (size_t i = 0; i < json_array_size(rp); i++)
+        if (!json_equal(json_array_get(sp, i), json_array_get(rp, i))) return false;
+    json_t *sf = json_object_get(sess, "files"), *rf = json_object_get(req, "files");
+    if (json_array_size(sf) != json_array_size(rf)) return false;
+    size_t i, k;
+    json_t *f, *g;
+    json_array_foreach(rf, i, f)
+    {
+        bool found = false;
+        json_array_foreach(sf, k, g)
+        {
+            if (!strcmp(jstr(f, "path"), jstr(g, "path"))) {
+                found = !strcmp(jstr(f, "sha256"), jstr(g, "sha256")) &&
+                        json_equal(json_object_get(f, "size"), json_object_get(g, "size"));
+                break;
+            }
+        }
+        if (!found) return false;
+    }
+    return true;
+}
+
+/* An open session of this user for the same push (one a killed earlier run left): the one
+ * that holds the most bytes, or NULL (also when the server cannot list sessions). */
+static json_t *session_to_resume(reg_client *c, const json_t *req)
+{
+    json_t *list = NULL, *best = NULL, *sess;
+    uint64_t best_bytes = 0;
+    if (json_call(c, "GET", "/api/v1/uploads", NULL, &list, NULL) != 0) {
+        core_log(CORE_LOG_DEBUG, "no session list: %s", core_err_last());
+        core_err_clear();
+        return NULL;
+    }
+    size_t i;
+    json_array_foreach(list, i, sess)
+    {
+        if (!session_matches(sess, req)) continue;
+        uint64_t bytes = 0;
+        size_t k;
+        json_t *f;
+        json_array_foreach(json_object_get(sess, "files"), k, f)
+        {
+            bytes += (uint64_t)json_integer_value(json_object_get(f, "received"));
+        }
+        if (!best || bytes > best_bytes) best = sess, best_bytes = bytes;
+    }
+    if (best) {
+        json_incref(best);
+        core_log(CORE_LOG_INFO, "resuming upload %s (%llu bytes already sent)", jstr(best, "id"),
+                 (unsigned long long)best_bytes);
+    }
+    json_decref(list);
+    return best;
+}
+
 int reg_client_push(reg_client *c, const json_t *meta, const char *path, json_t **out)
 {
     *out = NULL;
@@ -772,7 +864,10 @@ int reg_client_push(reg_client *c, const json_t *meta, const char *path, json_t 
         json_array_append_new(files, json_pack("{s:s,s:I,s:s}", "path", fs[i].rel, "size",
                                                (json_int_t)fs[i].size, "sha256", fs[i].sha256));
     }
-    if ((rc = json_call(c, "POST", "/api/v1/uploads", req, &sess, NULL)) != 0) goto done;
+    /* a session an interrupted run of the same push left open goes on where it stopped */
+    if (!(sess = session_to_resume(c, req)) &&
+        (rc = json_call(c, "POST", "/api/v1/uploads", req, &sess, NULL)) != 0)
+        goto done;
     /* the session id: a number or a token of letters and digits */
     json_t *idj = json_object_get(sess, "id");
     const char *ids = json_string_value(idj);
@@ -860,14 +955,71 @@ static bool have_file(const char *path, const char *want)
     return ok;
 }
 
+/* Checks a version as a local export does, from the server's answers: `show` (GET
+ * VERSION), the manifest's bytes and the signature bundle. The manifest must hash to the
+ * version's digest and name that version; the signature, when the registry's own key
+ * (GET /registry/key) made it, is checked here over the manifest and its files, and one
+ * another site made (a bundle import) by the server, which holds the keys it trusts.
+ * *m (owned by the caller, repo_manifest_free) receives the parsed manifest. */
+static int check_signed_version(reg_client *c, const char *ref, const char *vpath,
+                                const json_t *show, const char *mtext, size_t mlen, const char *sig,
+                                size_t slen, repo_manifest **m)
+{
+    *m = NULL;
+    const char *digest = jstr(show, "digest");
+    char got[65];
+    repo_sha256_hex(got, mtext, mlen);
+    if (strcmp(got, digest) != 0)
+        return core_err_set(MLV_EINTEGRITY,
+                            "%s: the manifest's SHA-256 is %s, but the version's digest is %s", ref,
+                            got, digest);
+    json_t *key = NULL;
+    repo_sig_resource *res = NULL;
+    int rc = repo_manifest_parse(m, mtext, mlen);
+    if (rc) {
+        core_err_wrap("%s: manifest: ", ref);
+        goto done;
+    }
+    if (strcmp((*m)->name, jstr(show, "name")) != 0 ||
+        (*m)->version != (int)json_integer_value(json_object_get(show, "version"))) {
+        rc = core_err_set(MLV_EINTEGRITY, "%s: manifest names %s:%d", ref, (*m)->name,
+                          (*m)->version);
+        goto done;
+    }
+    if ((rc = json_call(c, "GET", "/api/v1/registry/key", NULL, &key, NULL)) != 0) goto done;
+    const char *pem = jstr(key, "pem");
+    char hint[65];
+    reg_key_hint(hint, pem);
+    const char *signer = jstr(json_object_get(show, "signature"), "key_hint");
+    if (!*signer || !strcmp(signer, hint)) {
+        if (!(res = reg_version_resources(*m, digest))) {
+            rc = core_err_code();
+            goto done;
+        }
+        if ((rc = repo_sig_verify(sig, slen, pem, res, (*m)->n_files + 1)) != 0)
+            core_err_wrap("%s: signature: ", ref);
+    } else {
+        char sub[320];
+        snprintf(sub, sizeof sub, "%s/verify", vpath);
+        rc = json_call(c, "POST", sub, NULL, NULL, NULL);
+    }
+done:
+    free(res);
+    json_decref(key);
+    if (rc) {
+        repo_manifest_free(*m);
+        *m = NULL;
+    }
+    return rc;
+}
+
 int reg_client_export(reg_client *c, const char *ref, const char *outdir)
 {
     if (!c) return core_err_set(MLV_EINVAL, "no registry client");
     char staging[4096] = "", vpath[256];
     bool out_exists = false, keep = false;
-    json_t *show = NULL, *key = NULL;
+    json_t *show = NULL;
     repo_manifest *m = NULL;
-    repo_sig_resource *res = NULL;
     char *mtext = NULL, *sig = NULL, *p = NULL;
     size_t mlen = 0, slen = 0;
     int rc = 0;
@@ -902,43 +1054,14 @@ int reg_client_export(reg_client *c, const char *ref, const char *outdir)
     snprintf(sub, sizeof sub, "%s/manifest", vpath);
     if ((rc = reg_client_download(c, sub, p, digest)) != 0) goto done;
     if ((rc = core_read_file(p, 64u << 20, &mtext, &mlen)) != 0) goto done;
-    if ((rc = repo_manifest_parse(&m, mtext, mlen)) != 0) {
-        core_err_wrap("%s: manifest: ", ref);
-        goto done;
-    }
-    if (strcmp(m->name, jstr(show, "name")) != 0 ||
-        m->version != (int)json_integer_value(json_object_get(show, "version"))) {
-        rc = core_err_set(MLV_EINTEGRITY, "%s: manifest names %s:%d", ref, m->name, m->version);
-        goto done;
-    }
     free(p);
     if (!(p = core_path_join(staging, REG_SIGNATURE_FILE))) goto oom;
     unlink(p);
     snprintf(sub, sizeof sub, "%s/signature", vpath);
     if ((rc = reg_client_download(c, sub, p, NULL)) != 0) goto done;
     if ((rc = core_read_file(p, 16u << 20, &sig, &slen)) != 0) goto done;
-
-    /* Checked here with the registry's public key, as a local export checks it. A version
-     * another site signed (a bundle import) is checked by the server, which holds the
-     * keys it trusts. */
-    if ((rc = json_call(c, "GET", "/api/v1/registry/key", NULL, &key, NULL)) != 0) goto done;
-    const char *pem = jstr(key, "pem");
-    char hint[65];
-    reg_key_hint(hint, pem);
-    const char *signer = jstr(json_object_get(show, "signature"), "key_hint");
-    if (!*signer || !strcmp(signer, hint)) {
-        if (!(res = reg_version_resources(m, digest))) {
-            rc = core_err_code();
-            goto done;
-        }
-        if ((rc = repo_sig_verify(sig, slen, pem, res, m->n_files + 1)) != 0) {
-            core_err_wrap("%s: signature: ", ref);
-            goto done;
-        }
-    } else {
-        snprintf(sub, sizeof sub, "%s/verify", vpath);
-        if ((rc = json_call(c, "POST", sub, NULL, NULL, NULL)) != 0) goto done;
-    }
+    if ((rc = check_signed_version(c, ref, vpath, show, mtext, mlen, sig, slen, &m)) != 0)
+        goto done;
 
     /* Every file, checked against the manifest's digest as it lands. */
     for (size_t i = 0; i < m->n_files; i++) {
@@ -987,12 +1110,145 @@ done:
     } else if (staging[0]) {
         core_rm_rf(staging);
     }
-    free(res);
     repo_manifest_free(m);
     free(mtext);
     free(sig);
     free(p);
     json_decref(show);
-    json_decref(key);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------- load --- */
+
+/* A small answer (a manifest, a signature) into memory: *out NUL-terminated, owned by
+ * the caller; asked again after a broken connection. */
+static int get_small(reg_client *c, const char *path, size_t max, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    for (int attempt = 0;; attempt++) {
+        xfer x;
+        xfer_init(&x, c);
+        x.body_max = max;
+        int rc = get_range(c, path, &x);
+        if (rc == 0) {
+            *len = x.body.len;
+            if (!(*out = core_buf_take(&x.body))) rc = core_err_set(MLV_ENOMEM, "out of memory");
+            return rc;
+        }
+        core_buf_free(&x.body);
+        if (!transient(x.status) || attempt + 1 >= ATTEMPTS) return rc;
+        core_log(CORE_LOG_WARN, "%s (again)", core_err_last());
+        backoff(attempt);
+    }
+}
+
+/* GETs a file of the version straight into `mem` (exactly f->size bytes), resuming with
+ * Range requests after a broken connection (ATTEMPTS in a row without progress); the
+ * bytes must be f->size long and hash to f->sha256. Nothing touches the disk. */
+static int fetch_mem(reg_client *c, const char *path, const repo_file *f, unsigned char *mem)
+{
+    uint64_t have = 0;
+    int rc = 0;
+    for (int attempt = 0, fails = 0; have < f->size || attempt == 0; attempt++) {
+        xfer x;
+        xfer_init(&x, c);
+        x.mem = mem;
+        x.mem_cap = f->size;
+        x.start = have;
+        rc = get_range(c, path, &x);
+        core_buf_free(&x.body);
+        if (x.sha_hdr[0] && strcmp(x.sha_hdr, f->sha256) != 0)
+            return core_err_set(MLV_EINTEGRITY,
+                                "%s: the registry names sha256 %.12s…, the manifest %.12s…", path,
+                                x.sha_hdr, f->sha256);
+        /* what arrived, whatever the status says (perform() sets -1 on a broken transfer) */
+        uint64_t now = x.start + x.written;
+        fails = now > have ? 0 : fails + 1;
+        have = now;
+        if (rc == 0) break;
+        bool absent = attempt == 0 && x.status == -1 && strstr(core_err_last(), "cannot connect");
+        if (!transient(x.status) || absent || fails >= ATTEMPTS) return rc;
+        core_log(CORE_LOG_WARN, "%s (resuming)", core_err_last());
+        backoff(fails);
+    }
+    if (have != f->size)
+        return core_err_set(MLV_EINTEGRITY, "%s: %llu bytes arrived, the manifest says %llu", path,
+                            (unsigned long long)have, (unsigned long long)f->size);
+    char got[65];
+    repo_sha256_hex(got, mem, (size_t)f->size);
+    if (strcmp(got, f->sha256) != 0)
+        return core_err_set(MLV_EINTEGRITY, "%s: digest mismatch: got sha256 %s, expected %s", path,
+                            got, f->sha256);
+    return 0;
+}
+
+int reg_client_load(reg_client *c, const char *ref, reg_loaded *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!c) return core_err_set(MLV_EINVAL, "no registry client");
+    char vpath[256], sub[320];
+    json_t *show = NULL;
+    repo_manifest *m = NULL;
+    char *mtext = NULL, *sig = NULL, *fpath = NULL;
+    size_t mlen = 0, slen = 0;
+    int rc = reg_client_version_path(c, ref, vpath, sizeof vpath);
+    if (rc) goto done;
+    if ((rc = json_call(c, "GET", vpath, NULL, &show, NULL)) != 0) goto done;
+    const char *digest = jstr(show, "digest");
+    if (!core_is_hex(digest, 64)) {
+        rc = core_err_set(MLV_EIO, "registry %s: %s: no digest in the answer", c->url, ref);
+        goto done;
+    }
+    snprintf(sub, sizeof sub, "%s/manifest", vpath);
+    if ((rc = get_small(c, sub, 64u << 20, &mtext, &mlen)) != 0) goto done;
+    snprintf(sub, sizeof sub, "%s/signature", vpath);
+    if ((rc = get_small(c, sub, 16u << 20, &sig, &slen)) != 0) goto done;
+    if ((rc = check_signed_version(c, ref, vpath, show, mtext, mlen, sig, slen, &m)) != 0)
+        goto done;
+
+    out->files = calloc(m->n_files ? m->n_files : 1, sizeof *out->files);
+    if (!out->files) goto oom;
+    for (size_t i = 0; i < m->n_files; i++) {
+        const repo_file *f = &m->files[i];
+        reg_file_mem *fm = &out->files[out->n_files++];
+        fm->size = f->size;
+        fm->path = strdup(f->path);
+        fm->data = f->size <= SIZE_MAX ? malloc(f->size ? (size_t)f->size : 1) : NULL;
+        if (!fm->path || !fm->data) {
+            rc = core_err_set(MLV_ENOMEM, "%s: %s: out of memory for %llu bytes", ref, f->path,
+                              (unsigned long long)f->size);
+            goto done;
+        }
+        char *enc = encode_path(c, f->path);
+        free(fpath);
+        fpath = NULL;
+        if (!enc || asprintf(&fpath, "%s/files/%s", vpath, enc) < 0) {
+            fpath = NULL;
+            free(enc);
+            goto oom;
+        }
+        free(enc);
+        if ((rc = fetch_mem(c, fpath, f, fm->data)) != 0) {
+            core_err_wrap("%s: %s: ", ref, f->path);
+            goto done;
+        }
+    }
+    snprintf(out->name, sizeof out->name, "%s", m->name);
+    snprintf(out->kind, sizeof out->kind, "%s", m->kind);
+    snprintf(out->digest, sizeof out->digest, "%s", digest);
+    snprintf(out->format, sizeof out->format, "%s", m->format);
+    out->version = m->version;
+    out->version_id = 0; /* no catalog row here */
+    goto done;
+oom:
+    rc = core_err_set(MLV_ENOMEM, "out of memory");
+done:
+    if (rc) reg_loaded_clear(out);
+    repo_manifest_free(m);
+    free(mtext);
+    free(sig);
+    free(fpath);
+    json_decref(show);
     return rc;
 }

@@ -397,7 +397,10 @@ void reg_client_free(reg_client *c);
 int reg_client_json(reg_client *c, const char *method, const char *path, const json_t *body,
                     json_t **out);
 /* Uploads a file or folder as a new version through an upload session, resuming parts
- * after a broken connection. meta: {name, kind, parents, note, ...} as POST /uploads. */
+ * after a broken connection. meta: {name, kind, parents, note, ...} as POST /uploads.
+ * An open session of the caller's for the same push (GET /uploads: same name, kind,
+ * parents, note and files), left by a run that died, is continued instead of a new one.
+ * On an error the session is deleted; a killed process leaves it for the next run. */
 int reg_client_push(reg_client *c, const json_t *meta, const char *path, json_t **out);
 /* Downloads url path into `dest` (a file), resuming with Range requests; verifies the
  * SHA-256 when sha256 is given. */
@@ -412,5 +415,12 @@ int reg_client_version_path(reg_client *c, const char *ref, char *out, size_t n)
  * with the registry's public key (GET /registry/key; another site's signature: the
  * server's verify); then the folder is renamed into place. */
 int reg_client_export(reg_client *c, const char *ref, const char *outdir);
+/* reg_load against the server: the version's manifest (its SHA-256 must be the version's
+ * digest) and signature, checked as reg_client_export checks them, then every file
+ * fetched into memory (never onto disk; resumed with Range requests after a broken
+ * connection) and checked against the manifest's size and SHA-256. Fills *out as reg_load
+ * does, except version_id (0: no catalog here); clear it with reg_loaded_clear. The
+ * server audits each file's download. */
+int reg_client_load(reg_client *c, const char *ref, reg_loaded *out);
 
 #endif

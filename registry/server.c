@@ -46,6 +46,7 @@ static const route ROUTES[] = {
     {"POST", V "/verify", api_verify, REG_ACT_READ},
     {"GET", V "/files/{path}", api_download, REG_ACT_DOWNLOAD},
     {"POST", "/api/v1/uploads", api_upload_open, REG_ACT_PUSH},
+    {"GET", "/api/v1/uploads", api_upload_list, REG_ACT_PUSH},
     {"GET", "/api/v1/uploads/{upload}", api_upload_get, REG_ACT_PUSH},
     {"DELETE", "/api/v1/uploads/{upload}", api_upload_delete, REG_ACT_PUSH},
     {"PUT", "/api/v1/uploads/{upload}/files/{path}", api_upload_put, REG_ACT_PUSH},
@@ -65,6 +66,10 @@ static const route ROUTES[] = {
     {"POST", "/api/v1/promotions/{id}/reject", api_reject, REG_ACT_APPROVE},
     {"GET", "/api/v1/audit", api_audit, REG_ACT_AUDIT},
     {"GET", "/api/v1/audit/verify", api_audit_verify, REG_ACT_AUDIT},
+    {"POST", "/api/v1/admin/fsck", api_fsck, REG_ACT_ADMIN},
+    {"GET", "/api/v1/keys", api_keys_list, REG_ACT_READ},
+    {"POST", "/api/v1/keys", api_key_trust, REG_ACT_ADMIN},
+    {"GET", "/api/v1/keys/import", api_import_key, REG_ACT_READ},
 };
 #undef V
 #define N_ROUTES ((int)(sizeof ROUTES / sizeof ROUTES[0]))

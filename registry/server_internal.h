@@ -120,6 +120,10 @@ int api_verify(srv_req *q);
 int api_download(srv_req *q);
 int api_audit(srv_req *q);
 int api_audit_verify(srv_req *q);
+int api_fsck(srv_req *q);
+int api_keys_list(srv_req *q);
+int api_key_trust(srv_req *q);
+int api_import_key(srv_req *q);
 /* api_flow.c */
 int api_jobs_submit(srv_req *q);
 int api_jobs_list(srv_req *q);
@@ -136,6 +140,7 @@ int api_approve(srv_req *q);
 int api_reject(srv_req *q);
 /* uploads.c */
 int api_upload_open(srv_req *q);
+int api_upload_list(srv_req *q);
 int api_upload_get(srv_req *q);
 int api_upload_put(srv_req *q);
 int api_upload_commit(srv_req *q);

@@ -117,7 +117,10 @@ static uint64_t received(const session *ss, const char *path)
     return n;
 }
 
-static json_t *session_json(const session *ss, bool with_id)
+/* {id, name, kind, files:[{path, size, received}]}; for the listing (created_at given)
+ * also each file's sha256, the parents, the note and created_at: what a client needs to
+ * tell whether the session is the push it is making again. */
+static json_t *session_json(const session *ss, const char *created_at)
 {
     json_t *files = json_array();
     size_t i;
@@ -125,13 +128,20 @@ static json_t *session_json(const session *ss, bool with_id)
     json_array_foreach(json_object_get(ss->meta, "files"), i, f)
     {
         const char *path = json_string_value(json_object_get(f, "path"));
-        json_array_append_new(files, json_pack("{s:s,s:O,s:I}", "path", path, "size",
-                                               json_object_get(f, "size"), "received",
-                                               (json_int_t)received(ss, path)));
+        json_t *o = json_pack("{s:s,s:O,s:I}", "path", path, "size", json_object_get(f, "size"),
+                              "received", (json_int_t)received(ss, path));
+        if (o && created_at) json_object_set(o, "sha256", json_object_get(f, "sha256"));
+        json_array_append_new(files, o);
     }
-    if (!with_id) return files;
-    return json_pack("{s:s,s:O,s:O,s:o}", "id", ss->id, "name", json_object_get(ss->meta, "name"),
-                     "kind", json_object_get(ss->meta, "kind"), "files", files);
+    json_t *j =
+        json_pack("{s:s,s:O,s:O,s:o}", "id", ss->id, "name", json_object_get(ss->meta, "name"),
+                  "kind", json_object_get(ss->meta, "kind"), "files", files);
+    if (j && created_at) {
+        json_object_set_new(j, "created_at", json_string(created_at));
+        json_object_set(j, "parents", json_object_get(ss->meta, "parents"));
+        json_object_set(j, "note", json_object_get(ss->meta, "note"));
+    }
+    return j;
 }
 
 static int session_remove(reg_ctx *r, const char *home, const char *id)
@@ -340,7 +350,7 @@ int api_upload_open(srv_req *q)
     if (rc) goto done;
     session ss = {.meta = meta, .dir = dir};
     snprintf(ss.id, sizeof ss.id, "%s", id);
-    rc = srv_reply_json(q, 201, session_json(&ss, true));
+    rc = srv_reply_json(q, 201, session_json(&ss, NULL));
 done:
     if (locked) pthread_mutex_unlock(&s->up_mu);
     free(dir);
@@ -350,12 +360,43 @@ done:
     return rc;
 }
 
+int api_upload_list(srv_req *q)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(q->r->db,
+                           "SELECT id, meta, created_at FROM uploads WHERE user = ? "
+                           "ORDER BY created_at, id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(q->r, "uploads");
+    sqlite3_bind_text(st, 1, q->user.name, -1, SQLITE_STATIC);
+    json_t *list = json_array();
+    int rc = list ? 0 : core_err_set(MLV_ENOMEM, "out of memory"), step = SQLITE_DONE;
+    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        session ss = {0};
+        snprintf(ss.id, sizeof ss.id, "%s", (const char *)sqlite3_column_text(st, 0));
+        ss.meta = json_loads((const char *)sqlite3_column_text(st, 1), 0, NULL);
+        ss.dir = upload_dir(q->s->home, ss.id);
+        json_t *j =
+            ss.meta && ss.dir ? session_json(&ss, (const char *)sqlite3_column_text(st, 2)) : NULL;
+        if (!j || json_array_append_new(list, j) != 0)
+            rc = core_err_set(MLV_EDB, "upload %s: bad session", ss.id);
+        session_clear(&ss);
+    }
+    if (rc == 0 && step != SQLITE_DONE) rc = reg_db_err(q->r, "uploads");
+    sqlite3_finalize(st);
+    if (rc) {
+        json_decref(list);
+        return rc;
+    }
+    return srv_reply_json(q, 200, list);
+}
+
 int api_upload_get(srv_req *q)
 {
     session ss;
     int rc = session_load(q, &ss);
     if (rc) return rc;
-    rc = srv_reply_json(q, 200, session_json(&ss, true));
+    rc = srv_reply_json(q, 200, session_json(&ss, NULL));
     session_clear(&ss);
     return rc;
 }

@@ -358,6 +358,10 @@ class ServerTest(unittest.TestCase):
             ("POST", "/api/v1/promotions/999999/reject", {"reason": "x"}, APPROVE),
             ("GET", "/api/v1/audit", None, AUDIT),
             ("GET", "/api/v1/audit/verify", None, AUDIT),
+            ("POST", "/api/v1/admin/fsck", {"prune": "yes"}, ADMIN),
+            ("GET", "/api/v1/keys", None, READ),
+            ("POST", "/api/v1/keys", {"pem": "not a key", "name": "rbac"}, ADMIN),
+            ("GET", "/api/v1/keys/import", None, READ),
         ]
         users = {"viewer": "view", "engineer": "eng", "approver": "appr1", "admin": "admin",
                  "node": "nodeu"}
