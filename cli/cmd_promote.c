@@ -8,6 +8,7 @@
  * Locally these call registry/promote.c, and `promote` runs the gate's evaluations in
  * this process (cli_promote_gate, also the body of a "gate" job); with a registry URL
  * they call the routes of docs/api.md and print the same documents. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -155,7 +156,7 @@ static int channel_set(const cli_args *a)
     if (a->npos != 3 || !cli_opt(a, "gate-data"))
         return core_err_set(MLV_EINVAL, "%s", CHANNEL_USAGE);
     const char *model = a->pos[1], *channel = a->pos[2];
-    reg_channel_policy p = {.threshold = 2.0, .approvals = 0, .expiry_days = 90};
+    reg_channel_policy p = {.threshold = NAN, .approvals = 0, .expiry_days = 90};
     const char *metric =
         cli_opt(a, "gate-metric") ? cli_opt(a, "gate-metric") : "next_token_accuracy";
     double approvals = 0, expiry = 90, ctx = 0;
@@ -180,10 +181,11 @@ static int channel_set(const cli_args *a)
     if (cli_remote_url(a)) {
         char path[256];
         snprintf(path, sizeof path, "/api/v1/models/%s/channels/%s", model, channel);
-        json_t *body =
-            json_pack("{s:s,s:s,s:f,s:i,s:i,s:I}", "gate_data", p.gate_dataset, "gate_metric",
-                      p.gate_metric, "threshold", p.threshold, "approvals", p.approvals,
-                      "expiry_days", p.expiry_days, "ctx", (json_int_t)p.ctx);
+        json_t *body = json_pack("{s:s,s:s,s:i,s:i,s:I}", "gate_data", p.gate_dataset,
+                                 "gate_metric", p.gate_metric, "approvals", p.approvals,
+                                 "expiry_days", p.expiry_days, "ctx", (json_int_t)p.ctx);
+        if (body && !isnan(p.threshold)) /* else the server's config.ini default */
+            json_object_set_new(body, "threshold", json_real(p.threshold));
         rc = body ? cli_api(a, "PUT", path, body, &c) : core_err_set(MLV_ENOMEM, "out of memory");
         json_decref(body);
         if (rc) return rc;

@@ -1,6 +1,6 @@
 /* cli/cmd_serve.c: `mlvault serve` — runs the registry server (registry/server.c) on a
- * home until SIGINT or SIGTERM, then stops it cleanly (requests finish, job children
- * are stopped, the catalog is closed). */
+ * home, with HOME/config.ini's settings under the command line's, until SIGINT or SIGTERM, then
+ * stops it cleanly (requests finish, job children are stopped, the catalog is closed). */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -31,17 +31,23 @@ int cmd_serve(int argc, char **argv)
     if (a.npos != 0)
         return core_err_set(MLV_EINVAL, "usage: mlvault serve [--home DIR] [--listen ADDR:PORT] "
                                         "[--tls-cert FILE --tls-key FILE] [--job-workers N]");
-    double workers = 1;
+    /* HOME/config.ini first; the command line overrides it */
+    static reg_config cfg;
+    if ((rc = reg_config_read(cli_home(&a), &cfg)) != 0) return rc;
+    double workers = cfg.job_workers;
     if ((rc = cli_opt_num(&a, "job-workers", 1, 256, true, &workers)) != 0) return rc;
     static char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return core_err_set(MLV_EIO, "/proc/self/exe: %s", strerror(errno));
     exe[n] = 0;
-    const char *listen = cli_opt(&a, "listen") ? cli_opt(&a, "listen") : "127.0.0.1:8080";
+    const char *listen = cli_opt(&a, "listen") ? cli_opt(&a, "listen") : cfg.listen;
+    const char *cert = cli_opt(&a, "tls-cert"), *key = cli_opt(&a, "tls-key");
+    if (!cert && !key && cfg.tls_cert[0]) cert = cfg.tls_cert, key = cfg.tls_key;
     reg_server_opts o = {.home = cli_home(&a),
                          .listen = listen,
-                         .tls_cert = cli_opt(&a, "tls-cert"),
-                         .tls_key = cli_opt(&a, "tls-key"),
+                         .tls_cert = cert,
+                         .tls_key = key && key[0] ? key : NULL,
+                         .max_uploads = cfg.max_uploads,
                          .job_workers = (int)workers,
                          .exe = exe,
                          .validate = {cli_job_validate, NULL}};

@@ -2,6 +2,7 @@
  * Channels, promotions, approvals). Bodies are parsed and typed here; the rules (roles,
  * gate, approvals) are the registry's (jobs.c, promote.c). A promotion request also
  * queues the job that runs its gate. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,7 +109,7 @@ int api_channel_set(srv_req *q)
     json_t *b, *list = NULL;
     int rc = srv_read_json(q, &b);
     if (rc) return rc;
-    reg_channel_policy p = {.threshold = 2.0, .approvals = 0, .expiry_days = 90};
+    reg_channel_policy p = {.threshold = NAN, .approvals = 0, .expiry_days = 90};
     snprintf(p.gate_metric, sizeof p.gate_metric, "next_token_accuracy");
     const char *data = NULL, *metric = NULL;
     int64_t approvals = p.approvals, expiry = p.expiry_days, ctx = 0;

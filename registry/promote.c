@@ -188,6 +188,11 @@ int reg_channel_set(reg_ctx *r, const reg_user *actor, const char *model, const 
         return core_err_set(MLV_EINVAL,
                             "invalid model or channel name: use [a-z0-9][a-z0-9._-]{0,63}");
     reg_channel_policy p = *in;
+    if (isnan(p.threshold)) {
+        reg_config cfg;
+        if ((rc = reg_config_read(r->home, &cfg)) != 0) return rc;
+        p.threshold = cfg.gate_threshold;
+    }
     if (!gate_metric_ok(p.gate_metric))
         return core_err_set(MLV_EINVAL,
                             "gate metric '%.32s': expected next_token_accuracy or mc_accuracy",

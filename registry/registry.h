@@ -30,6 +30,19 @@ int reg_open(reg_ctx **out, const char *home);
 void reg_close(reg_ctx *r);
 const char *reg_home(const reg_ctx *r);
 
+/* HOME/config.ini (registry/config.c): defaults for what command-line options do not
+ * say. A missing file gives the defaults; an unknown key or bad value is MLV_EINVAL
+ * naming its line. */
+typedef struct reg_config {
+    char listen[128];     /* [server] listen (127.0.0.1:8080) */
+    char tls_cert[4096];  /* [server] tls_cert ("") */
+    char tls_key[4096];   /* [server] tls_key ("") */
+    int max_uploads;      /* [server] max_uploads (8) */
+    int job_workers;      /* [jobs] workers (1) */
+    double gate_threshold; /* [gate] threshold (2.0): a new channel's, unless given */
+} reg_config;
+int reg_config_read(const char *home, reg_config *out);
+
 /* ===================================================================== users ==== */
 typedef enum reg_role {
     REG_ROLE_VIEWER,
@@ -306,7 +319,7 @@ int reg_jobs_counts(reg_ctx *r, json_t **out);
 typedef struct reg_channel_policy {
     char gate_dataset[160]; /* a dataset ref, resolved to name:version when set */
     char gate_metric[32];   /* next_token_accuracy | mc_accuracy */
-    double threshold;       /* points; drop >= threshold fails */
+    double threshold;       /* points; drop >= threshold fails; NAN: config.ini's default */
     int approvals;          /* distinct approvers needed (0: none) */
     int expiry_days;        /* a release record's lifetime */
     uint32_t ctx;           /* evaluation context (0: the engine's default) */

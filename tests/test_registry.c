@@ -209,6 +209,53 @@ static void t_home_refused_twice(void **s)
     assert_null(r);
 }
 
+static void write_config(const char *text)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/config.ini", home);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* config.ini: the defaults init writes, overrides, and errors that name the line. */
+static void t_config(void **s)
+{
+    (void)s;
+    reg_config c;
+    assert_int_equal(reg_config_read(home, &c), 0); /* as init wrote it */
+    assert_string_equal(c.listen, "127.0.0.1:8080");
+    assert_int_equal(c.job_workers, 1);
+    assert_int_equal(c.max_uploads, 8);
+    assert_true(c.gate_threshold == 2.0);
+    assert_string_equal(c.tls_cert, "");
+    write_config("; site settings\n[server]\nlisten = 0.0.0.0:9000\ntls_cert = /etc/c.pem\n"
+                 "tls_key = /etc/k.pem\nmax_uploads = 3\n[jobs]\nworkers = 4\n"
+                 "[gate]\nthreshold = 1.5\n");
+    assert_int_equal(reg_config_read(home, &c), 0);
+    assert_string_equal(c.listen, "0.0.0.0:9000");
+    assert_string_equal(c.tls_key, "/etc/k.pem");
+    assert_int_equal(c.max_uploads, 3);
+    assert_int_equal(c.job_workers, 4);
+    assert_true(c.gate_threshold == 1.5);
+    static const struct {
+        const char *text, *expect;
+    } bad[] = {
+        {"[server]\nlisten = a:1\nport = 8\n", "line 3: unknown setting [server] port"},
+        {"[jobs]\nworkers = 0\n", "line 2: [jobs] workers = 0: not a valid value"},
+        {"[gate]\nthreshold = 2,5\n", "line 2: [gate] threshold = 2,5"},
+        {"[gate]\nthreshold = 101\n", "not a valid value"},
+        {"[jobs\nworkers = 2\n", "line 1"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        write_config(bad[i].text);
+        assert_int_equal(reg_config_read(home, &c), MLV_EINVAL);
+        assert_non_null(strstr(core_err_last(), bad[i].expect));
+    }
+    write_config("[gate]\nthreshold = 2.0\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -216,7 +263,9 @@ int main(void)
         cmocka_unit_test(t_roles),
         cmocka_unit_test(t_tokens),
         cmocka_unit_test(t_ledger_replay),
-        cmocka_unit_test(t_orphan_blob_removed), cmocka_unit_test(t_home_refused_twice),
+        cmocka_unit_test(t_orphan_blob_removed),
+        cmocka_unit_test(t_home_refused_twice),
+        cmocka_unit_test(t_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -12,6 +12,7 @@
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -558,6 +559,24 @@ static void t_sequence_rollback(void **s)
 static void t_stale_gate(void **s)
 {
     (void)s;
+    /* a policy without a threshold takes config.ini's [gate] threshold */
+    char cfg[600];
+    snprintf(cfg, sizeof cfg, "%s/config.ini", home);
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs("[gate]\nthreshold = 1.25\n", f);
+    fclose(f);
+    push_model("cf", NULL, NULL);
+    reg_channel_policy pol = {.threshold = NAN, .approvals = 0, .expiry_days = 90};
+    snprintf(pol.gate_dataset, sizeof pol.gate_dataset, "wiki");
+    snprintf(pol.gate_metric, sizeof pol.gate_metric, "next_token_accuracy");
+    assert_int_equal(reg_channel_set(r, &admin, "cf", "prod", &pol), 0);
+    json_t *list = NULL;
+    assert_int_equal(reg_channel_list(r, &viewer, "cf", &list), 0);
+    json_t *got = json_object_get(json_object_get(json_array_get(list, 0), "policy"), "threshold");
+    assert_float_equal(json_number_value(got), 1.25, 1e-12);
+    json_decref(list);
+
     push_model("st", NULL, NULL);
     push_model("st", "st:1", NULL);
     push_model("st", "st:1", NULL);
