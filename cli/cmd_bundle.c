@@ -1,5 +1,7 @@
 /* cli/cmd_bundle.c: `mlvault bundle export|import` — moving versions between sites that
- * share no network, as one signed, encrypted .tar.zst (registry/bundle.c). */
+ * share no network, as one signed, encrypted .tar.zst (registry/bundle.c). With a
+ * registry URL set, both run against the server (reg_client_bundle_*) and print the
+ * same. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +23,9 @@ static const char *str(json_t *o, const char *k)
     return s ? s : "";
 }
 
+static void print_export(const cli_args *a, json_t *res);
+static void print_import(const cli_args *a, json_t *res);
+
 static int bundle_export(const cli_args *a)
 {
     const char *to = cli_opt(a, "to"), *file = cli_opt(a, "output");
@@ -33,25 +38,37 @@ static int bundle_export(const cli_args *a)
     size_t len = 0;
     int rc = core_read_file(to, 16384, &pem, &len);
     if (rc) return core_err_wrap("--to: ");
-    reg_ctx *r;
-    reg_user me;
-    if ((rc = cli_open_auth(a, &r, &me)) != 0) {
-        free(pem);
-        return rc;
-    }
     reg_bundle_export_opts o = {.refs = a->pos + 1,
                                 .n_refs = (size_t)a->npos - 1,
                                 .with_ancestors = cli_flag(a, "with-ancestors"),
                                 .recipient_pem = pem,
                                 .path = file};
     json_t *res = NULL;
-    rc = reg_bundle_export(r, &me, &o, &res);
-    reg_close(r);
+    if (cli_remote_url(a)) {
+        reg_client *c;
+        if ((rc = cli_client(a, &c)) == 0) rc = reg_client_bundle_export(c, &o, &res);
+        reg_client_free(c);
+    } else {
+        reg_ctx *r;
+        reg_user me;
+        if ((rc = cli_open_auth(a, &r, &me)) == 0) {
+            rc = reg_bundle_export(r, &me, &o, &res);
+            reg_close(r);
+        }
+    }
     free(pem);
     if (rc) return rc;
+    print_export(a, res);
+    return 0;
+}
+
+/* What export says, locally and remotely alike. Consumes res. */
+static void print_export(const cli_args *a, json_t *res)
+{
     if (a->json) {
         cli_print_json(res);
-        return 0;
+        json_decref(res);
+        return;
     }
     char hb[32];
     core_human_bytes(hb, sizeof hb, (uint64_t)json_integer_value(json_object_get(res, "bytes")));
@@ -66,23 +83,37 @@ static int bundle_export(const cli_args *a)
     printf("bundle sha256:%s\n", str(res, "sha256"));
     printf("data keys wrapped for import key %.16s…\n", str(res, "recipient"));
     json_decref(res);
-    return 0;
 }
 
 static int bundle_import(const cli_args *a)
 {
     if (a->npos != 2) return core_err_set(MLV_EINVAL, "%s", USAGE_BUNDLE);
-    reg_ctx *r;
-    reg_user me;
-    int rc = cli_open_auth(a, &r, &me);
-    if (rc) return rc;
     json_t *res = NULL;
-    rc = reg_bundle_import(r, &me, a->pos[1], &res);
-    reg_close(r);
+    int rc;
+    if (cli_remote_url(a)) {
+        reg_client *c;
+        if ((rc = cli_client(a, &c)) == 0) rc = reg_client_bundle_import(c, a->pos[1], &res);
+        reg_client_free(c);
+    } else {
+        reg_ctx *r;
+        reg_user me;
+        if ((rc = cli_open_auth(a, &r, &me)) == 0) {
+            rc = reg_bundle_import(r, &me, a->pos[1], &res);
+            reg_close(r);
+        }
+    }
     if (rc) return rc;
+    print_import(a, res);
+    return 0;
+}
+
+/* What import says, locally and remotely alike. Consumes res. */
+static void print_import(const cli_args *a, json_t *res)
+{
     if (a->json) {
         cli_print_json(res);
-        return 0;
+        json_decref(res);
+        return;
     }
     json_t *vs = json_object_get(res, "versions"), *v;
     size_t i;
@@ -103,7 +134,6 @@ static int bundle_import(const cli_args *a)
                                         str(v, "kind"), str(v, "status"), str(v, "digest"));
     printf("bundle sha256:%s\n", str(res, "sha256"));
     json_decref(res);
-    return 0;
 }
 
 int cmd_bundle(int argc, char **argv)
@@ -112,7 +142,7 @@ int cmd_bundle(int argc, char **argv)
         {"to", 0, true, false}, {"output", 'o', true, false}, {"with-ancestors", 0, false, false}};
     cli_args a;
     int rc = cli_parse(&a, argc, argv, spec, 3);
-    if (rc || (rc = cli_remote_refuse(&a, "bundle")) != 0) return rc;
+    if (rc) return rc;
     const char *sub = a.npos ? a.pos[0] : "";
     if (!strcmp(sub, "export")) return bundle_export(&a);
     if (!strcmp(sub, "import")) {

@@ -83,11 +83,11 @@ typedef struct command {
 } command;
 
 static const command COMMANDS[] = {
-    {"init", cmd_init},       {"user", cmd_user},       {"push", cmd_push},
-    {"dataset", cmd_dataset}, {"list", cmd_list},       {"show", cmd_show},
-    {"lineage", cmd_lineage}, {"export", cmd_export},   {"verify", cmd_verify},
-    {"audit", cmd_audit},     {"bundle", cmd_bundle},   {"keys", cmd_keys},
-    {"fsck", cmd_fsck},       {"convert", cmd_convert}, {"run", cmd_run},
+    {"init", cmd_init},       {"user", cmd_user},         {"push", cmd_push},
+    {"dataset", cmd_dataset}, {"list", cmd_list},         {"show", cmd_show},
+    {"lineage", cmd_lineage}, {"export", cmd_export},     {"verify", cmd_verify},
+    {"audit", cmd_audit},     {"bundle", cmd_bundle},     {"keys", cmd_keys},
+    {"fsck", cmd_fsck},       {"convert", cmd_convert},   {"run", cmd_run},
     {"eval", cmd_eval},       {"quantize", cmd_quantize}, {"serve", cmd_serve},
     {"job", cmd_job},         {"channel", cmd_channel},   {"promote", cmd_promote},
     {"approve", cmd_approve}, {"reject", cmd_reject},     {"requests", cmd_requests},

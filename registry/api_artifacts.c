@@ -187,9 +187,7 @@ int api_verify(srv_req *q)
 
 /* ---------------------------------------------------------------- download --- */
 
-/* "bytes=A-", "bytes=A-B" or "bytes=-N" against a file of `size` bytes: 1 and the
- * inclusive range, 0 when there is no usable Range header, -1 when unsatisfiable. */
-static int parse_range(const char *h, uint64_t size, uint64_t *a, uint64_t *b)
+int srv_parse_range(const char *h, uint64_t size, uint64_t *a, uint64_t *b)
 {
     if (!h) return 0;
     if (strncmp(h, "bytes=", 6) != 0 || strchr(h, ',')) return 0; /* ignored: whole file */
@@ -278,7 +276,7 @@ int api_download(srv_req *q)
     if (rc) goto done;
 
     uint64_t a = 0, b = f->size ? f->size - 1 : 0;
-    int pr = parse_range(mg_get_header(q->c, "Range"), f->size, &a, &b);
+    int pr = srv_parse_range(mg_get_header(q->c, "Range"), f->size, &a, &b);
     if (pr < 0) {
         char extra[200];
         snprintf(extra, sizeof extra, "Content-Range: bytes */%" PRIu64 "\r\n", f->size);

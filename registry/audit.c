@@ -127,15 +127,15 @@ int reg_audit_list(reg_ctx *r, const reg_user *actor, const reg_audit_filter *f,
     if (f->action && *f->action && f->action[strlen(f->action) - 1] == '.')
         snprintf(prefix, sizeof prefix, "%s", f->action);
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(
-            r->db,
-            "SELECT seq, at, actor, action, target, detail, hash FROM audit"
-            " WHERE (?1 IS NULL OR actor = ?1)"
-            "   AND (?2 IS NULL OR action = ?2 OR (?3 <> '' AND substr(action, 1, length(?3)) = ?3))"
-            "   AND (?4 IS NULL OR target = ?4) AND (?5 IS NULL OR at >= ?5)"
-            "   AND (?6 IS NULL OR at <= ?6) AND seq > ?7"
-            " ORDER BY seq LIMIT ?8",
-            -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT seq, at, actor, action, target, detail, hash FROM audit"
+                           " WHERE (?1 IS NULL OR actor = ?1)"
+                           "   AND (?2 IS NULL OR action = ?2 OR (?3 <> '' AND substr(action, 1, "
+                           "length(?3)) = ?3))"
+                           "   AND (?4 IS NULL OR target = ?4) AND (?5 IS NULL OR at >= ?5)"
+                           "   AND (?6 IS NULL OR at <= ?6) AND seq > ?7"
+                           " ORDER BY seq LIMIT ?8",
+                           -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "audit");
     const char *txt[] = {f->actor, f->action, NULL, f->target, f->since, f->until};
     for (int i = 0; i < 6; i++)

@@ -842,13 +842,21 @@ int reg_client_push(reg_client *c, const json_t *meta, const char *path, json_t 
     *out = NULL;
     if (!c) return core_err_set(MLV_EINVAL, "no registry client");
     const char *kind = json_string_value(json_object_get(meta, "kind"));
-    bool dataset = kind && !strcmp(kind, "dataset");
+    bool bundle = kind && !strcmp(kind, "bundle");
+    bool dataset = kind && (!strcmp(kind, "dataset") || bundle);
     up_file *fs = NULL;
     size_t n = 0;
     json_t *req = NULL, *sess = NULL;
     char id_path[128] = "";
     int rc = collect(path, dataset, &fs, &n);
     if (rc) goto done;
+    if (bundle) { /* whatever the local file is called, the server wants FILE.tar.zst */
+        free(fs[0].rel);
+        if (!(fs[0].rel = strdup("bundle.tar.zst"))) {
+            rc = core_err_set(MLV_ENOMEM, "out of memory");
+            goto done;
+        }
+    }
     req = json_deep_copy(meta);
     json_t *files = json_array();
     if (!req || !files || json_object_set_new(req, "files", files) != 0) {
@@ -914,6 +922,73 @@ done:
     free(fs);
     json_decref(req);
     json_decref(sess);
+    return rc;
+}
+
+/* -------------------------------------------------------------------- bundles --- */
+
+int reg_client_bundle_export(reg_client *c, const reg_bundle_export_opts *o, json_t **out)
+{
+    *out = NULL;
+    if (!c) return core_err_set(MLV_EINVAL, "no registry client");
+    if (!o->path || !o->recipient_pem)
+        return core_err_set(MLV_EINVAL, "bundle export needs -o FILE and --to IMPORTKEY.pub");
+    /* refused before the server builds anything, with reg_bundle_export's words */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", o->path);
+    const char *d = dirname(dir);
+    struct stat st;
+    if (lstat(o->path, &st) == 0)
+        return core_err_set(MLV_EEXISTS, "%s exists; refusing to overwrite it", o->path);
+    if (stat(d, &st) != 0 || !S_ISDIR(st.st_mode))
+        return core_err_set(MLV_ENOTFOUND, "%s: folder %s does not exist", o->path, d);
+    json_t *refs = json_array(), *res = NULL;
+    for (size_t i = 0; refs && i < o->n_refs; i++)
+        json_array_append_new(refs, json_string(o->refs[i]));
+    json_t *body = refs ? json_pack("{s:o,s:b,s:s}", "refs", refs, "with_ancestors",
+                                    o->with_ancestors, "recipient_pem", o->recipient_pem)
+                        : NULL;
+    char path[128] = "";
+    int rc = body ? json_call(c, "POST", "/api/v1/bundles", body, &res, NULL)
+                  : core_err_set(MLV_ENOMEM, "out of memory");
+    json_decref(body);
+    if (rc) goto done;
+    const char *id = jstr(res, "id"), *sha = jstr(res, "sha256");
+    if (!core_is_hex(id, 32) || !core_is_hex(sha, 64)) {
+        rc = core_err_set(MLV_EIO, "registry %s: POST /api/v1/bundles: no bundle id or sha256",
+                          c->url);
+        goto done;
+    }
+    snprintf(path, sizeof path, "/api/v1/bundles/%s", id);
+    /* FILE.part, resumed after broken connections, checked, then renamed to FILE */
+    if ((rc = reg_client_download(c, path, o->path, sha)) != 0) goto done;
+    json_object_del(res, "id");
+    json_object_set_new(res, "file", json_string(o->path));
+    *out = res;
+    res = NULL;
+done:
+    if (path[0]) { /* the server keeps it an hour at most; free it now, keep our error */
+        char *msg = rc ? strdup(core_err_last()) : NULL;
+        if (json_call(c, "DELETE", path, NULL, NULL, NULL) != 0)
+            core_log(CORE_LOG_WARN, "bundle %s left on the server: %s", path, core_err_last());
+        if (rc)
+            core_err_set(rc, "%s", msg ? msg : "bundle export failed");
+        else
+            core_err_clear();
+        free(msg);
+    }
+    json_decref(res);
+    return rc;
+}
+
+int reg_client_bundle_import(reg_client *c, const char *path, json_t **out)
+{
+    *out = NULL;
+    json_t *meta = json_pack("{s:s,s:s}", "name", "bundle", "kind", "bundle");
+    if (!meta) return core_err_set(MLV_ENOMEM, "out of memory");
+    int rc = reg_client_push(c, meta, path, out);
+    json_decref(meta);
+    if (rc == 0) json_object_set_new(*out, "file", json_string(path));
     return rc;
 }
 

@@ -34,11 +34,11 @@ const char *reg_home(const reg_ctx *r);
  * say. A missing file gives the defaults; an unknown key or bad value is MLV_EINVAL
  * naming its line. */
 typedef struct reg_config {
-    char listen[128];     /* [server] listen (127.0.0.1:8080) */
-    char tls_cert[4096];  /* [server] tls_cert ("") */
-    char tls_key[4096];   /* [server] tls_key ("") */
-    int max_uploads;      /* [server] max_uploads (8) */
-    int job_workers;      /* [jobs] workers (1) */
+    char listen[128];      /* [server] listen (127.0.0.1:8080) */
+    char tls_cert[4096];   /* [server] tls_cert ("") */
+    char tls_key[4096];    /* [server] tls_key ("") */
+    int max_uploads;       /* [server] max_uploads (8) */
+    int job_workers;       /* [jobs] workers (1) */
     double gate_threshold; /* [gate] threshold (2.0): a new channel's, unless given */
 } reg_config;
 int reg_config_read(const char *home, reg_config *out);
@@ -333,8 +333,8 @@ int reg_channel_list(reg_ctx *r, const reg_user *actor, const char *model, json_
  *  approvers:[...], gate:{...}, promotion}, record_json: the exact signed bytes,
  *  signature: base64 DER ECDSA P-256 over SHA-256(record_json), key_hint}
  * MLV_ENOTFOUND when the channel has no release yet. */
-int reg_channel_release(reg_ctx *r, const reg_user *actor, const char *model,
-                        const char *channel, json_t **out);
+int reg_channel_release(reg_ctx *r, const reg_user *actor, const char *model, const char *channel,
+                        json_t **out);
 
 /* What the gate needs evaluated (missing from the cache), one at a time. */
 typedef struct reg_gate_need {
@@ -388,9 +388,9 @@ typedef struct reg_server_opts {
     int job_workers;
     const char *exe; /* this binary, for job children */
     reg_job_validate validate;
-    uint64_t max_body;     /* JSON request bodies (default 1 MiB) */
-    uint64_t max_upload;   /* bytes per upload session (default 64 GiB) */
-    int max_uploads;       /* open upload sessions at once (default 8) */
+    uint64_t max_body;   /* JSON request bodies (default 1 MiB) */
+    uint64_t max_upload; /* bytes per upload session (default 64 GiB) */
+    int max_uploads;     /* open upload sessions at once (default 8) */
 } reg_server_opts;
 int reg_server_start(reg_server **out, const reg_server_opts *o);
 /* The bound port (useful with port 0) and the base URL ("http://127.0.0.1:PORT"). */
@@ -410,11 +410,21 @@ void reg_client_free(reg_client *c);
 int reg_client_json(reg_client *c, const char *method, const char *path, const json_t *body,
                     json_t **out);
 /* Uploads a file or folder as a new version through an upload session, resuming parts
- * after a broken connection. meta: {name, kind, parents, note, ...} as POST /uploads.
+ * after a broken connection. meta: {name, kind, parents, note, ...} as POST /uploads;
+ * kind "bundle" sends one file (as bundle.tar.zst) and *out is the import's JSON.
  * An open session of the caller's for the same push (GET /uploads: same name, kind,
  * parents, note and files), left by a run that died, is continued instead of a new one.
  * On an error the session is deleted; a killed process leaves it for the next run. */
 int reg_client_push(reg_client *c, const json_t *meta, const char *path, json_t **out);
+/* reg_bundle_export against the server (POST /bundles, then GET /bundles/ID into
+ * o->path + ".part", resumed and checked against the bundle's SHA-256, renamed into
+ * place; DELETE /bundles/ID either way). o->path is refused as reg_bundle_export refuses
+ * it, before the server builds anything. *out as reg_bundle_export's (file: o->path). */
+int reg_client_bundle_export(reg_client *c, const reg_bundle_export_opts *o, json_t **out);
+/* reg_bundle_import against the server: the file goes up through an upload session of
+ * kind "bundle" (as reg_client_push sends a dataset, resumable), whose commit imports it.
+ * *out as reg_bundle_import's (file: path). */
+int reg_client_bundle_import(reg_client *c, const char *path, json_t **out);
 /* Downloads url path into `dest` (a file), resuming with Range requests; verifies the
  * SHA-256 when sha256 is given. */
 int reg_client_download(reg_client *c, const char *path, const char *dest, const char *sha256);

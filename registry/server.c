@@ -51,6 +51,9 @@ static const route ROUTES[] = {
     {"DELETE", "/api/v1/uploads/{upload}", api_upload_delete, REG_ACT_PUSH},
     {"PUT", "/api/v1/uploads/{upload}/files/{path}", api_upload_put, REG_ACT_PUSH},
     {"POST", "/api/v1/uploads/{upload}/commit", api_upload_commit, REG_ACT_PUSH},
+    {"POST", "/api/v1/bundles", api_bundle_create, REG_ACT_PUSH},
+    {"GET", "/api/v1/bundles/{bundle}", api_bundle_get, REG_ACT_PUSH},
+    {"DELETE", "/api/v1/bundles/{bundle}", api_bundle_delete, REG_ACT_PUSH},
     {"POST", "/api/v1/jobs", api_jobs_submit, REG_ACT_JOB},
     {"GET", "/api/v1/jobs", api_jobs_list, REG_ACT_READ},
     {"GET", "/api/v1/jobs/{id}", api_job_get, REG_ACT_READ},
@@ -347,6 +350,8 @@ static int check_param(const char *kind, const char *v)
         if (!is_id(v, 18)) return core_err_set(MLV_EINVAL, "invalid id '%.80s'", v);
     } else if (!strcmp(kind, "upload")) {
         if (!core_is_hex(v, 32)) return core_err_set(MLV_ENOTFOUND, "no upload '%.80s'", v);
+    } else if (!strcmp(kind, "bundle")) {
+        if (!core_is_hex(v, 32)) return core_err_set(MLV_ENOTFOUND, "no bundle '%.80s'", v);
     } else if (!strcmp(kind, "path")) {
         if (!core_relpath_safe(v)) return core_err_set(MLV_EINVAL, "invalid file path '%.80s'", v);
     }

@@ -98,6 +98,9 @@ int srv_int_field(const json_t *o, const char *key, bool required, int64_t lo, i
                   int64_t *out);
 int srv_num_field(const json_t *o, const char *key, bool required, double lo, double hi,
                   double *out);
+/* "bytes=A-", "bytes=A-B" or "bytes=-N" against a file of `size` bytes: 1 and the
+ * inclusive range, 0 when there is no usable Range header, -1 when unsatisfiable. */
+int srv_parse_range(const char *h, uint64_t size, uint64_t *a, uint64_t *b);
 /* NAME or NAME:V from the {name} and {v} parameters ("latest" = no version). */
 void srv_ref(const srv_req *q, char *out, size_t n);
 
@@ -138,6 +141,10 @@ int api_promotions(srv_req *q);
 int api_promotion(srv_req *q);
 int api_approve(srv_req *q);
 int api_reject(srv_req *q);
+/* api_bundles.c */
+int api_bundle_create(srv_req *q);
+int api_bundle_get(srv_req *q);
+int api_bundle_delete(srv_req *q);
 /* uploads.c */
 int api_upload_open(srv_req *q);
 int api_upload_list(srv_req *q);

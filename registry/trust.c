@@ -7,7 +7,10 @@
 
 #include "registry/reg_internal.h"
 
-void reg_key_hint(char out[65], const char *pem) { repo_sha256_hex(out, pem, strlen(pem)); }
+void reg_key_hint(char out[65], const char *pem)
+{
+    repo_sha256_hex(out, pem, strlen(pem));
+}
 
 /* Inside a transaction. */
 static int insert_key(reg_ctx *r, const char *hint, const char *pem, const char *name, int self,
@@ -144,8 +147,8 @@ int reg_key_list(reg_ctx *r, const reg_user *actor, json_t **out)
                                              (const char *)sqlite3_column_text(st, 0), "name",
                                              (const char *)sqlite3_column_text(st, 1), "self",
                                              sqlite3_column_int(st, 2), "added_by",
-                                             (const char *)sqlite3_column_text(st, 3),
-                                             "added_at", (const char *)sqlite3_column_text(st, 4)));
+                                             (const char *)sqlite3_column_text(st, 3), "added_at",
+                                             (const char *)sqlite3_column_text(st, 4)));
     sqlite3_finalize(st);
     *out = arr;
     return 0;

@@ -3,7 +3,8 @@
  * and a folder HOME/uploads/ID/files/ holding the bytes received so far; what a file
  * has received is its size on disk, so sessions survive a restart. PUT appends a part
  * only at the current end; commit checks every size and SHA-256, then calls reg_push
- * on the file (a .gguf or a dataset) or the folder (a Hugging Face model). */
+ * on the file (a .gguf or a dataset) or the folder (a Hugging Face model) — or, for the
+ * kind "bundle" (one FILE.tar.zst), reg_bundle_import on the file. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -213,15 +214,26 @@ void srv_uploads_sweep(reg_ctx *r)
 
 /* ------------------------------------------------------------------- open --- */
 
-/* Checks the declared files and the kind's shape; *total = their bytes. */
-static int check_files(const json_t *files, bool dataset, uint64_t max, uint64_t *total)
+typedef enum up_kind { UP_MODEL, UP_DATASET, UP_BUNDLE } up_kind;
+
+static bool has_suffix(const char *s, const char *suffix)
 {
+    size_t l = strlen(s), k = strlen(suffix);
+    return l > k && !strcmp(s + l - k, suffix);
+}
+
+/* Checks the declared files and the kind's shape; *total = their bytes. */
+static int check_files(const json_t *files, up_kind kind, uint64_t max, uint64_t *total)
+{
+    bool dataset = kind != UP_MODEL; /* one file, any name (a bundle's is checked below) */
     size_t n = json_array_size(files);
     if (!json_is_array(files) || n == 0)
         return core_err_set(MLV_EINVAL, "'files' must be a non-empty array");
     if (n > MAX_UPLOAD_FILES)
         return core_err_set(MLV_EINVAL, "more than %d files", MAX_UPLOAD_FILES);
-    if (dataset && n != 1) return core_err_set(MLV_EINVAL, "a dataset is one file");
+    if (dataset && n != 1)
+        return core_err_set(MLV_EINVAL,
+                            kind == UP_BUNDLE ? "a bundle is one file" : "a dataset is one file");
     *total = 0;
     for (size_t i = 0; i < n; i++) {
         json_t *f = json_array_get(files, i);
@@ -245,13 +257,12 @@ static int check_files(const json_t *files, bool dataset, uint64_t max, uint64_t
             return core_err_set(MLV_ELIMIT, "upload over the %" PRIu64 "-byte limit", max);
         *total += (uint64_t)size;
     }
-    if (!dataset && n == 1) {
-        const char *p = json_string_value(json_object_get(json_array_get(files, 0), "path"));
-        size_t l = strlen(p);
-        if (l < 6 || strcmp(p + l - 5, ".gguf") != 0)
-            return core_err_set(MLV_EINVAL,
-                                "a model is one .gguf file or a Hugging Face folder's files");
-    }
+    const char *p0 = json_string_value(json_object_get(json_array_get(files, 0), "path"));
+    if (kind == UP_MODEL && n == 1 && !has_suffix(p0, ".gguf"))
+        return core_err_set(MLV_EINVAL,
+                            "a model is one .gguf file or a Hugging Face folder's files");
+    if (kind == UP_BUNDLE && !has_suffix(p0, ".tar.zst"))
+        return core_err_set(MLV_EINVAL, "a bundle is one FILE.tar.zst");
     return 0;
 }
 
@@ -266,20 +277,29 @@ int api_upload_open(srv_req *q)
     uint64_t total;
     char *dir = NULL, *fdir = NULL;
     bool locked = false;
-    if ((rc = srv_str_field(b, "name", true, 64, &name)) != 0 ||
-        (rc = srv_str_field(b, "kind", true, 16, &kind)) != 0 ||
+    if ((rc = srv_str_field(b, "kind", true, 16, &kind)) != 0) goto done;
+    up_kind k = !strcmp(kind, "dataset")  ? UP_DATASET
+                : !strcmp(kind, "bundle") ? UP_BUNDLE
+                : !strcmp(kind, "model")  ? UP_MODEL
+                                          : (up_kind)-1;
+    if ((int)k < 0) {
+        rc = core_err_set(MLV_EINVAL, "kind must be \"model\", \"dataset\" or \"bundle\"");
+        goto done;
+    }
+    /* a bundle names its versions itself: no name, parents or note of its own */
+    if (k == UP_BUNDLE) name = "bundle";
+    if ((rc = srv_str_field(b, "name", k != UP_BUNDLE, 64, &name)) != 0 ||
         (rc = srv_str_field(b, "note", false, 4096, &note)) != 0)
         goto done;
     if (!core_name_valid(name)) {
         rc = core_err_set(MLV_EINVAL, "invalid name '%s': use [a-z0-9][a-z0-9._-]{0,63}", name);
         goto done;
     }
-    bool dataset = !strcmp(kind, "dataset");
-    if (!dataset && strcmp(kind, "model") != 0) {
-        rc = core_err_set(MLV_EINVAL, "kind must be \"model\" or \"dataset\"");
+    if (k == UP_BUNDLE && (*note || json_array_size(parents) > 0)) {
+        rc = core_err_set(MLV_EINVAL, "a bundle upload takes no parents or note");
         goto done;
     }
-    if ((rc = check_files(files, dataset, s->max_upload, &total)) != 0) goto done;
+    if ((rc = check_files(files, k, s->max_upload, &total)) != 0) goto done;
     if (parents && !json_is_null(parents)) {
         if (!json_is_array(parents) || json_array_size(parents) > MAX_PARENTS) {
             rc = core_err_set(MLV_EINVAL, "'parents' must be an array of at most %d refs",
@@ -541,6 +561,29 @@ done:
     return rc;
 }
 
+/* A bundle's commit: reg_bundle_import on the one file (it checks the role, every
+ * signature and blob before it changes anything), then the session goes either way —
+ * a bundle that does not import will not import on a second try. */
+static int commit_bundle(srv_req *q, session *ss)
+{
+    const char *name = json_string_value(
+        json_object_get(json_array_get(json_object_get(ss->meta, "files"), 0), "path"));
+    char *path = file_path(ss, name);
+    if (!path) return core_err_set(MLV_ENOMEM, "out of memory");
+    json_t *res = NULL;
+    int rc = reg_bundle_import(q->r, &q->user, path, &res);
+    free(path);
+    char saved[1024];
+    snprintf(saved, sizeof saved, "%s", core_err_last());
+    if (session_remove(q->r, q->s->home, ss->id) != 0)
+        core_log(CORE_LOG_WARN, "upload %s: bundle committed, session not removed: %s", ss->id,
+                 core_err_last());
+    if (rc) return core_err_set(rc, "%s", saved);
+    /* the server's path is no business of the client's: it names its own file */
+    json_object_set_new(res, "file", json_string(name));
+    return srv_reply_json(q, 200, res);
+}
+
 int api_upload_commit(srv_req *q)
 {
     session ss;
@@ -582,6 +625,10 @@ int api_upload_commit(srv_req *q)
                               want);
             goto done;
         }
+    }
+    if (!strcmp(json_string_value(json_object_get(ss.meta, "kind")), "bundle")) {
+        rc = commit_bundle(q, &ss);
+        goto done;
     }
     json_t *pa = json_object_get(ss.meta, "parents");
     size_t np = json_array_size(pa);
