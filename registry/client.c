@@ -1282,19 +1282,10 @@ int reg_client_load(reg_client *c, const char *ref, reg_loaded *out)
     if ((rc = check_signed_version(c, ref, vpath, show, mtext, mlen, sig, slen, &m)) != 0)
         goto done;
 
-    out->files = calloc(m->n_files ? m->n_files : 1, sizeof *out->files);
-    if (!out->files) goto oom;
+    if ((rc = reg_loaded_alloc(out, m, ref)) != 0) goto done;
     for (size_t i = 0; i < m->n_files; i++) {
         const repo_file *f = &m->files[i];
-        reg_file_mem *fm = &out->files[out->n_files++];
-        fm->size = f->size;
-        fm->path = strdup(f->path);
-        fm->data = f->size <= SIZE_MAX ? malloc(f->size ? (size_t)f->size : 1) : NULL;
-        if (!fm->path || !fm->data) {
-            rc = core_err_set(MLV_ENOMEM, "%s: %s: out of memory for %llu bytes", ref, f->path,
-                              (unsigned long long)f->size);
-            goto done;
-        }
+        reg_file_mem *fm = &out->files[i];
         char *enc = encode_path(c, f->path);
         free(fpath);
         fpath = NULL;

@@ -123,6 +123,9 @@ void reg_push_sources_free(reg_push_src *s, size_t n);
  * exist or be an empty folder (*exists), in an existing folder; pdir and leaf receive
  * that folder and outdir's last component (a staging folder goes beside it). */
 int reg_export_target(const char *outdir, bool *exists, char pdir[4096], char leaf[4096]);
+/* vault.c: out->files sized from the manifest, each buffer allocated (not filled) — for
+ * reg_load (decrypting) and reg_client_load (downloading). */
+int reg_loaded_alloc(reg_loaded *out, const repo_manifest *m, const char *ref);
 /* Moves a complete staging folder to outdir (replacing the empty folder that was there
  * when out_exists) and makes the rename durable (fsync of pdir). */
 int reg_export_place(const char *staging, const char *outdir, bool out_exists, const char *pdir);

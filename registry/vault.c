@@ -550,6 +550,23 @@ void reg_loaded_clear(reg_loaded *l)
     memset(l, 0, sizeof *l);
 }
 
+int reg_loaded_alloc(reg_loaded *out, const repo_manifest *m, const char *ref)
+{
+    out->files = calloc(m->n_files ? m->n_files : 1, sizeof *out->files);
+    if (!out->files) return core_err_set(MLV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < m->n_files; i++) {
+        const repo_file *f = &m->files[i];
+        reg_file_mem *fm = &out->files[out->n_files++];
+        fm->size = f->size;
+        fm->path = strdup(f->path);
+        fm->data = f->size <= SIZE_MAX ? malloc(f->size ? (size_t)f->size : 1) : NULL;
+        if (!fm->path || !fm->data)
+            return core_err_set(MLV_ENOMEM, "%s: %s: out of memory for %llu bytes", ref, f->path,
+                                (unsigned long long)f->size);
+    }
+    return 0;
+}
+
 int reg_load(reg_ctx *r, const reg_user *actor, const char *ref, reg_loaded *out)
 {
     memset(out, 0, sizeof *out);
@@ -557,22 +574,10 @@ int reg_load(reg_ctx *r, const reg_user *actor, const char *ref, reg_loaded *out
     if (rc) return rc;
     checked_version c;
     if ((rc = check_version(r, ref, &c)) != 0) goto done;
-    out->files = calloc(c.m->n_files ? c.m->n_files : 1, sizeof *out->files);
-    if (!out->files) {
-        rc = core_err_set(MLV_ENOMEM, "out of memory");
-        goto done;
-    }
+    if ((rc = reg_loaded_alloc(out, c.m, ref)) != 0) goto done;
     for (size_t i = 0; i < c.m->n_files; i++) {
         const repo_file *f = &c.m->files[i];
-        reg_file_mem *fm = &out->files[out->n_files++];
-        fm->size = f->size;
-        fm->path = strdup(f->path);
-        fm->data = f->size <= SIZE_MAX ? malloc(f->size ? (size_t)f->size : 1) : NULL;
-        if (!fm->path || !fm->data) {
-            rc = core_err_set(MLV_ENOMEM, "%s: %s: out of memory for %llu bytes", ref, f->path,
-                              (unsigned long long)f->size);
-            goto done;
-        }
+        reg_file_mem *fm = &out->files[i];
         if ((rc = repo_blob_decrypt_mem(r->home, r->keys, f->sha256, f->size, c.wrapped[i],
                                         fm->data)) != 0) {
             core_err_wrap("%s: %s: ", ref, f->path);
