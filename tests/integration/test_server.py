@@ -365,7 +365,15 @@ class ServerTest(unittest.TestCase):
             ("GET", "/api/v1/keys", None, READ),
             ("POST", "/api/v1/keys", {"pem": "not a key", "name": "rbac"}, ADMIN),
             ("GET", "/api/v1/keys/import", None, READ),
+            ("GET", "/api/v1/uploads", None, PUSH),
+            ("GET", "/api/v1/uploads/" + "0" * 32, None, PUSH),
+            ("PUT", "/api/v1/uploads/" + "0" * 32 + "/files/d.txt", None, PUSH),
+            ("POST", "/api/v1/uploads/" + "0" * 32 + "/commit", {}, PUSH),
+            ("DELETE", "/api/v1/uploads/" + "0" * 32, None, PUSH),
+            ("GET", "/api/v1/jobs/999999/log", None, READ),
         ]
+        self.assertEqual(len(routes) + 2, 45, "every route of the server's table (and /healthz, "
+                         "/metrics) is in the matrix")
         users = {"viewer": "view", "engineer": "eng", "approver": "appr1", "admin": "admin",
                  "node": "nodeu"}
         bad = "mlv_" + "0" * 64
