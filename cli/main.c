@@ -8,7 +8,7 @@
 #include "cli/cli.h"
 
 static const char *USAGE =
-    "usage: mlvault COMMAND [ARGS] [--home DIR] [--token TOKEN] [--json]\n"
+    "usage: mlvault COMMAND [ARGS] [--home DIR] [--token TOKEN] [--registry URL] [--json]\n"
     "\n"
     "  init [--home DIR]                          create a data home; prints the admin token\n"
     "  user add NAME --role ROLE                  add a user "
