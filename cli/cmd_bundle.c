@@ -66,8 +66,7 @@ static int bundle_export(const cli_args *a)
 static void print_export(const cli_args *a, json_t *res)
 {
     if (a->json) {
-        cli_print_json(res);
-        json_decref(res);
+        cli_print_json(res); /* consumes it */
         return;
     }
     char hb[32];
@@ -111,8 +110,7 @@ static int bundle_import(const cli_args *a)
 static void print_import(const cli_args *a, json_t *res)
 {
     if (a->json) {
-        cli_print_json(res);
-        json_decref(res);
+        cli_print_json(res); /* consumes it */
         return;
     }
     json_t *vs = json_object_get(res, "versions"), *v;
