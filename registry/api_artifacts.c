@@ -187,7 +187,9 @@ int api_verify(srv_req *q)
 
 /* ---------------------------------------------------------------- download --- */
 
-int srv_parse_range(const char *h, uint64_t size, uint64_t *a, uint64_t *b)
+/* "bytes=A-", "bytes=A-B" or "bytes=-N" against a file of `size` bytes: 1 and the
+ * inclusive range, 0 when there is no usable Range header, -1 when unsatisfiable. */
+static int parse_range(const char *h, uint64_t size, uint64_t *a, uint64_t *b)
 {
     if (!h) return 0;
     if (strncmp(h, "bytes=", 6) != 0 || strchr(h, ',')) return 0; /* ignored: whole file */
@@ -227,6 +229,30 @@ typedef struct dl_sink {
     char headers[512];
     bool started;
 } dl_sink;
+
+int srv_range_start(srv_req *q, uint64_t size, const char *sha256, uint64_t *a, uint64_t *b,
+                    char *headers, size_t n)
+{
+    *a = 0;
+    *b = size ? size - 1 : 0;
+    int pr = parse_range(mg_get_header(q->c, "Range"), size, a, b);
+    if (pr < 0) {
+        char extra[200];
+        snprintf(extra, sizeof extra, "Content-Range: bytes */%" PRIu64 "\r\n", size);
+        const char *body =
+            "{\"error\":{\"code\":\"EINVAL\",\"message\":\"range not satisfiable\"}}";
+        srv_reply_bytes(q, 416, "application/json", body, strlen(body), extra);
+        return 416;
+    }
+    int off =
+        snprintf(headers, n,
+                 "Accept-Ranges: bytes\r\nX-Mlvault-Sha256: %s\r\nX-Mlvault-Size: %" PRIu64 "\r\n",
+                 sha256 ? sha256 : "", size);
+    if (pr && off > 0 && (size_t)off < n)
+        snprintf(headers + off, n - (size_t)off,
+                 "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n", *a, *b, size);
+    return pr ? 206 : 200;
+}
 
 /* Headers go out with the first authenticated bytes, so a blob that fails at once
  * (missing, altered header) still gets a proper error reply. */
@@ -275,24 +301,11 @@ int api_download(srv_req *q)
     sqlite3_finalize(st);
     if (rc) goto done;
 
-    uint64_t a = 0, b = f->size ? f->size - 1 : 0;
-    int pr = srv_parse_range(mg_get_header(q->c, "Range"), f->size, &a, &b);
-    if (pr < 0) {
-        char extra[200];
-        snprintf(extra, sizeof extra, "Content-Range: bytes */%" PRIu64 "\r\n", f->size);
-        const char *body =
-            "{\"error\":{\"code\":\"EINVAL\",\"message\":\"range not satisfiable\"}}";
-        srv_reply_bytes(q, 416, "application/json", body, strlen(body), extra);
-        goto done;
-    }
-    dl_sink d = {.q = q, .status = pr ? 206 : 200, .length = f->size ? b - a + 1 : 0};
-    int off =
-        snprintf(d.headers, sizeof d.headers,
-                 "Accept-Ranges: bytes\r\nX-Mlvault-Sha256: %s\r\nX-Mlvault-Size: %" PRIu64 "\r\n",
-                 f->sha256, f->size);
-    if (pr)
-        snprintf(d.headers + off, sizeof d.headers - (size_t)off,
-                 "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n", a, b, f->size);
+    uint64_t a, b;
+    dl_sink d = {.q = q};
+    d.status = srv_range_start(q, f->size, f->sha256, &a, &b, d.headers, sizeof d.headers);
+    if (d.status == 416) goto done;
+    d.length = f->size ? b - a + 1 : 0;
     /* The trace comes first: a download that is cut short was still a download. */
     char detail[160];
     snprintf(detail, sizeof detail, "%s bytes %" PRIu64 "-%" PRIu64 " of %" PRIu64, f->path,

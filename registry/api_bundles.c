@@ -194,26 +194,12 @@ int api_bundle_get(srv_req *q)
     }
     if ((rc = core_open_regular(path, &fd, &size)) != 0) goto done;
     const char *sha = json_string_value(json_object_get(meta, "sha256"));
-    uint64_t a = 0, b = size ? size - 1 : 0;
-    int pr = srv_parse_range(mg_get_header(q->c, "Range"), size, &a, &b);
-    if (pr < 0) {
-        char extra[200];
-        snprintf(extra, sizeof extra, "Content-Range: bytes */%" PRIu64 "\r\n", size);
-        const char *body =
-            "{\"error\":{\"code\":\"EINVAL\",\"message\":\"range not satisfiable\"}}";
-        srv_reply_bytes(q, 416, "application/json", body, strlen(body), extra);
-        goto done;
-    }
-    uint64_t length = size ? b - a + 1 : 0;
+    uint64_t a, b;
     char headers[512];
-    int off =
-        snprintf(headers, sizeof headers,
-                 "Accept-Ranges: bytes\r\nX-Mlvault-Sha256: %s\r\nX-Mlvault-Size: %" PRIu64 "\r\n",
-                 sha ? sha : "", size);
-    if (pr)
-        snprintf(headers + off, sizeof headers - (size_t)off,
-                 "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n", a, b, size);
-    srv_reply_start(q, pr ? 206 : 200, "application/octet-stream", length, headers);
+    int status = srv_range_start(q, size, sha, &a, &b, headers, sizeof headers);
+    if (status == 416) goto done;
+    uint64_t length = size ? b - a + 1 : 0;
+    srv_reply_start(q, status, "application/octet-stream", length, headers);
     if (q->head || length == 0) goto done;
     if (!(buf = malloc(IO_BUF))) {
         rc = core_err_set(MLV_ENOMEM, "out of memory");

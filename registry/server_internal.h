@@ -98,9 +98,13 @@ int srv_int_field(const json_t *o, const char *key, bool required, int64_t lo, i
                   int64_t *out);
 int srv_num_field(const json_t *o, const char *key, bool required, double lo, double hi,
                   double *out);
-/* "bytes=A-", "bytes=A-B" or "bytes=-N" against a file of `size` bytes: 1 and the
- * inclusive range, 0 when there is no usable Range header, -1 when unsatisfiable. */
-int srv_parse_range(const char *h, uint64_t size, uint64_t *a, uint64_t *b);
+/* A download of `size` bytes (api_artifacts.c): reads the Range header ("bytes=A-",
+ * "A-B", "-N") into the inclusive range [*a, *b] and writes the reply's headers
+ * (Accept-Ranges, X-Mlvault-Sha256, X-Mlvault-Size, Content-Range when partial) into
+ * `headers`. Returns the status to send, 200 or 206 — or 416 once it has answered an
+ * unsatisfiable range itself. */
+int srv_range_start(srv_req *q, uint64_t size, const char *sha256, uint64_t *a, uint64_t *b,
+                    char *headers, size_t n);
 /* NAME or NAME:V from the {name} and {v} parameters ("latest" = no version). */
 void srv_ref(const srv_req *q, char *out, size_t n);
 
