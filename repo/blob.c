@@ -582,6 +582,25 @@ done:
 }
 
 /* Decrypts blob `sha256` of the store, its DEK unwrapped with the master key. */
+/* Opens a stored blob and unwraps its data key: 0 with *fd (the caller closes it) and dek
+ * (the caller cleanses it), or MLV_ENOTFOUND / MLV_EIO / the unwrap's error. */
+static int blob_open(const char *home, const repo_keys *k, const char *sha256,
+                     const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], int *fd,
+                     unsigned char dek[REPO_KEY_LEN])
+{
+    *fd = -1;
+    char *path = repo_blob_path(home, sha256);
+    if (!path) return core_err_code();
+    int rc = 0;
+    if ((*fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0)
+        rc = errno == ENOENT ? core_err_set(MLV_ENOTFOUND, "blob %s is missing", sha256)
+                             : core_err_set(MLV_EIO, "blob %s: %s", sha256, strerror(errno));
+    else if ((rc = repo_keys_unwrap_dek(k, wrapped_dek, dek)) != 0)
+        core_err_wrap("blob %s: ", sha256);
+    free(path);
+    return rc;
+}
+
 static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
                         const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], int out_fd,
                         unsigned char *mem)
@@ -589,27 +608,13 @@ static int blob_decrypt(const char *home, const repo_keys *k, const char *sha256
     if (!core_is_hex(sha256, 64))
         return core_err_set(MLV_EINVAL, "not a SHA-256 digest: '%.80s'", sha256 ? sha256 : "");
     if (size > BLOB_MAX) return core_err_set(MLV_EINVAL, "blob %s: size out of range", sha256);
-    int rc = 0, fd = -1;
+    int fd = -1;
     unsigned char dek[REPO_KEY_LEN];
-    bool have_dek = false;
-    char *path = repo_blob_path(home, sha256);
-    if (!path) return core_err_code();
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0) {
-        rc = errno == ENOENT ? core_err_set(MLV_ENOTFOUND, "blob %s is missing", sha256)
-                             : core_err_set(MLV_EIO, "blob %s: %s", sha256, strerror(errno));
-        goto done;
-    }
-    if ((rc = repo_keys_unwrap_dek(k, wrapped_dek, dek)) != 0) {
-        core_err_wrap("blob %s: ", sha256);
-        goto done;
-    }
-    have_dek = true;
-    rc = decrypt_fd(fd, sha256, size, dek, out_fd, mem);
-done:
-    if (have_dek) OPENSSL_cleanse(dek, sizeof dek);
+    int rc = blob_open(home, k, sha256, wrapped_dek, &fd, dek);
+    if (rc == 0) rc = decrypt_fd(fd, sha256, size, dek, out_fd, mem);
+    OPENSSL_cleanse(dek, sizeof dek);
     if (rc != 0 && mem && size) OPENSSL_cleanse(mem, (size_t)size);
     if (fd >= 0) close(fd);
-    free(path);
     return rc;
 }
 
@@ -651,29 +656,18 @@ int repo_blob_decrypt_range(const char *home, const repo_keys *k, const char *sh
     if (offset > size || len > size - offset)
         return core_err_set(MLV_EINVAL, "blob %s: range outside its %llu bytes", sha256,
                             (unsigned long long)size);
-    int rc = 0, fd = -1;
+    int fd = -1;
     unsigned char dek[REPO_KEY_LEN], header[REPO_BLOB_HEADER];
     unsigned char *cipher = NULL, *plain = NULL;
-    bool have_dek = false;
     repo_aead_dec *dec = NULL;
-    char *path = repo_blob_path(home, sha256);
-    if (!path) return core_err_code();
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0) {
-        rc = errno == ENOENT ? core_err_set(MLV_ENOTFOUND, "blob %s is missing", sha256)
-                             : core_err_set(MLV_EIO, "blob %s: %s", sha256, strerror(errno));
-        goto done;
-    }
+    int rc = blob_open(home, k, sha256, wrapped_dek, &fd, dek);
+    if (rc) goto done;
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
         (uint64_t)st.st_size != repo_aead_ciphertext_size(size)) {
         rc = core_err_set(MLV_EINTEGRITY, "blob %s: truncated, extended or not a file", sha256);
         goto done;
     }
-    if ((rc = repo_keys_unwrap_dek(k, wrapped_dek, dek)) != 0) {
-        core_err_wrap("blob %s: ", sha256);
-        goto done;
-    }
-    have_dek = true;
     if (read_full(fd, header, sizeof header) != (ssize_t)sizeof header) {
         rc = core_err_set(MLV_EIO, "blob %s: cannot read its header", sha256);
         goto done;
@@ -725,13 +719,12 @@ int repo_blob_decrypt_range(const char *home, const repo_keys *k, const char *sh
         chunk += nch;
     }
 done:
-    if (have_dek) OPENSSL_cleanse(dek, sizeof dek);
+    OPENSSL_cleanse(dek, sizeof dek);
     repo_aead_dec_free(dec);
     if (plain) OPENSSL_cleanse(plain, PLAIN_BATCH);
     free(plain);
     free(cipher);
     if (fd >= 0) close(fd);
-    free(path);
     return rc;
 }
 
