@@ -161,5 +161,7 @@ int cmd_promote(int argc, char **argv);
 int cmd_approve(int argc, char **argv);
 int cmd_reject(int argc, char **argv);
 int cmd_requests(int argc, char **argv);
+int cmd_node(int argc, char **argv);     /* cli/cmd_node.c: init, enroll, list, run */
+int cmd_node_run(int argc, char **argv); /* cli/cmd_node_run.c: `node run` (argv[0] "run") */
 
 #endif

@@ -9,6 +9,9 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "core/core_json.h"
+
+struct mg_connection; /* CivetWeb */
 
 /* ===================================================================== GGUF ====
  * engine/gguf.c: GGUF v3 as llama.cpp writes it (little-endian; magic "GGUF";
@@ -339,6 +342,14 @@ void eng_ctx_set_observer(eng_ctx *c, eng_observe_fn fn, void *arg);
  * MLV_EINVAL for a token id out of range or a full context. */
 int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool all_logits);
 
+/* Batched decoding: one token for each of n sequences (n <= 256, distinct contexts of
+ * the same model, each with room for one more position) in one forward pass — the
+ * weight products run over n rows at once, attention and the KV cache per sequence.
+ * logits receives n * n_vocab floats (sequence i's at i * n_vocab). The result equals n
+ * separate eng_decode calls up to float rounding. MLV_EINVAL for mixed models, a token
+ * out of range or a full context (nothing decoded then). */
+int eng_decode_batch(eng_ctx *const *cs, const int32_t *tokens, size_t n, float *logits);
+
 /* ================================================================ sampling ====
  * engine/sample.c: llama.cpp's sampler chain order: repetition penalty -> top-k ->
  * top-p -> min-p -> temperature -> draw (xoshiro256** seeded from seed). temp <= 0 is
@@ -376,6 +387,113 @@ int eng_generate(eng_ctx *c, const int32_t *prompt, size_t n_prompt, uint32_t n_
                  int (*on_token)(void *arg, int32_t id, const char *piece, size_t len), void *arg,
                  eng_gen_result *out);
 void eng_gen_result_clear(eng_gen_result *r);
+
+/* ================================================================ batching ====
+ * engine/batch.c: continuous batching for serving. One scheduler thread owns max_seqs
+ * sequence contexts. Requests wait in a FIFO queue of at most max_queue; each step the
+ * scheduler admits waiting requests into free slots (prefilling their prompts), then
+ * decodes one token for every running sequence in one eng_decode_batch call and
+ * samples each with its own sampler. A sequence leaves its slot at n_predict tokens,
+ * an end-of-generation token, a full context, or when its caller stops it. Generated
+ * pieces go back to the thread that called eng_batch_run, which hands them to its
+ * callback, so a slow client never stalls the others. */
+typedef struct eng_batcher eng_batcher;
+typedef struct eng_batcher_opts {
+    int max_seqs;   /* sequences decoded together (0: 8) */
+    uint32_t n_ctx; /* context of each sequence (0: min(train context, 2048)) */
+    int max_queue;  /* requests waiting for a slot (0: 64); beyond it MLV_ELIMIT */
+} eng_batcher_opts;
+/* m is borrowed and must outlive the batcher. */
+int eng_batcher_new(eng_batcher **out, eng_model *m, const eng_batcher_opts *o);
+/* Stops the scheduler: waiting and running requests end with MLV_EBUSY ("the model is
+ * being unloaded"), then frees the contexts. Callers of eng_batch_run must have
+ * returned before the memory goes (eng_server's reference counts see to it). */
+void eng_batcher_free(eng_batcher *b);
+uint32_t eng_batcher_n_ctx(const eng_batcher *b);
+
+typedef struct eng_batch_req {
+    const int32_t *prompt; /* borrowed until eng_batch_run returns */
+    size_t n_prompt;
+    uint32_t n_predict;
+    eng_sampler_params sp;
+    /* Called on the caller's thread for each generated token, in order (end-of-
+     * generation tokens are not passed); non-zero stops the sequence ("callback"). */
+    int (*on_token)(void *arg, int32_t id, const char *piece, size_t len);
+    void *arg;
+} eng_batch_req;
+typedef struct eng_batch_result {
+    size_t n_prompt, n_gen;
+    const char *stop_reason; /* "length" | "eog" | "callback" | "context" */
+    double queue_s;          /* from submission until a slot took it */
+    double ttft_s;           /* from submission to the first generated token */
+    double total_s;          /* from submission to the end */
+} eng_batch_result;
+/* Runs one request to its end on the batch (blocking). MLV_ELIMIT when max_queue
+ * requests are already waiting (nothing was queued); MLV_EINVAL for an empty prompt or
+ * one that leaves no room in n_ctx; MLV_EBUSY when the batcher is being freed. */
+int eng_batch_run(eng_batcher *b, const eng_batch_req *req, eng_batch_result *out);
+typedef struct eng_batch_stats {
+    int waiting, running, max_seqs, max_queue;
+    uint64_t tokens;   /* generated since start */
+    uint64_t steps;    /* batched decode steps */
+    uint64_t seq_sum;  /* sequences summed over steps (mean batch = seq_sum / steps) */
+} eng_batch_stats;
+void eng_batcher_stats(eng_batcher *b, eng_batch_stats *out);
+
+/* ========================================================== OpenAI server ====
+ * engine/openai.c: the OpenAI-compatible HTTP API (CivetWeb) over a batcher:
+ *   GET  /v1/models              {object:"list", data:[{id, object:"model", owned_by}]}
+ *   POST /v1/completions         prompt (a string), max_tokens, temperature, top_p, stop
+ *                                (string or up to 4), seed, n (1 only), stream, echo
+ *                                (false only), user (ignored)
+ *   POST /v1/chat/completions    messages [{role, content}] through the model's chat
+ *                                template; the same parameters
+ *   GET  /health                 200 {status:"ok", model} or 503 {status:"loading"}
+ *   GET  /metrics                Prometheus text: mlvault_inference_* request latency
+ *                                and time-to-first-token histograms, generated tokens,
+ *                                tokens/s, queue length, running sequences
+ * Responses carry usage {prompt_tokens, completion_tokens, total_tokens}; stream: true
+ * answers text/event-stream chunks ending with "data: [DONE]". Errors have OpenAI's
+ * shape {error:{message, type, param, code}}: 400 invalid_request_error, 404, 429 when
+ * the queue is full, 503 when no model is loaded. Every response names the model that
+ * served it: "model" in the body and the X-Mlvault-Model header, both the id given to
+ * eng_server_swap (e.g. "smollm2:3").
+ *
+ * The served model can change at any time (eng_server_swap): new requests go to the
+ * new model at once; requests already running finish on the one they started on, which
+ * is freed after the last of them ends. */
+typedef struct eng_server eng_server;
+typedef struct eng_server_hooks {
+    /* Adds fields to the /health document (e.g. a node's state); may be NULL. */
+    void (*health)(void *arg, json_t *doc);
+    /* Appends Prometheus text to /metrics; may be NULL. */
+    void (*metrics)(void *arg, core_buf *out);
+    void *arg;
+} eng_server_hooks;
+typedef struct eng_server_opts {
+    eng_batcher_opts batch;
+    eng_server_hooks hooks;
+    uint32_t max_tokens_default; /* max_tokens when a request gives none (0: 256) */
+} eng_server_opts;
+int eng_server_new(eng_server **out, const eng_server_opts *o);
+/* Stops the listener (when eng_server_listen started one), waits for requests in flight,
+ * frees every model. */
+void eng_server_free(eng_server *s);
+/* Serves m (taken: freed with its batcher once no request uses it) as `id` from now on.
+ * On failure m is freed and the previous model keeps serving. */
+int eng_server_swap(eng_server *s, eng_model *m, const char *id);
+/* The id served now, "" when none. */
+void eng_server_current(eng_server *s, char *id, size_t n);
+/* Handles a CivetWeb request for /v1/..., /health or /metrics (1: a reply was sent), or
+ * returns 0 for any other path — for embedding in another CivetWeb server. */
+int eng_server_handle(eng_server *s, struct mg_connection *c);
+/* Listens on its own CivetWeb server ("127.0.0.1:8000"; port 0 picks a free one). */
+int eng_server_listen(eng_server *s, const char *addr);
+int eng_server_port(const eng_server *s);
+/* The engine's metrics in Prometheus text appended to out (a host's /metrics). */
+void eng_server_metrics(eng_server *s, core_buf *out);
+/* Completed requests per second over the last 60 s. */
+double eng_server_rps(eng_server *s);
 
 /* ============================================================== evaluation ====
  * engine/eval.c: DESIGN.md (Evaluation). Text metrics run the text through windows of

@@ -74,7 +74,7 @@ int reg_authenticate(reg_ctx *r, const char *token, reg_user *out)
 }
 
 /* The policy, deny by default: a role not named for an action may not do it. `node`
- * reads nothing here (it pulls its enrolled models through release records). */
+ * may only pull (its enrolled model: reg_node_scope) and do node things. */
 int reg_authorize(const reg_user *u, reg_action a)
 {
     bool ok = false;
@@ -91,13 +91,16 @@ int reg_authorize(const reg_user *u, reg_action a)
     case REG_ACT_CHANNEL: ok = ro == REG_ROLE_ADMIN; break;
     case REG_ACT_AUDIT: ok = ro == REG_ROLE_ADMIN || ro == REG_ROLE_APPROVER; break;
     case REG_ACT_APPROVE: ok = ro == REG_ROLE_APPROVER; break;
+    case REG_ACT_PULL: ok = person || ro == REG_ROLE_NODE; break;
+    case REG_ACT_NODE: ok = ro == REG_ROLE_NODE; break;
     }
     if (u->disabled) return core_err_set(MLV_EAUTH, "user %s is disabled", u->name);
     if (ok) return 0;
     static const char *what[] = {
         "read the registry",  "download artifacts",           "push artifacts",
         "administer users",   "read the audit log",           "run jobs",
-        "request promotions", "approve or reject promotions", "set channel policies"};
+        "request promotions", "approve or reject promotions", "set channel policies",
+        "pull models",        "act as a serving node"};
     return core_err_set(MLV_EFORBIDDEN, "forbidden: %s (role %s) may not %s", u->name,
                         reg_role_name(u->role), what[a]);
 }

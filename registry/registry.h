@@ -15,6 +15,7 @@
 
 #include "core/core.h"
 #include "core/core_json.h"
+#include "engine/engine.h"
 
 typedef struct reg_ctx reg_ctx;
 
@@ -76,6 +77,8 @@ typedef enum reg_action {
     REG_ACT_PROMOTE,  /* request a promotion (engineer, admin) */
     REG_ACT_APPROVE,  /* approve or reject a promotion request (approver) */
     REG_ACT_CHANNEL,  /* set a channel's policy (admin) */
+    REG_ACT_PULL,     /* read a model's channels and versions: persons, and nodes (scoped) */
+    REG_ACT_NODE,     /* node-only: wrapped keys, encrypted blobs, state reports (scoped) */
 } reg_action;
 /* 0 when the user's role allows the action, else MLV_EFORBIDDEN with a message. */
 int reg_authorize(const reg_user *u, reg_action a);
@@ -377,6 +380,63 @@ int reg_promote_set_job(reg_ctx *r, int64_t id, int64_t job_id);
  * gate value: [{model, channel, version, metric, value}] — for /metrics. */
 int reg_promote_stats(reg_ctx *r, json_t **counts, json_t **accuracy);
 
+/* A new release record for the channel's current version: the next sequence number, a
+ * fresh issued_at and expires_at (the policy's expiry_days), the same approvers and
+ * gate, "renewal_of": the previous sequence. Admin (REG_ACT_CHANNEL); audited
+ * "promote.renew"; ledger channels/MODEL/CHANNEL.json. *out: as reg_channel_release.
+ * MLV_ENOTFOUND when the channel has no release. */
+int reg_channel_renew(reg_ctx *r, const reg_user *actor, const char *model, const char *channel,
+                      json_t **out);
+
+/* ====================================================================== nodes ==== */
+/* registry/nodes.c (DESIGN.md, Serving nodes): serving nodes are users with the node
+ * role, enrolled for one model with their X25519 public key. A node may read only its
+ * model's channels, versions, manifests and signatures (REG_ACT_PULL), fetch its
+ * versions' encrypted blobs and the data keys wrapped for its own key (REG_ACT_NODE),
+ * and report its state. */
+/* Enrolls a node (admin; audited "node.enroll"): a user `name` with the node role, its
+ * public key (PEM X25519, as `node init` writes) and the model it may pull (must
+ * exist). token_out: the node's API token, shown once. MLV_EEXISTS for a taken name. */
+int reg_node_enroll(reg_ctx *r, const reg_user *actor, const char *name, const char *pubkey_pem,
+                    const char *model, char token_out[REG_TOKEN_LEN + 1]);
+/* [{name, model, key_hint, enrolled_by, enrolled_at, disabled, last_seen, state}]
+ * ordered by name; state: the node's last report (below) or null. REG_ACT_READ. */
+int reg_node_list(reg_ctx *r, const reg_user *actor, json_t **out);
+/* A node's report of itself (node role; the actor is the node): {channel, version (0:
+ * none), digest, sequence, healthy (bool), last_error (string), rps (number), serving
+ * ("name:version" or "")}. Validated; stored with last_seen = now. Audited "node.state"
+ * only when version, healthy or last_error changed. */
+int reg_node_report(reg_ctx *r, const reg_user *actor, const json_t *state);
+/* 0 when u may read model `model`: every person, and a node enrolled for it; else
+ * MLV_EFORBIDDEN ("node N is enrolled for model M, not X"). */
+int reg_node_scope(reg_ctx *r, const reg_user *u, const char *model);
+/* For the calling node (node role, in scope): each file of version `ref` with its blob
+ * and its DEK wrapped for the node's key (repo_keys_rewrap_for_node):
+ * {ref, digest, eph_pub: hex, files:[{path, blob, size, cipher_size, wrapped: hex}]}.
+ * Audited "node.keys". */
+int reg_node_keys(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out);
+
+/* A serving node (registry/node.c; `mlvault node run`): follows a channel's signed
+ * release record and serves its version with the engine's OpenAI server. */
+typedef struct reg_node_opts {
+    const char *home;      /* the node's home (node init): node.key, cache/, state.json */
+    const char *registry;  /* the registry's URL */
+    const char *token;     /* the node's token (node enroll) */
+    const char *cafile;    /* TLS trust for the registry; may be NULL */
+    const char *model;     /* NAME */
+    const char *channel;   /* CHANNEL */
+    const char *trust_pem; /* the registry's signing public key (PEM text), pinned */
+    const char *listen;    /* the OpenAI server's address ("127.0.0.1:8000") */
+    double poll_s;         /* seconds between polls of the release record */
+    eng_load_opts load;
+    eng_batcher_opts batch;
+} reg_node_opts;
+/* Runs until SIGINT/SIGTERM (0) — serving the cached version at once when there is one,
+ * then following the channel. Fails only for bad options or an unusable home. */
+int reg_node_run(const reg_node_opts *o);
+/* `node init`: creates the node's home (node.key 0600, node.pub, cache/). */
+int reg_node_home_init(const char *home);
+
 /* ===================================================================== server ==== */
 /* registry/server.c: `mlvault serve` — CivetWeb, the JSON REST API under /api/v1
  * (docs/api.md), /metrics, /healthz, the job scheduler. */
@@ -391,6 +451,12 @@ typedef struct reg_server_opts {
     uint64_t max_body;   /* JSON request bodies (default 1 MiB) */
     uint64_t max_upload; /* bytes per upload session (default 64 GiB) */
     int max_uploads;     /* open upload sessions at once (default 8) */
+    /* NAME@CHANNEL, or NULL: also serve that channel's current version with the engine's
+     * OpenAI server at /v1/... (any valid token) and /health, its metrics added to
+     * /metrics; a new release of the channel is loaded and swapped in while serving. */
+    const char *serve_model;
+    eng_load_opts load;
+    eng_batcher_opts batch;
 } reg_server_opts;
 int reg_server_start(reg_server **out, const reg_server_opts *o);
 /* The bound port (useful with port 0) and the base URL ("http://127.0.0.1:PORT"). */

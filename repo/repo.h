@@ -75,6 +75,43 @@ int repo_keys_unwrap_for_import(const repo_keys *k, const unsigned char eph_pub[
                                 const unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
                                 unsigned char (*deks)[REPO_KEY_LEN]);
 
+/* Serving nodes (DESIGN.md, Serving nodes): a node holds its own X25519 key pair in
+ * files of its home (the private key PEM PKCS#8, mode 0600; the public key PEM). The
+ * registry wraps the DEKs of the versions a node may pull for that key, as for bundles
+ * but with its own HKDF info, so a node's wrapped keys never unwrap as a bundle's:
+ *   KEK = HKDF-SHA256(X25519(eph, node), salt = eph_pub || node_pub,
+ *                     info = "mlvault node dek wrap v1") */
+#define REPO_WRAP_INFO_BUNDLE "mlvault bundle dek wrap v1"
+#define REPO_WRAP_INFO_NODE "mlvault node dek wrap v1"
+/* Creates a fresh pair: priv_path (0600, refused with MLV_EEXISTS when it exists) and
+ * pub_path, each written atomically. */
+int repo_node_key_create(const char *priv_path, const char *pub_path);
+typedef struct repo_node_key repo_node_key;
+/* Loads a private key file (refusing group/other permissions or another key type). */
+int repo_node_key_load(repo_node_key **out, const char *priv_path);
+void repo_node_key_free(repo_node_key *k);
+/* Its public key PEM and hint (hex SHA-256 of that PEM); borrowed. */
+const char *repo_node_key_public_pem(const repo_node_key *k);
+const char *repo_node_key_hint(const repo_node_key *k);
+/* Registry side: rewraps master-wrapped DEKs for a node's public key (raw, as
+ * repo_import_key_parse gives it) under REPO_WRAP_INFO_NODE. */
+int repo_keys_rewrap_for_node(const repo_keys *k, const unsigned char node_pub[REPO_X25519_LEN],
+                              const unsigned char (*master_wrapped)[REPO_WRAPPED_DEK_LEN],
+                              size_t n, unsigned char eph_pub[REPO_X25519_LEN],
+                              unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN]);
+/* Node side: unwraps them. MLV_EINTEGRITY when a key was altered or wrapped for another
+ * key (deks cleansed then). */
+int repo_node_key_unwrap(const repo_node_key *k, const unsigned char eph_pub[REPO_X25519_LEN],
+                         const unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
+                         unsigned char (*deks)[REPO_KEY_LEN]);
+/* Decrypts a whole blob held in memory (ciphertext: header and chunks, exactly
+ * repo_aead_ciphertext_size(size) bytes) into out (size bytes) and checks the
+ * plaintext's SHA-256 against sha256 (hex). MLV_EINTEGRITY naming `label` for a wrong
+ * length, a failed tag or a digest mismatch. */
+int repo_blob_decrypt_buf(const unsigned char dek[REPO_KEY_LEN], const void *cipher,
+                          uint64_t cipher_len, const char *sha256, uint64_t size, void *out,
+                          const char *label);
+
 /* ================================================================ AEAD stream ====
  * repo/aead.c. The blob format (DESIGN.md, Encryption at rest), in the style of age's
  * STREAM construction:

@@ -30,7 +30,7 @@ fi
 # They live in a project-local virtual environment so the system Python is untouched.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${MLV_VENV:-$ROOT/.venv}"
-PY_PKGS=(model-signing pyopenssl numpy gguf zstandard)
+PY_PKGS=(model-signing pyopenssl numpy gguf zstandard openai)
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi

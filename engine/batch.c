@@ -1,0 +1,1 @@
+/* engine/batch.c: being written */

@@ -1,0 +1,1 @@
+/* engine/openai.c: being written */
