@@ -52,6 +52,7 @@ bench: deps-llama-cpp build
 	./bench/engine --bin $(BUILD)/mlvault
 	./bench/quantize --bin $(BUILD)/mlvault
 	./bench/registry $(BUILD)/mlvault
+	./bench/serve $(BUILD)/mlvault
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -74,6 +74,9 @@ int cli_open_data(const cli_args *a, const char *what, cli_source *s);
 void cli_source_clear(cli_source *s);
 /* --threads and --backend (cpu|ref) into engine load options. */
 int cli_load_opts(const cli_args *a, eng_load_opts *lo);
+/* --batch (sequences decoded together), --queue (requests waiting) and --ctx (context per
+ * sequence) into batcher options; absent ones stay 0 (the engine's defaults). */
+int cli_batch_opts(const cli_args *a, eng_batcher_opts *bo);
 
 /* Evaluation shared by eval and quantize (cli/cmd_eval.c): fills e's dataset, metric,
  * context and engine fields for model m; cli_eval_model also runs the evaluation (a

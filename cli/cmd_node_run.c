@@ -1,9 +1,66 @@
-/* cli/cmd_node_run.c: `mlvault node run` (being written). */
+/* cli/cmd_node_run.c: `mlvault node run` — a serving node (registry/node.c) following a
+ * channel of the registry and serving it with the engine's OpenAI server. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli/cli.h"
+
+int cli_batch_opts(const cli_args *a, eng_batcher_opts *bo)
+{
+    memset(bo, 0, sizeof *bo);
+    double seqs = 0, queue = 0, ctx = 0;
+    int rc = cli_opt_num(a, "batch", 1, 256, true, &seqs);
+    if (!rc) rc = cli_opt_num(a, "queue", 1, 100000, true, &queue);
+    if (!rc) rc = cli_opt_num(a, "ctx", 16, 1 << 20, true, &ctx);
+    bo->max_seqs = (int)seqs;
+    bo->max_queue = (int)queue;
+    bo->n_ctx = (uint32_t)ctx;
+    return rc;
+}
+
+static const cli_opt_spec SPEC[] = {
+    {"model", 0, true, false},   {"channel", 0, true, false}, {"trust", 0, true, false},
+    {"listen", 0, true, false},  {"poll", 0, true, false},    {"threads", 0, true, false},
+    {"backend", 0, true, false}, {"batch", 0, true, false},   {"queue", 0, true, false},
+    {"ctx", 0, true, false},
+};
 
 int cmd_node_run(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    return core_err_set(MLV_EUNSUPPORTED, "node run: not yet built");
+    cli_args a;
+    int rc = cli_parse(&a, argc, argv, SPEC, (int)(sizeof SPEC / sizeof *SPEC));
+    if (rc) return rc;
+    if (a.npos != 0)
+        return core_err_set(MLV_EINVAL, "usage: mlvault node run --home DIR --registry URL "
+                                        "--model NAME --channel CHANNEL --trust REGISTRY_PUB "
+                                        "[--listen ADDR:PORT] [--poll SECONDS]");
+    reg_node_opts o = {0};
+    o.home = a.home;
+    o.registry = cli_remote_url(&a);
+    o.model = cli_opt(&a, "model");
+    o.channel = cli_opt(&a, "channel");
+    o.listen = cli_opt(&a, "listen") ? cli_opt(&a, "listen") : "127.0.0.1:8000";
+    o.token = a.token ? a.token : getenv("MLVAULT_TOKEN");
+    o.cafile = getenv("MLVAULT_CACERT");
+    o.poll_s = 10;
+    const char *trust = cli_opt(&a, "trust");
+    if (!o.home || !o.registry || !o.model || !o.channel || !trust)
+        return core_err_set(MLV_EINVAL, "node run: --home, --registry (or MLVAULT_URL), --model, "
+                                        "--channel and --trust are needed");
+    if (!o.token || !*o.token)
+        return core_err_set(MLV_EAUTH, "node run: the node's token (from `node enroll`) is "
+                                       "needed: --token or MLVAULT_TOKEN");
+    if ((rc = cli_opt_num(&a, "poll", 0.1, 86400, false, &o.poll_s)) != 0 ||
+        (rc = cli_load_opts(&a, &o.load)) != 0 || (rc = cli_batch_opts(&a, &o.batch)) != 0)
+        return rc;
+    char *pem = NULL;
+    size_t len = 0;
+    if ((rc = core_read_file(trust, 64 << 10, &pem, &len)) != 0) {
+        core_err_wrap("--trust: ");
+        return rc;
+    }
+    o.trust_pem = pem;
+    rc = reg_node_run(&o);
+    free(pem);
+    return rc;
 }

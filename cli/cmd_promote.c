@@ -3,6 +3,7 @@
  *   mlvault channel set NAME CHANNEL --gate-data DATASET_REF [--gate-metric M]
  *       [--threshold 2.0] [--approvals N] [--expiry-days 90] [--ctx N]      (admin)
  *   mlvault channel list NAME | channel show NAME CHANNEL   (the signed release record)
+ *   mlvault channel renew NAME CHANNEL      (admin) the current record re-signed, new expiry
  *   mlvault promote REF --to CHANNEL [--reason TEXT]          request; the gate runs first
  *   mlvault approve ID [--comment TEXT] | reject ID --reason TEXT | requests [--pending]
  * Locally these call registry/promote.c, and `promote` runs the gate's evaluations in
@@ -149,7 +150,8 @@ static const char *CHANNEL_USAGE =
     "           [--gate-metric next_token_accuracy|mc_accuracy] [--threshold 2.0]\n"
     "           [--approvals N] [--expiry-days 90] [--ctx N]\n"
     "       mlvault channel list NAME\n"
-    "       mlvault channel show NAME CHANNEL";
+    "       mlvault channel show NAME CHANNEL\n"
+    "       mlvault channel renew NAME CHANNEL";
 
 static int channel_set(const cli_args *a)
 {
@@ -282,20 +284,25 @@ static int registry_pem(const cli_args *a, char **pem)
     return rc;
 }
 
-static int channel_show(const cli_args *a)
+/* `channel show`, and `channel renew` (which prints the new record the same way). */
+static int channel_show(const cli_args *a, bool renew)
 {
     if (a->npos != 3) return core_err_set(MLV_EINVAL, "%s", CHANNEL_USAGE);
     json_t *doc = NULL;
     int rc;
+    if (renew && (!core_name_valid(a->pos[1]) || !core_name_valid(a->pos[2])))
+        return core_err_set(MLV_EINVAL, "invalid model or channel name");
     if (cli_remote_url(a)) {
         char path[256];
-        snprintf(path, sizeof path, "/api/v1/models/%s/channels/%s", a->pos[1], a->pos[2]);
-        if ((rc = cli_api(a, "GET", path, NULL, &doc)) != 0) return rc;
+        snprintf(path, sizeof path, "/api/v1/models/%s/channels/%s%s", a->pos[1], a->pos[2],
+                 renew ? "/renew" : "");
+        if ((rc = cli_api(a, renew ? "POST" : "GET", path, NULL, &doc)) != 0) return rc;
     } else {
         reg_ctx *r = NULL;
         reg_user me;
         if ((rc = cli_open_auth(a, &r, &me)) != 0) return rc;
-        rc = reg_channel_release(r, &me, a->pos[1], a->pos[2], &doc);
+        rc = renew ? reg_channel_renew(r, &me, a->pos[1], a->pos[2], &doc)
+                   : reg_channel_release(r, &me, a->pos[1], a->pos[2], &doc);
         reg_close(r);
         if (rc) return rc;
     }
@@ -332,6 +339,9 @@ static int channel_show(const cli_args *a)
            (long long)json_integer_value(json_object_get(rec, "sequence")), jstr(rec, "issued_at"),
            jstr(rec, "expires_at"),
            (long long)json_integer_value(json_object_get(rec, "promotion")));
+    if (json_is_integer(json_object_get(rec, "renewal_of")))
+        printf("  renews release %lld (same version, approvers and gate)\n",
+               (long long)json_integer_value(json_object_get(rec, "renewal_of")));
     const json_t *apv = json_object_get(rec, "approvers");
     printf("  approvers: ");
     size_t i;
@@ -360,7 +370,8 @@ int cmd_channel(int argc, char **argv)
     const char *sub = a.npos ? a.pos[0] : "";
     if (!strcmp(sub, "set")) return channel_set(&a);
     if (!strcmp(sub, "list")) return channel_list(&a);
-    if (!strcmp(sub, "show")) return channel_show(&a);
+    if (!strcmp(sub, "show")) return channel_show(&a, false);
+    if (!strcmp(sub, "renew")) return channel_show(&a, true);
     return core_err_set(MLV_EINVAL, "%s", CHANNEL_USAGE);
 }
 

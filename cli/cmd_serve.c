@@ -1,6 +1,8 @@
 /* cli/cmd_serve.c: `mlvault serve` — runs the registry server (registry/server.c) on a
  * home, with HOME/config.ini's settings under the command line's, until SIGINT or SIGTERM, then
- * stops it cleanly (requests finish, job children are stopped, the catalog is closed). */
+ * stops it cleanly (requests finish, job children are stopped, the catalog is closed).
+ * --serve-model NAME@CHANNEL also serves that channel's current release with the engine's
+ * OpenAI server (registry/serve_model.c), sized by --threads, --batch, --queue and --ctx. */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -10,10 +12,14 @@
 
 #include "cli/cli.h"
 
-static const cli_opt_spec SPEC[] = {{"listen", 0, true, false},
-                                    {"tls-cert", 0, true, false},
-                                    {"tls-key", 0, true, false},
-                                    {"job-workers", 0, true, false}};
+static const cli_opt_spec SPEC[] = {
+    {"listen", 0, true, false},      {"tls-cert", 0, true, false},    {"tls-key", 0, true, false},
+    {"job-workers", 0, true, false}, {"serve-model", 0, true, false}, {"threads", 't', true, false},
+    {"batch", 0, true, false},       {"queue", 0, true, false},       {"ctx", 0, true, false}};
+#define USAGE                                                                                      \
+    "usage: mlvault serve [--home DIR] [--listen ADDR:PORT] [--tls-cert FILE --tls-key FILE] "     \
+    "[--job-workers N] [--serve-model NAME@CHANNEL [--threads N] [--batch N] [--queue N] "         \
+    "[--ctx N]]"
 
 static volatile sig_atomic_t stop_requested;
 
@@ -26,11 +32,21 @@ static void on_signal(int sig)
 int cmd_serve(int argc, char **argv)
 {
     cli_args a;
-    int rc = cli_parse(&a, argc, argv, SPEC, 4);
+    int rc = cli_parse(&a, argc, argv, SPEC, sizeof SPEC / sizeof SPEC[0]);
     if (rc) return rc;
-    if (a.npos != 0)
-        return core_err_set(MLV_EINVAL, "usage: mlvault serve [--home DIR] [--listen ADDR:PORT] "
-                                        "[--tls-cert FILE --tls-key FILE] [--job-workers N]");
+    if (a.npos != 0) return core_err_set(MLV_EINVAL, USAGE);
+    const char *serve_model = cli_opt(&a, "serve-model");
+    double threads = 0, batch = 0, queue = 0, ctx = 0;
+    if ((rc = cli_opt_num(&a, "threads", 0, 1024, true, &threads)) ||
+        (rc = cli_opt_num(&a, "batch", 1, 256, true, &batch)) ||
+        (rc = cli_opt_num(&a, "queue", 1, 4096, true, &queue)) ||
+        (rc = cli_opt_num(&a, "ctx", 16, 1 << 20, true, &ctx)))
+        return rc;
+    if (!serve_model && (cli_flag(&a, "threads") || cli_flag(&a, "batch") ||
+                         cli_flag(&a, "queue") || cli_flag(&a, "ctx")))
+        return core_err_set(MLV_EINVAL,
+                            "--threads, --batch, --queue and --ctx size the served model: they "
+                            "need --serve-model NAME@CHANNEL");
     /* HOME/config.ini first; the command line overrides it */
     static reg_config cfg;
     if ((rc = reg_config_read(cli_home(&a), &cfg)) != 0) return rc;
@@ -43,14 +59,18 @@ int cmd_serve(int argc, char **argv)
     const char *listen = cli_opt(&a, "listen") ? cli_opt(&a, "listen") : cfg.listen;
     const char *cert = cli_opt(&a, "tls-cert"), *key = cli_opt(&a, "tls-key");
     if (!cert && !key && cfg.tls_cert[0]) cert = cfg.tls_cert, key = cfg.tls_key;
-    reg_server_opts o = {.home = cli_home(&a),
-                         .listen = listen,
-                         .tls_cert = cert,
-                         .tls_key = key && key[0] ? key : NULL,
-                         .max_uploads = cfg.max_uploads,
-                         .job_workers = (int)workers,
-                         .exe = exe,
-                         .validate = {cli_job_validate, NULL}};
+    reg_server_opts o = {
+        .home = cli_home(&a),
+        .listen = listen,
+        .tls_cert = cert,
+        .tls_key = key && key[0] ? key : NULL,
+        .max_uploads = cfg.max_uploads,
+        .job_workers = (int)workers,
+        .exe = exe,
+        .validate = {cli_job_validate, NULL},
+        .serve_model = serve_model,
+        .load = {.threads = (int)threads, .backend = ENG_BACKEND_CPU},
+        .batch = {.max_seqs = (int)batch, .max_queue = (int)queue, .n_ctx = (uint32_t)ctx}};
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -68,6 +88,9 @@ int cmd_serve(int argc, char **argv)
     if (colon) *colon = 0;
     printf("mlvault: serving %s on %s://%s:%d\n", o.home, o.tls_cert ? "https" : "http", host,
            reg_server_port(s));
+    if (serve_model)
+        printf("mlvault: serving the model of %s at %s://%s:%d/v1 (OpenAI API)\n", serve_model,
+               o.tls_cert ? "https" : "http", host, reg_server_port(s));
     fflush(stdout);
     while (!stop_requested) {
         struct timespec ts = {0, 100 * 1000 * 1000};

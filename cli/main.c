@@ -43,7 +43,9 @@ static const char *USAGE =
     "                                             a smaller version, its recipe as lineage\n"
     "\n"
     "  serve [--listen ADDR:PORT] [--tls-cert FILE --tls-key FILE] [--job-workers N]\n"
-    "                                             the registry server (REST API, jobs, metrics)\n"
+    "      [--serve-model NAME@CHANNEL [--threads N] [--batch N] [--queue N] [--ctx N]]\n"
+    "                                             the registry server (REST API, jobs, metrics),\n"
+    "                                             and a channel's model at /v1 (OpenAI API)\n"
     "  job submit quantize|eval REF [OPTIONS] [--wait] | job list [--state S]\n"
     "  job show ID | job log ID [--follow] | job cancel ID\n"
     "                                             jobs, run by the server in child processes\n"
@@ -52,6 +54,11 @@ static const char *USAGE =
     "  promote REF --to CHANNEL [--reason TEXT]   request a promotion; the gate runs first\n"
     "  approve ID [--comment TEXT] | reject ID --reason TEXT | requests [--pending]\n"
     "                                             the change-control board\n"
+    "  channel renew NAME CHANNEL                 re-sign the current release, new expiry\n"
+    "\n"
+    "  node init --home DIR                       a serving node's home and key pair\n"
+    "  node enroll NODE --pubkey FILE --model NAME   let a node pull a model (token once)\n"
+    "  node list                                  serving nodes and their last reports\n"
     "\n"
     "REF is NAME (latest), NAME:VERSION or NAME@CHANNEL. The home is --home, else\n"
     "$MLVAULT_HOME, else ~/.mlvault; the token is --token, else $MLVAULT_TOKEN. With\n"
@@ -91,6 +98,7 @@ static const command COMMANDS[] = {
     {"eval", cmd_eval},       {"quantize", cmd_quantize}, {"serve", cmd_serve},
     {"job", cmd_job},         {"channel", cmd_channel},   {"promote", cmd_promote},
     {"approve", cmd_approve}, {"reject", cmd_reject},     {"requests", cmd_requests},
+    {"node", cmd_node},
 };
 
 int main(int argc, char **argv)

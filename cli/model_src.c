@@ -120,34 +120,7 @@ int cli_open_model(const cli_args *a, const char *what, const eng_load_opts *lo,
     s->version_id = l.version_id;
     snprintf(s->label, sizeof s->label, "%s:%d", l.name, l.version);
     snprintf(s->digest, sizeof s->digest, "%s", l.digest);
-    if (!strcmp(l.format, "gguf")) {
-        reg_file_mem *g = NULL;
-        for (size_t i = 0; i < l.n_files; i++) {
-            size_t pl = strlen(l.files[i].path);
-            if (pl > 5 && !strcmp(l.files[i].path + pl - 5, ".gguf")) g = &l.files[i];
-        }
-        if (!g) {
-            rc = core_err_set(MLV_EINVAL, "%s has no .gguf file", s->label);
-            goto done;
-        }
-        void *img = g->data;
-        g->data = NULL;
-        rc = eng_model_open_mem(&s->model, img, (size_t)g->size, free, lo);
-    } else {
-        eng_hf_file *files = calloc(l.n_files ? l.n_files : 1, sizeof *files);
-        if (!files) {
-            rc = core_err_set(MLV_ENOMEM, "out of memory");
-            goto done;
-        }
-        for (size_t i = 0; i < l.n_files; i++) {
-            const char *slash = strrchr(l.files[i].path, '/');
-            files[i] = (eng_hf_file){slash ? slash + 1 : l.files[i].path, l.files[i].data,
-                                     (size_t)l.files[i].size};
-        }
-        rc = open_hf(files, l.n_files, lo, &s->model);
-        free(files);
-    }
-    if (rc) core_err_wrap("%s: ", s->label);
+    rc = reg_loaded_open_model(&l, lo, &s->model);
 done:
     reg_loaded_clear(&l);
     return rc;

@@ -493,68 +493,108 @@ void eng_ctx_truncate(eng_ctx *c, uint32_t pos)
 
 /* ------------------------------------------------------------------ forward ---- */
 
-/* One step of T <= N_BATCH tokens at positions c->pos.. ; logits for every token
- * (all_logits) or the last one into `logits` when not NULL. */
-static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, bool all_logits)
+/* A run of rows of one forward step that belong to one sequence: rows row0 .. row0+n-1
+ * are that sequence's next n tokens, at positions c->pos .. c->pos+n-1. A prompt step
+ * is one span of T rows; a batched decode step is n spans of one row each. */
+typedef struct span {
+    eng_ctx *c;
+    int row0, n;
+} span;
+
+/* One step of T <= N_BATCH rows over the sequences of `spans` (their rows in order,
+ * covering 0..T-1), on the scratch buffers of s (one of the spans' contexts). The weight
+ * products, norms and activations run over all T rows at once; RoPE takes each row's
+ * own position; the KV cache and attention are per span. Logits, when not NULL, for
+ * every row (all_logits) or the last one. The observer of s sees the products' inputs
+ * only when the step is one sequence (a batch mixes sequences its hook did not ask
+ * about). */
+static void forward_spans(eng_ctx *s, const span *spans, int n_spans, const int32_t *tokens, int T,
+                          float *logits, bool all_logits)
 {
-    eng_model *m = c->m;
+    eng_model *m = s->m;
     const eng_hparams *hp = &m->hp;
     eng_backend *be = m->be;
     const eng_backend_ops *op = be->ops;
     const int d = (int)hp->n_embd, hd = (int)hp->head_dim, nh = (int)hp->n_head,
-              nkv = (int)hp->n_head_kv, ff = (int)hp->n_ff, pos0 = (int)c->pos;
+              nkv = (int)hp->n_head_kv, ff = (int)hp->n_ff;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int t = 0; t < T; t++)
-        c->positions[t] = pos0 + t;
+    for (int i = 0; i < n_spans; i++)
+        for (int t = 0; t < spans[i].n; t++)
+            s->positions[spans[i].row0 + t] = (int32_t)spans[i].c->pos + t;
+    const eng_observe_fn observe = n_spans == 1 ? s->observe : NULL;
 #define OBSERVE(layer, site, x, n)                                                                 \
-    if (c->observe) c->observe(c->observe_arg, (layer), (site), (x), T, (n))
+    if (observe) observe(s->observe_arg, (layer), (site), (x), T, (n))
 
-    op->get_rows(be, c->x, &m->tok_embd, tokens, T);
+    op->get_rows(be, s->x, &m->tok_embd, tokens, T);
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const layer *L = &m->layers[l];
         /* attention block: x += Wo . attn(rope(Wq xn), rope(Wk xn), Wv xn) */
-        op->rmsnorm(be, c->xb, c->x, L->attn_norm, T, d, hp->rms_eps);
+        op->rmsnorm(be, s->xb, s->x, L->attn_norm, T, d, hp->rms_eps);
         {
-            float *const ys[3] = {c->q, c->k, c->v};
+            float *const ys[3] = {s->q, s->k, s->v};
             const eng_weight *const ws[3] = {&L->wq, &L->wk, &L->wv};
             const float *const bs[3] = {L->bq, L->bk, L->bv};
-            OBSERVE(l, ENG_SITE_QKV, c->xb, d);
-            op->matmul_n(be, 3, ys, ws, bs, c->xb, T);
+            OBSERVE(l, ENG_SITE_QKV, s->xb, d);
+            op->matmul_n(be, 3, ys, ws, bs, s->xb, T);
         }
-        op->rope(be, c->q, T, nh, hd, (int)hp->n_rot, c->positions, hp->rope_base, hp->rope_scale,
+        op->rope(be, s->q, T, nh, hd, (int)hp->n_rot, s->positions, hp->rope_base, hp->rope_scale,
                  m->rope_freqs, hp->rope_neox);
-        op->rope(be, c->k, T, nkv, hd, (int)hp->n_rot, c->positions, hp->rope_base, hp->rope_scale,
+        op->rope(be, s->k, T, nkv, hd, (int)hp->n_rot, s->positions, hp->rope_base, hp->rope_scale,
                  m->rope_freqs, hp->rope_neox);
-        op->store_kv(be, c->k_cache[l], c->v_cache[l], c->k, c->v, T, pos0, nkv * hd);
-        op->attention(be, c->att, c->q, c->k_cache[l], c->v_cache[l], T, pos0, nh, nkv, hd, scale);
-        OBSERVE(l, ENG_SITE_ATTN_OUT, c->att, nh * hd);
-        op->matmul(be, c->xb, &L->wo, NULL, c->att, T);
-        op->add(be, c->x, c->xb, (int64_t)T * d);
+        for (int i = 0; i < n_spans; i++) {
+            eng_ctx *c = spans[i].c;
+            const size_t r0 = (size_t)spans[i].row0;
+            const int n = spans[i].n, pos0 = (int)c->pos;
+            op->store_kv(be, c->k_cache[l], c->v_cache[l], s->k + r0 * nkv * hd,
+                         s->v + r0 * nkv * hd, n, pos0, nkv * hd);
+            op->attention(be, s->att + r0 * nh * hd, s->q + r0 * nh * hd, c->k_cache[l],
+                          c->v_cache[l], n, pos0, nh, nkv, hd, scale);
+        }
+        OBSERVE(l, ENG_SITE_ATTN_OUT, s->att, nh * hd);
+        op->matmul(be, s->xb, &L->wo, NULL, s->att, T);
+        op->add(be, s->x, s->xb, (int64_t)T * d);
         /* feed-forward block: x += W_down . (silu(W_gate xn) * (W_up xn)) */
-        op->rmsnorm(be, c->xb, c->x, L->ffn_norm, T, d, hp->rms_eps);
+        op->rmsnorm(be, s->xb, s->x, L->ffn_norm, T, d, hp->rms_eps);
         {
-            float *const ys[2] = {c->gate, c->up};
+            float *const ys[2] = {s->gate, s->up};
             const eng_weight *const ws[2] = {&L->w_gate, &L->w_up};
-            OBSERVE(l, ENG_SITE_FFN_IN, c->xb, d);
-            op->matmul_n(be, 2, ys, ws, NULL, c->xb, T);
+            OBSERVE(l, ENG_SITE_FFN_IN, s->xb, d);
+            op->matmul_n(be, 2, ys, ws, NULL, s->xb, T);
         }
-        op->swiglu(be, c->gate, c->gate, c->up, (int64_t)T * ff);
-        OBSERVE(l, ENG_SITE_FFN_DOWN, c->gate, ff);
-        op->matmul(be, c->xb, &L->w_down, NULL, c->gate, T);
-        op->add(be, c->x, c->xb, (int64_t)T * d);
+        op->swiglu(be, s->gate, s->gate, s->up, (int64_t)T * ff);
+        OBSERVE(l, ENG_SITE_FFN_DOWN, s->gate, ff);
+        op->matmul(be, s->xb, &L->w_down, NULL, s->gate, T);
+        op->add(be, s->x, s->xb, (int64_t)T * d);
     }
-    c->pos += (uint32_t)T;
+    for (int i = 0; i < n_spans; i++)
+        spans[i].c->pos += (uint32_t)spans[i].n;
     if (!logits) return;
     if (all_logits) {
-        op->rmsnorm(be, c->x, c->x, m->output_norm, T, d, hp->rms_eps);
-        OBSERVE(hp->n_layer, ENG_SITE_OUTPUT, c->x, d);
-        op->matmul(be, logits, &m->output, NULL, c->x, T);
+        op->rmsnorm(be, s->x, s->x, m->output_norm, T, d, hp->rms_eps);
+        OBSERVE(hp->n_layer, ENG_SITE_OUTPUT, s->x, d);
+        op->matmul(be, logits, &m->output, NULL, s->x, T);
     } else {
-        float *last = c->x + (size_t)(T - 1) * d;
+        float *last = s->x + (size_t)(T - 1) * d;
         op->rmsnorm(be, last, last, m->output_norm, 1, d, hp->rms_eps);
         op->matmul(be, logits, &m->output, NULL, last, 1);
     }
 #undef OBSERVE
+}
+
+/* One step of T <= N_BATCH tokens of one sequence at positions c->pos.. */
+static void forward(eng_ctx *c, const int32_t *tokens, int T, float *logits, bool all_logits)
+{
+    const span one = {c, 0, T};
+    forward_spans(c, &one, 1, tokens, T, logits, all_logits);
+}
+
+static int check_tokens(const eng_model *m, const int32_t *tokens, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || (uint32_t)tokens[i] >= m->hp.n_vocab)
+            return core_err_set(MLV_EINVAL, "decode: token id %d is out of range (vocabulary %u)",
+                                tokens[i], m->hp.n_vocab);
+    return 0;
 }
 
 int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool all_logits)
@@ -565,10 +605,8 @@ int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool 
         return core_err_set(MLV_EINVAL,
                             "decode: %zu more tokens do not fit the context (%u of %u used)", n,
                             c->pos, c->n_ctx);
-    for (size_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || (uint32_t)tokens[i] >= hp->n_vocab)
-            return core_err_set(MLV_EINVAL, "decode: token id %d is out of range (vocabulary %u)",
-                                tokens[i], hp->n_vocab);
+    int rc = check_tokens(c->m, tokens, n);
+    if (rc) return rc;
     pthread_mutex_lock(&c->m->lock);
     for (size_t i = 0; i < n; i += N_BATCH) {
         int T = (int)(n - i < N_BATCH ? n - i : N_BATCH);
@@ -581,5 +619,35 @@ int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool 
         forward(c, tokens + i, T, lg, all_logits);
     }
     pthread_mutex_unlock(&c->m->lock);
+    return 0;
+}
+
+int eng_decode_batch(eng_ctx *const *cs, const int32_t *tokens, size_t n, float *logits)
+{
+    if (n == 0 || n > N_BATCH)
+        return core_err_set(MLV_EINVAL, "decode batch: %zu sequences (1 to %d)", n, N_BATCH);
+    eng_model *m = cs[0] ? cs[0]->m : NULL;
+    span spans[N_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        eng_ctx *c = cs[i];
+        if (!c || c->m != m)
+            return core_err_set(MLV_EINVAL, "decode batch: sequence %zu is %s", i,
+                                c ? "of another model" : "missing");
+        if (c->pos >= c->n_ctx)
+            return core_err_set(MLV_EINVAL, "decode batch: sequence %zu has a full context (%u)",
+                                i, c->n_ctx);
+        for (size_t j = 0; j < i; j++)
+            if (cs[j] == c)
+                return core_err_set(MLV_EINVAL,
+                                    "decode batch: sequences %zu and %zu are the same context", j,
+                                    i);
+        spans[i] = (span){c, (int)i, 1};
+    }
+    int rc = check_tokens(m, tokens, n);
+    if (rc) return rc;
+    pthread_mutex_lock(&m->lock);
+    /* every row is the last (only) row of its sequence: all the logits are wanted */
+    forward_spans(cs[0], spans, (int)n, tokens, (int)n, logits, true);
+    pthread_mutex_unlock(&m->lock);
     return 0;
 }

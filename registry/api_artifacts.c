@@ -244,10 +244,9 @@ int srv_range_start(srv_req *q, uint64_t size, const char *sha256, uint64_t *a, 
         srv_reply_bytes(q, 416, "application/json", body, strlen(body), extra);
         return 416;
     }
-    int off =
-        snprintf(headers, n,
-                 "Accept-Ranges: bytes\r\nX-Mlvault-Sha256: %s\r\nX-Mlvault-Size: %" PRIu64 "\r\n",
-                 sha256 ? sha256 : "", size);
+    int off = snprintf(headers, n, "Accept-Ranges: bytes\r\n%s%s%sX-Mlvault-Size: %" PRIu64 "\r\n",
+                       sha256 ? "X-Mlvault-Sha256: " : "", sha256 ? sha256 : "",
+                       sha256 ? "\r\n" : "", size);
     if (pr && off > 0 && (size_t)off < n)
         snprintf(headers + off, n - (size_t)off,
                  "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n", *a, *b, size);

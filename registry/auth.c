@@ -117,8 +117,7 @@ static int new_token(char token[REG_TOKEN_LEN + 1], char hash[65])
     return 0;
 }
 
-/* Inside a transaction: inserts the user with a fresh token and audits it. */
-int reg_user_create_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
+int reg_user_insert_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
                            char token_out[REG_TOKEN_LEN + 1])
 {
     char h[65], at[21];
@@ -142,6 +141,14 @@ int reg_user_create_locked(reg_ctx *r, const char *actor, const char *name, reg_
     else if (step != SQLITE_DONE)
         rc = reg_db_err(r, "add user");
     sqlite3_finalize(st);
+    if (rc) memset(token_out, 0, REG_TOKEN_LEN + 1);
+    return rc;
+}
+
+int reg_user_create_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
+                           char token_out[REG_TOKEN_LEN + 1])
+{
+    int rc = reg_user_insert_locked(r, actor, name, role, token_out);
     if (rc) return rc;
     char detail[64];
     snprintf(detail, sizeof detail, "role=%s", reg_role_name(role));

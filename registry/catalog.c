@@ -13,7 +13,7 @@
 
 #include "registry/reg_internal.h"
 
-#define SCHEMA_VERSION "4"
+#define SCHEMA_VERSION "5"
 
 static const char *SCHEMA =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
@@ -99,7 +99,13 @@ static const char *SCHEMA =
     "  record TEXT NOT NULL, signature TEXT NOT NULL, issued_at TEXT NOT NULL,"
     "  PRIMARY KEY(model, channel, sequence));"
     "CREATE TABLE IF NOT EXISTS uploads("
-    "  id TEXT PRIMARY KEY, user TEXT NOT NULL, meta TEXT NOT NULL, created_at TEXT NOT NULL);";
+    "  id TEXT PRIMARY KEY, user TEXT NOT NULL, meta TEXT NOT NULL, created_at TEXT NOT NULL);"
+    /* schema 5: serving nodes (nodes.c) — a node is a user with the node role, enrolled
+     * for one model with its X25519 public key; state is its last report (JSON) */
+    "CREATE TABLE IF NOT EXISTS nodes("
+    "  name TEXT PRIMARY KEY REFERENCES users(name), model TEXT NOT NULL,"
+    "  pubkey TEXT NOT NULL, key_hint TEXT NOT NULL, enrolled_by TEXT NOT NULL,"
+    "  enrolled_at TEXT NOT NULL, state TEXT, last_seen TEXT);";
 
 /* SQLite tells the failing system call and its errno only to its error log, at the
  * moment of failure: sqlite3_system_errno() reads errno later, after the rollback's own
@@ -190,9 +196,9 @@ static int db_open(reg_ctx *r, bool create)
         SQLITE_OK)
         return reg_db_err(r, "schema");
     const char *v = sqlite3_step(st) == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : "";
-    if (!strcmp(v, "2") || !strcmp(v, "3")) {
-        /* Schemas 3 and 4 only add tables (evaluations; jobs, channels, promotions,
-         * releases, uploads): nothing else changed. */
+    if (!strcmp(v, "2") || !strcmp(v, "3") || !strcmp(v, "4")) {
+        /* Schemas 3, 4 and 5 only add tables (evaluations; jobs, channels, promotions,
+         * releases, uploads; nodes): nothing else changed. */
         sqlite3_finalize(st);
         if ((rc = reg_exec(r, "BEGIN IMMEDIATE")) != 0) return rc;
         if ((rc = reg_exec(r, SCHEMA)) != 0 ||
@@ -378,8 +384,6 @@ static int make_dirs(const char *home)
     return rc;
 }
 
-int reg_user_create_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
-                           char token_out[REG_TOKEN_LEN + 1]);
 int reg_trust_self_locked(reg_ctx *r, const char *pem);
 
 int reg_home_init(const char *home, char token_out[REG_TOKEN_LEN + 1])

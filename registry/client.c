@@ -33,6 +33,7 @@ struct reg_client {
     char *url;  /* without a trailing slash */
     char *auth; /* "Authorization: Bearer ..." or NULL */
     char *cafile;
+    long stall_s; /* 0: each call's own */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -334,7 +335,8 @@ static int setup(reg_client *c, xfer *x, const char *method, const char *path,
     if (c->cafile) curl_easy_setopt(h, CURLOPT_CAINFO, c->cafile);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 10L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, slow_s);
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
+                     c->stall_s > 0 && c->stall_s < slow_s ? c->stall_s : slow_s);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
@@ -1195,6 +1197,11 @@ done:
 
 /* ----------------------------------------------------------------------- load --- */
 
+void reg_client_set_stall(reg_client *c, long seconds)
+{
+    c->stall_s = seconds;
+}
+
 /* A small answer (a manifest, a signature) into memory: *out NUL-terminated, owned by
  * the caller; asked again after a broken connection. */
 static int get_small(reg_client *c, const char *path, size_t max, char **out, size_t *len)
@@ -1216,6 +1223,11 @@ static int get_small(reg_client *c, const char *path, size_t max, char **out, si
         core_log(CORE_LOG_WARN, "%s (again)", core_err_last());
         backoff(attempt);
     }
+}
+
+int reg_client_get_text(reg_client *c, const char *path, size_t max, char **out, size_t *len)
+{
+    return get_small(c, path, max, out, len);
 }
 
 /* GETs a file of the version straight into `mem` (exactly f->size bytes), resuming with

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "registry/serve_model.h"
 #include "registry/server_internal.h"
 
 static const char *METHODS[SRV_N_METHODS] = {"GET", "POST", "PUT", "DELETE", "HEAD", "other"};
@@ -156,6 +157,7 @@ int api_metrics(srv_req *q)
     core_buf_appendf(&b, "mlvault_uploads_open %d\n", q->r ? srv_uploads_open(q->r) : 0);
     head(&b, "mlvault_build_info", "gauge", "The mlvault version serving (always 1).");
     core_buf_appendf(&b, "mlvault_build_info{version=\"%s\"} 1\n", MLV_VERSION);
+    if (q->s->serve) eng_server_metrics(srv_serve_engine(q->s->serve), &b); /* --serve-model */
     json_decref(jobs);
     json_decref(counts);
     json_decref(acc);

@@ -329,10 +329,11 @@ int reg_channel_release(reg_ctx *r, const reg_user *actor, const char *model, co
                         json_t **out)
 {
     *out = NULL;
-    int rc = reg_authorize(actor, REG_ACT_READ);
+    int rc = reg_authorize(actor, REG_ACT_PULL);
     if (rc) return rc;
     if (!core_name_valid(model) || !core_name_valid(channel))
         return core_err_set(MLV_EINVAL, "invalid model or channel name");
+    if ((rc = reg_node_scope(r, actor, model)) != 0) return rc;
     int64_t vid = 0;
     rc = release_current(r, model, channel, &vid, out);
     if (rc == MLV_ENOTFOUND)
@@ -814,7 +815,7 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
     int64_t base_vid = 0, seq = 0;
     if ((rc = gate_eval(r, actor, p.version_id, &proto, dataset_digest, eval_fn, eval_ctx,
                         &cand)) != 0 ||
-        (rc = release_sequence(r, p.model, p.channel, &seq)) != 0)
+        (rc = release_base_sequence(r, p.model, p.channel, &seq)) != 0)
         goto out;
     rc = release_current(r, p.model, p.channel, &base_vid, NULL);
     if (rc == 0) {
@@ -873,7 +874,7 @@ int reg_promote_gate(reg_ctx *r, const reg_user *actor, int64_t id, reg_gate_eva
     sqlite3_stmt *st = NULL;
     int64_t seq_now = 0;
     if ((rc = reg_begin(r)) != 0) goto out;
-    if ((rc = release_sequence(r, p.model, p.channel, &seq_now)) != 0) goto fail;
+    if ((rc = release_base_sequence(r, p.model, p.channel, &seq_now)) != 0) goto fail;
     if (seq_now != seq) {
         /* Released meanwhile: this verdict was measured against another baseline. */
         reg_rollback(r);
@@ -988,7 +989,7 @@ int reg_promote_approve(reg_ctx *r, const reg_user *actor, int64_t id, const cha
      * that verdict no longer holds: the request ends and must be made again. */
     gate = load_json_text(p.gate);
     int64_t seq_gate = json_integer_value(json_object_get(gate, "channel_sequence")), seq_now = 0;
-    if ((rc = release_sequence(r, p.model, p.channel, &seq_now)) != 0) goto done;
+    if ((rc = release_base_sequence(r, p.model, p.channel, &seq_now)) != 0) goto done;
     if (seq_now != seq_gate) {
         char why[300];
         snprintf(why, sizeof why,

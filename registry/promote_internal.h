@@ -34,6 +34,9 @@ int prom_ledger_text(reg_ctx *r, int64_t id, char path[64], char **text);
 int release_locked(reg_ctx *r, const char *actor, int64_t id);
 /* The sequence number of a channel's current release (0: none yet). */
 int release_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq);
+/* The sequence of the release (not a renewal) the channel's current record comes from
+ * (0: none yet): what a gate's verdict was measured against, unchanged by renewals. */
+int release_base_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq);
 /* The current (highest sequence) release of a channel: *version_id and, when out is not
  * NULL, {record, record_json, signature, key_hint} (owned). MLV_ENOTFOUND before the
  * first release. */

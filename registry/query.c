@@ -241,8 +241,9 @@ static void signer_name(reg_ctx *r, const char *hint, char *out, size_t n)
 int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out)
 {
     *out = NULL;
-    int rc = reg_authorize(actor, REG_ACT_READ);
+    int rc = reg_authorize(actor, REG_ACT_PULL);
     if (rc) return rc;
+    if ((rc = reg_node_scope_ref(r, actor, ref)) != 0) return rc;
     int64_t id;
     reg_version_row v;
     if ((rc = reg_resolve(r, ref, &id, NULL, NULL)) != 0) return rc;
@@ -282,7 +283,12 @@ int reg_show(reg_ctx *r, const reg_user *actor, const char *ref, json_t **out)
         "model-signing/v1.0 (sigstore bundle v0.3, ECDSA P-256)", "key_hint", v.signer, "signer",
         signer, "parents", linked(r, id, 1), "children", linked(r, id, 0), "created_by",
         v.created_by, "created_at", v.created_at, "origin", v.origin[0] ? v.origin : "local");
-    if (o) json_object_set_new(o, "evaluations", reg_eval_list_json(r, id));
+    if (o && actor->role == REG_ROLE_NODE)
+        /* a node reads its model's versions, not what else the registry holds: derived
+         * versions (of other models) and the datasets of evaluations stay hidden */
+        json_object_del(o, "children");
+    else if (o)
+        json_object_set_new(o, "evaluations", reg_eval_list_json(r, id));
     json_decref(m);
     reg_version_row_clear(&v);
     if (!o) return core_err_set(MLV_ENOMEM, "out of memory");

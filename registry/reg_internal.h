@@ -39,6 +39,16 @@ int reg_ledger_settle(reg_ctx *r);
 int reg_audit_append(reg_ctx *r, const char *actor, const char *action, const char *target,
                      const char *detail, const repo_ledger_change *extra, size_t n_extra);
 
+/* auth.c, inside a transaction: inserts user `name` with a fresh token (token_out, shown
+ * once); reg_user_create_locked also appends its audit row "user.add". MLV_EEXISTS for a
+ * taken name. */
+int reg_user_insert_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
+                           char token_out[REG_TOKEN_LEN + 1]);
+int reg_user_create_locked(reg_ctx *r, const char *actor, const char *name, reg_role role,
+                           char token_out[REG_TOKEN_LEN + 1]);
+/* nodes.c: reg_node_scope for the model a reference names (NAME, NAME:V, NAME@CHANNEL). */
+int reg_node_scope_ref(reg_ctx *r, const reg_user *u, const char *ref);
+
 /* Resolves a reference to a version row id (MLV_ENOTFOUND with a clear message). */
 int reg_resolve(reg_ctx *r, const char *ref, int64_t *version_id, char name[65], int *version);
 

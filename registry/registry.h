@@ -152,6 +152,10 @@ typedef struct reg_loaded {
 } reg_loaded;
 int reg_load(reg_ctx *r, const reg_user *actor, const char *ref, reg_loaded *out);
 void reg_loaded_clear(reg_loaded *l);
+/* The engine model of a loaded model version: its .gguf file (taken from l, no copy), or
+ * a Hugging Face folder's files converted to GGUF in memory. MLV_EINVAL for a dataset or
+ * a version without a model file, naming "name:version". */
+int reg_loaded_open_model(reg_loaded *l, const eng_load_opts *lo, eng_model **out);
 
 /* ================================================================= evaluations ==== */
 /* registry/evals.c: evaluation results of stored versions on stored datasets, cached by
@@ -491,6 +495,13 @@ int reg_client_bundle_export(reg_client *c, const reg_bundle_export_opts *o, jso
  * kind "bundle" (as reg_client_push sends a dataset, resumable), whose commit imports it.
  * *out as reg_bundle_import's (file: path). */
 int reg_client_bundle_import(reg_client *c, const char *path, json_t **out);
+/* Seconds a transfer may stall (under 1 byte/s) before it fails; 0 keeps each call's
+ * default (up to 900 s for calls that work on a whole version). Nodes use a short one so
+ * a hung registry never holds up their loop. */
+void reg_client_set_stall(reg_client *c, long seconds);
+/* A small GET answer (a manifest, a signature) into memory, at most max bytes, asked again
+ * after a broken connection: *out NUL-terminated, owned by the caller. */
+int reg_client_get_text(reg_client *c, const char *path, size_t max, char **out, size_t *len);
 /* Downloads url path into `dest` (a file), resuming with Range requests; verifies the
  * SHA-256 when sha256 is given. */
 int reg_client_download(reg_client *c, const char *path, const char *dest, const char *sha256);

@@ -9,7 +9,10 @@
  *
  * signed as bytes with the registry's ECDSA P-256 key (repo_sign_bytes: base64 DER over
  * SHA-256). The sequence counts releases of one model's channel and only grows, a
- * rollback included, so a node can refuse an older record. The ledger holds the latest
+ * rollback included, so a node can refuse an older record. A renewal (reg_channel_renew)
+ * re-issues the current record with the next sequence, a fresh issued_at and expires_at
+ * and "renewal_of": the sequence it replaces, so a node's freeze on expiry can be lifted
+ * without a new promotion. The ledger holds the latest
  * at channels/MODEL/CHANNEL.json as {key_hint, record, record_json, signature}; the
  * releases table keeps every one. When to release is promote.c's decision. */
 #include <stdio.h>
@@ -73,13 +76,95 @@ static json_t *release_doc(reg_ctx *r, const char *record_json, const char *sign
                      signature, "key_hint", hint);
 }
 
+/* What a release record says, whether a promotion releases it or an admin renews it. */
+typedef struct release_in {
+    const char *model, *channel, *digest;
+    int version;
+    int64_t version_id, promotion;
+    json_t *approvers;  /* borrowed */
+    json_t *gate;       /* borrowed */
+    int expiry_days;    /* from now */
+    int64_t renewal_of; /* the sequence a renewal replaces; 0 for a release */
+} release_in;
+
+/* Inside a transaction: the channel's next sequence number, the record built and signed,
+ * its releases row inserted. *seq, *issued (21 bytes) and *doc_text (the ledger's
+ * channels/MODEL/CHANNEL.json, canonical; owned by the caller) are written. */
+static int release_insert(reg_ctx *r, const release_in *in, int64_t *seq_out, char issued[21],
+                          char **doc_text)
+{
+    *doc_text = NULL;
+    json_t *rec = NULL, *doc = NULL;
+    char *record_json = NULL, *sig = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t seq = 0;
+    int rc = release_sequence(r, in->model, in->channel, &seq);
+    if (rc) return rc;
+    seq++; /* only grows, a rollback and a renewal included */
+    time_t now = time(NULL);
+    char expires[21];
+    iso_time(now, issued);
+    iso_time(now + (time_t)in->expiry_days * 86400, expires);
+    rec = json_pack("{s:s,s:s,s:i,s:s,s:s,s:I,s:s,s:s,s:O,s:O,s:I}", "schema", RELEASE_SCHEMA,
+                    "model", in->model, "version", in->version, "digest", in->digest, "channel",
+                    in->channel, "sequence", (json_int_t)seq, "issued_at", issued, "expires_at",
+                    expires, "approvers", in->approvers, "gate", in->gate, "promotion",
+                    (json_int_t)in->promotion);
+    if (rec && in->renewal_of > 0 &&
+        json_object_set_new(rec, "renewal_of", json_integer(in->renewal_of)) != 0) {
+        json_decref(rec);
+        rec = NULL;
+    }
+    if (!rec || !(record_json = core_json_dumps(rec, JSON_SORT_KEYS | JSON_COMPACT))) {
+        rc = core_err_set(MLV_ENOMEM, "release: out of memory");
+        goto done;
+    }
+    if ((rc = repo_sign_bytes(r->keys, record_json, strlen(record_json), &sig)) != 0) {
+        core_err_wrap("release: ");
+        goto done;
+    }
+    if (sqlite3_prepare_v2(
+            r->db,
+            "INSERT INTO releases(model, channel, sequence, version_id, promotion_id,"
+            " record, signature, issued_at) VALUES(?,?,?,?,?,?,?,?)",
+            -1, &st, NULL) != SQLITE_OK) {
+        rc = reg_db_err(r, "releases");
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, in->model, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, in->channel, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, seq);
+    sqlite3_bind_int64(st, 4, in->version_id);
+    sqlite3_bind_int64(st, 5, in->promotion);
+    sqlite3_bind_text(st, 6, record_json, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, sig, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, issued, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = reg_db_err(r, "releases");
+        goto done;
+    }
+    if (!(doc = release_doc(r, record_json, sig)) ||
+        !(*doc_text = core_json_dumps(doc, JSON_SORT_KEYS | JSON_COMPACT))) {
+        rc = core_err_set(MLV_ENOMEM, "release: out of memory");
+        goto done;
+    }
+    *seq_out = seq;
+done:
+    sqlite3_finalize(st);
+    json_decref(rec);
+    json_decref(doc);
+    free(record_json);
+    free(sig);
+    return rc;
+}
+
 int release_locked(reg_ctx *r, const char *actor, int64_t id)
 {
     prom_row p;
     int rc = prom_row_load(r, id, &p);
     if (rc) return rc;
-    json_t *gate = NULL, *rec = NULL, *doc = NULL;
-    char *record_json = NULL, *sig = NULL, *doc_text = NULL, *prom_text = NULL;
+    json_t *gate = NULL, *approvers = NULL;
+    char *doc_text = NULL, *prom_text = NULL;
     sqlite3_stmt *st = NULL;
     if (strcmp(p.state, "pending") != 0 || !p.gate || !(gate = json_loads(p.gate, 0, NULL))) {
         rc = core_err_set(MLV_EINVAL,
@@ -89,53 +174,22 @@ int release_locked(reg_ctx *r, const char *actor, int64_t id)
         goto done;
     }
     json_t *days = json_object_get(gate, "expiry_days");
-    int expiry_days = json_is_integer(days) ? (int)json_integer_value(days) : 90;
-    int64_t seq = 0;
-    if ((rc = release_sequence(r, p.model, p.channel, &seq)) != 0) goto done;
-    seq++; /* only grows, a rollback included */
-    time_t now = time(NULL);
-    char issued[21], expires[21];
-    iso_time(now, issued);
-    iso_time(now + (time_t)expiry_days * 86400, expires);
-    json_t *approvers = approvers_json(r, id);
-    rec = approvers ? json_pack("{s:s,s:s,s:i,s:s,s:s,s:I,s:s,s:s,s:o,s:O,s:I}", "schema",
-                                RELEASE_SCHEMA, "model", p.model, "version", p.version, "digest",
-                                p.digest, "channel", p.channel, "sequence", (json_int_t)seq,
-                                "issued_at", issued, "expires_at", expires, "approvers", approvers,
-                                "gate", gate, "promotion", (json_int_t)id)
-                    : NULL;
-    if (!rec || !(record_json = core_json_dumps(rec, JSON_SORT_KEYS | JSON_COMPACT))) {
+    if (!(approvers = approvers_json(r, id))) {
         rc = core_err_set(MLV_ENOMEM, "release: out of memory");
         goto done;
     }
-    if ((rc = repo_sign_bytes(r->keys, record_json, strlen(record_json), &sig)) != 0) {
-        core_err_wrap("release: ");
-        goto done;
-    }
-
-    if (sqlite3_prepare_v2(
-            r->db,
-            "INSERT INTO releases(model, channel, sequence, version_id, promotion_id,"
-            " record, signature, issued_at) VALUES(?,?,?,?,?,?,?,?)",
-            -1, &st, NULL) != SQLITE_OK) {
-        rc = reg_db_err(r, "releases");
-        goto done;
-    }
-    sqlite3_bind_text(st, 1, p.model, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, p.channel, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, seq);
-    sqlite3_bind_int64(st, 4, p.version_id);
-    sqlite3_bind_int64(st, 5, id);
-    sqlite3_bind_text(st, 6, record_json, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, sig, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 8, issued, -1, SQLITE_STATIC);
-    int step = sqlite3_step(st);
-    sqlite3_finalize(st);
-    st = NULL;
-    if (step != SQLITE_DONE) {
-        rc = reg_db_err(r, "releases");
-        goto done;
-    }
+    release_in in = {.model = p.model,
+                     .channel = p.channel,
+                     .digest = p.digest,
+                     .version = p.version,
+                     .version_id = p.version_id,
+                     .promotion = id,
+                     .approvers = approvers,
+                     .gate = gate,
+                     .expiry_days = json_is_integer(days) ? (int)json_integer_value(days) : 90};
+    int64_t seq = 0;
+    char issued[21];
+    if ((rc = release_insert(r, &in, &seq, issued, &doc_text)) != 0) goto done;
     if (sqlite3_prepare_v2(r->db,
                            "UPDATE promotions SET state = 'released', release_seq = ?,"
                            " decided_at = ? WHERE id = ? AND state = 'pending'",
@@ -152,11 +206,6 @@ int release_locked(reg_ctx *r, const char *actor, int64_t id)
     }
 
     char chan_path[160], prom_path[64], target[140], detail[256];
-    if (!(doc = release_doc(r, record_json, sig)) ||
-        !(doc_text = core_json_dumps(doc, JSON_SORT_KEYS | JSON_COMPACT))) {
-        rc = core_err_set(MLV_ENOMEM, "release: out of memory");
-        goto done;
-    }
     if ((rc = prom_ledger_text(r, id, prom_path, &prom_text)) != 0) goto done;
     snprintf(chan_path, sizeof chan_path, "channels/%s/%s.json", p.model, p.channel);
     snprintf(target, sizeof target, "%s@%s", p.model, p.channel);
@@ -168,13 +217,142 @@ int release_locked(reg_ctx *r, const char *actor, int64_t id)
 done:
     sqlite3_finalize(st);
     json_decref(gate);
-    json_decref(rec);
-    json_decref(doc);
-    free(record_json);
-    free(sig);
+    json_decref(approvers);
     free(doc_text);
     free(prom_text);
     prom_row_clear(&p);
+    return rc;
+}
+
+/* The current release's row: its version, promotion, sequence and record (owned). */
+typedef struct release_row {
+    int64_t version_id, promotion, sequence;
+    json_t *record;
+} release_row;
+
+static int release_row_current(reg_ctx *r, const char *model, const char *channel, release_row *out)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT version_id, promotion_id, sequence, record FROM releases"
+                           " WHERE model = ? AND channel = ? ORDER BY sequence DESC LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "releases");
+    sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
+    int rc = 0, step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        out->version_id = sqlite3_column_int64(st, 0);
+        out->promotion = sqlite3_column_int64(st, 1);
+        out->sequence = sqlite3_column_int64(st, 2);
+        if (!(out->record = json_loads((const char *)sqlite3_column_text(st, 3), 0, NULL)))
+            rc = core_err_set(MLV_EINTEGRITY, "release of %s@%s: the stored record is not JSON",
+                              model, channel);
+    } else if (step == SQLITE_DONE) {
+        rc =
+            core_err_set(MLV_ENOTFOUND, "channel %s of %s has no release to renew", channel, model);
+    } else {
+        rc = reg_db_err(r, "releases");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* The channel policy's expiry_days (MLV_ENOTFOUND without a policy). */
+static int channel_expiry_days(reg_ctx *r, const char *model, const char *channel, int *days)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT expiry_days FROM channels WHERE model = ? AND channel = ?", -1,
+                           &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "channels");
+    sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
+    int rc = 0, step = sqlite3_step(st);
+    if (step == SQLITE_ROW)
+        *days = sqlite3_column_int(st, 0);
+    else if (step == SQLITE_DONE)
+        rc = core_err_set(MLV_ENOTFOUND, "model %s has no channel '%s'", model, channel);
+    else
+        rc = reg_db_err(r, "channels");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int reg_channel_renew(reg_ctx *r, const reg_user *actor, const char *model, const char *channel,
+                      json_t **out)
+{
+    *out = NULL;
+    int rc = reg_authorize(actor, REG_ACT_CHANNEL);
+    if (rc) return rc;
+    if (!model || !channel || !core_name_valid(model) || !core_name_valid(channel))
+        return core_err_set(MLV_EINVAL, "invalid model or channel name");
+    release_row cur = {0};
+    char *doc_text = NULL;
+    if ((rc = reg_begin(r)) != 0) return rc;
+    int days = 0;
+    if ((rc = release_row_current(r, model, channel, &cur)) != 0 ||
+        (rc = channel_expiry_days(r, model, channel, &days)) != 0)
+        goto fail;
+    const json_t *rec = cur.record;
+    json_t *approvers = json_object_get(rec, "approvers"), *gate = json_object_get(rec, "gate");
+    const char *digest = json_string_value(json_object_get(rec, "digest"));
+    json_t *ver = json_object_get(rec, "version");
+    if (!json_is_array(approvers) || !json_is_object(gate) || !digest || !json_is_integer(ver)) {
+        rc = core_err_set(MLV_EINTEGRITY, "release %lld of %s@%s: the stored record lacks a field",
+                          (long long)cur.sequence, model, channel);
+        goto fail;
+    }
+    release_in in = {.model = model,
+                     .channel = channel,
+                     .digest = digest,
+                     .version = (int)json_integer_value(ver),
+                     .version_id = cur.version_id,
+                     .promotion = cur.promotion,
+                     .approvers = approvers,
+                     .gate = gate,
+                     .expiry_days = days,
+                     .renewal_of = cur.sequence};
+    int64_t seq = 0;
+    char issued[21], chan_path[160], target[140], detail[256];
+    if ((rc = release_insert(r, &in, &seq, issued, &doc_text)) != 0) goto fail;
+    snprintf(chan_path, sizeof chan_path, "channels/%s/%s.json", model, channel);
+    snprintf(target, sizeof target, "%s@%s", model, channel);
+    snprintf(detail, sizeof detail,
+             "%s:%d (manifest %.12s): sequence %lld renews %lld, valid %d days", model, in.version,
+             digest, (long long)seq, (long long)cur.sequence, days);
+    repo_ledger_change ch[1] = {{chan_path, doc_text, strlen(doc_text)}};
+    if ((rc = reg_audit_append(r, actor->name, "promote.renew", target, detail, ch, 1)) != 0 ||
+        (rc = reg_commit(r)) != 0)
+        goto fail;
+    json_decref(cur.record);
+    free(doc_text);
+    reg_ledger_settle(r);
+    int64_t vid = 0;
+    return release_current(r, model, channel, &vid, out);
+fail:
+    reg_rollback(r);
+    json_decref(cur.record);
+    free(doc_text);
+    return rc;
+}
+
+int release_base_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT COALESCE(MIN(sequence), 0) FROM releases"
+                           " WHERE model = ?1 AND channel = ?2 AND promotion_id ="
+                           " (SELECT promotion_id FROM releases WHERE model = ?1 AND channel = ?2"
+                           "  ORDER BY sequence DESC LIMIT 1)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return reg_db_err(r, "releases");
+    sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : reg_db_err(r, "releases");
+    *seq = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
     return rc;
 }
 
@@ -211,8 +389,11 @@ json_t *release_record_of(reg_ctx *r, int64_t promotion_id)
 {
     sqlite3_stmt *st = NULL;
     json_t *rec = NULL;
-    if (sqlite3_prepare_v2(r->db, "SELECT record FROM releases WHERE promotion_id = ?", -1, &st,
-                           NULL) != SQLITE_OK)
+    /* the release itself, not a later renewal of it */
+    if (sqlite3_prepare_v2(r->db,
+                           "SELECT record FROM releases WHERE promotion_id = ?"
+                           " ORDER BY sequence LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK)
         return NULL;
     sqlite3_bind_int64(st, 1, promotion_id);
     if (sqlite3_step(st) == SQLITE_ROW)

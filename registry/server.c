@@ -3,7 +3,8 @@
  * table and its dispatch, authentication and the role check of each route, the one
  * mapping from MLV_E* codes to HTTP statuses, request limits (body size, JSON depth,
  * path parameters), JSON replies, the access log and the audit of refused mutations.
- * The routes themselves live in api_artifacts.c, api_flow.c, uploads.c and metrics.c. */
+ * The routes themselves live in api_artifacts.c, api_flow.c, api_nodes.c, uploads.c and
+ * metrics.c. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "registry/serve_model.h"
 #include "registry/server_internal.h"
 
 #define ROUTE_PUBLIC (-1) /* no token */
@@ -38,13 +40,15 @@ static const route ROUTES[] = {
     {"GET", "/api/v1/registry/key", api_registry_key, REG_ACT_READ},
     {"GET", "/api/v1/models", api_models, REG_ACT_READ},
     {"GET", "/api/v1/models/{name}", api_model, REG_ACT_READ},
-    {"GET", V, api_version, REG_ACT_READ},
+    {"GET", V, api_version, REG_ACT_PULL},
     {"GET", V "/lineage", api_lineage, REG_ACT_READ},
-    {"GET", V "/manifest", api_manifest, REG_ACT_READ},
-    {"GET", V "/signature", api_signature, REG_ACT_READ},
+    {"GET", V "/manifest", api_manifest, REG_ACT_PULL},
+    {"GET", V "/signature", api_signature, REG_ACT_PULL},
     {"GET", V "/evaluations", api_evaluations, REG_ACT_READ},
     {"POST", V "/verify", api_verify, REG_ACT_READ},
     {"GET", V "/files/{path}", api_download, REG_ACT_DOWNLOAD},
+    {"GET", V "/keys", api_node_keys, REG_ACT_NODE},
+    {"GET", V "/blobs/{path}", api_node_blob, REG_ACT_NODE},
     {"POST", "/api/v1/uploads", api_upload_open, REG_ACT_PUSH},
     {"GET", "/api/v1/uploads", api_upload_list, REG_ACT_PUSH},
     {"GET", "/api/v1/uploads/{upload}", api_upload_get, REG_ACT_PUSH},
@@ -61,7 +65,8 @@ static const route ROUTES[] = {
     {"POST", "/api/v1/jobs/{id}/cancel", api_job_cancel, REG_ACT_JOB},
     {"GET", "/api/v1/models/{name}/channels", api_channels, REG_ACT_READ},
     {"PUT", "/api/v1/models/{name}/channels/{channel}", api_channel_set, REG_ACT_CHANNEL},
-    {"GET", "/api/v1/models/{name}/channels/{channel}", api_channel_release, REG_ACT_READ},
+    {"GET", "/api/v1/models/{name}/channels/{channel}", api_channel_release, REG_ACT_PULL},
+    {"POST", "/api/v1/models/{name}/channels/{channel}/renew", api_channel_renew, REG_ACT_CHANNEL},
     {"POST", "/api/v1/promotions", api_promote, REG_ACT_PROMOTE},
     {"GET", "/api/v1/promotions", api_promotions, REG_ACT_READ},
     {"GET", "/api/v1/promotions/{id}", api_promotion, REG_ACT_READ},
@@ -73,6 +78,9 @@ static const route ROUTES[] = {
     {"GET", "/api/v1/keys", api_keys_list, REG_ACT_READ},
     {"POST", "/api/v1/keys", api_key_trust, REG_ACT_ADMIN},
     {"GET", "/api/v1/keys/import", api_import_key, REG_ACT_READ},
+    {"POST", "/api/v1/nodes", api_nodes_enroll, REG_ACT_ADMIN},
+    {"GET", "/api/v1/nodes", api_nodes_list, REG_ACT_READ},
+    {"PUT", "/api/v1/nodes/{node}/state", api_node_state, REG_ACT_NODE},
 };
 #undef V
 #define N_ROUTES ((int)(sizeof ROUTES / sizeof ROUTES[0]))
@@ -339,7 +347,7 @@ static bool is_id(const char *s, size_t maxlen)
 /* Checks one path parameter by its kind; MLV_EINVAL (or ENOTFOUND) with a message. */
 static int check_param(const char *kind, const char *v)
 {
-    if (!strcmp(kind, "name") || !strcmp(kind, "channel")) {
+    if (!strcmp(kind, "name") || !strcmp(kind, "channel") || !strcmp(kind, "node")) {
         if (!core_name_valid(v))
             return core_err_set(MLV_EINVAL, "invalid %s '%.80s': use [a-z0-9][a-z0-9._-]{0,63}",
                                 kind, v);
@@ -451,6 +459,23 @@ static void audit_refused(srv_req *q, const char *method, const char *path, int 
     core_err_set(code, "%s", saved);
 }
 
+/* The scope of a node (reg_node_scope): on the routes it may use (pull and node ones)
+ * that name a model, that model must be the one it is enrolled for — checked here, before
+ * anything is looked up, so a node learns nothing of other models (not even whether they
+ * exist). Persons pass. */
+static int node_scope(srv_req *q, const route *rt)
+{
+    if (q->user.role != REG_ROLE_NODE || (rt->action != REG_ACT_PULL && rt->action != REG_ACT_NODE))
+        return 0;
+    const char *p = rt->pattern;
+    for (int k = 0; k < SRV_MAX_PARAMS && (p = strchr(p, '{')) != NULL; k++, p++)
+        if (!strncmp(p, "{name}", 6))
+            return core_name_valid(q->params[k])
+                       ? reg_node_scope(q->r, &q->user, q->params[k])
+                       : core_err_set(MLV_EFORBIDDEN, "forbidden: not a model name");
+    return 0;
+}
+
 static int dispatch(srv_req *q, const char *method, const char *path)
 {
     bool path_known = false;
@@ -464,12 +489,9 @@ static int dispatch(srv_req *q, const char *method, const char *path)
         q->route = i;
         if (ROUTES[i].action != ROUTE_PUBLIC) {
             if ((rc = authenticate(q)) != 0) return rc;
-            /* node accounts read nothing here but who they are (issue 7 adds theirs) */
-            if (q->user.role == REG_ROLE_NODE && ROUTES[i].action != ROUTE_ANY)
-                return core_err_set(MLV_EFORBIDDEN, "forbidden: %s (role node) may not use %s",
-                                    q->user.name, ROUTES[i].pattern);
             if (ROUTES[i].action >= 0 && (rc = reg_authorize(&q->user, ROUTES[i].action)) != 0)
                 return rc;
+            if ((rc = node_scope(q, &ROUTES[i])) != 0) return rc;
         }
         if (m < 0) return m; /* a malformed parameter, reported once the caller may know */
         return ROUTES[i].fn(q);
@@ -479,6 +501,45 @@ static int dispatch(srv_req *q, const char *method, const char *path)
         return core_err_set(MLV_EINVAL, "method %s is not allowed on %s", method, path);
     }
     return core_err_set(MLV_ENOTFOUND, "no route %s %.200s", method, path);
+}
+
+/* ============================================================ served model ==== */
+
+/* With --serve-model, /v1/... and /health belong to the engine's OpenAI server. */
+static bool engine_path(const struct reg_server *s, const char *path)
+{
+    return s->serve &&
+           (!strcmp(path, "/health") || !strcmp(path, "/v1") || !strncmp(path, "/v1/", 4));
+}
+
+/* Any valid token (an enabled user of any role) may use the served model; a refusal comes
+ * in OpenAI's error shape, naming the served model as the engine's replies do. */
+static int serve_engine(srv_req *q)
+{
+    eng_server *e = srv_serve_engine(q->s->serve);
+    int rc = authenticate(q);
+    if (rc == 0) {
+        eng_server_handle(e, q->c);
+        q->replied = true;
+        return 0;
+    }
+    int status = srv_status(q, rc);
+    char id[128], extra[256];
+    eng_server_current(e, id, sizeof id);
+    snprintf(extra, sizeof extra, "%s%s%s%s",
+             status == 401 ? "WWW-Authenticate: Bearer realm=\"mlvault\"\r\n" : "",
+             id[0] ? "X-Mlvault-Model: " : "", id, id[0] ? "\r\n" : "");
+    char *msg = core_utf8_valid_copy(core_err_last(), strlen(core_err_last()));
+    json_t *j = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg ? msg : "refused",
+                          "type", status == 401 ? "invalid_request_error" : "server_error", "param",
+                          "code", status == 401 ? "invalid_api_key" : core_err_name(rc));
+    free(msg);
+    char *text = j ? core_json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text) return core_err_set(MLV_ENOMEM, "out of memory");
+    srv_reply_bytes(q, status, "application/json", text, strlen(text), extra);
+    free(text);
+    return 0;
 }
 
 static int serve_request(struct mg_connection *c, struct reg_server *s, reg_ctx **slot)
@@ -492,9 +553,12 @@ static int serve_request(struct mg_connection *c, struct reg_server *s, reg_ctx 
     q.head = !strcmp(method, "HEAD");
     core_err_clear();
     int rc;
+    bool engine = false;
     if (!*slot && reg_open(slot, s->home) != 0) *slot = NULL;
     if (!(q.r = *slot))
         rc = core_err_set(MLV_EBUSY, "the catalog cannot be opened: %s", core_err_last());
+    else if ((engine = engine_path(s, path)))
+        rc = serve_engine(&q);
     else
         rc = dispatch(&q, method, path);
     if (rc != 0 && !q.replied) {
@@ -507,6 +571,7 @@ static int serve_request(struct mg_connection *c, struct reg_server *s, reg_ctx 
                  (unsigned long long)q.sent, core_err_last());
     }
     json_decref(q.err_extra);
+    if (engine && q.authed) return 200; /* counted and logged by the engine (mlvault_inference_*) */
     double dt = core_now_s() - t0;
     srv_metrics_observe(s, q.route, method, q.status, dt);
     core_log(CORE_LOG_INFO, "%s %s \"%s %.200s\" %d %llu %.1fms", ri->remote_addr,
@@ -704,7 +769,17 @@ int reg_server_start(reg_server **out, const reg_server_opts *o)
     const char *opts[32];
     int n = 0;
     opts[n++] = "listening_ports", opts[n++] = ports;
-    opts[n++] = "num_threads", opts[n++] = "64";
+    /* --serve-model: a worker for every request that may be generating or queued, beside
+     * the API's */
+    char threads[16];
+    int want = 64;
+    if (o->serve_model) {
+        int seqs = o->batch.max_seqs > 0 ? o->batch.max_seqs : 8;
+        int queue = o->batch.max_queue > 0 ? o->batch.max_queue : 64;
+        if (seqs + queue + 16 > want) want = seqs + queue + 16;
+    }
+    snprintf(threads, sizeof threads, "%d", want);
+    opts[n++] = "num_threads", opts[n++] = threads;
     opts[n++] = "enable_keep_alive", opts[n++] = "yes";
     opts[n++] = "keep_alive_timeout_ms", opts[n++] = "15000";
     opts[n++] = "request_timeout_ms", opts[n++] = "120000";
@@ -721,6 +796,9 @@ int reg_server_start(reg_server **out, const reg_server_opts *o)
              &(reg_jobs_scheduler_opts){.home = s->home,
                                         .exe = s->exe,
                                         .workers = o->job_workers > 0 ? o->job_workers : 1})) != 0)
+        goto fail;
+    if (o->serve_model &&
+        (rc = srv_serve_start(&s->serve, s->home, o->serve_model, &o->load, &o->batch)) != 0)
         goto fail;
     struct mg_callbacks cb = {0};
     cb.init_thread = init_thread;
@@ -741,6 +819,7 @@ int reg_server_start(reg_server **out, const reg_server_opts *o)
     return 0;
 fail:
     if (s->jobs) reg_jobs_scheduler_stop(s->jobs);
+    srv_serve_stop(s->serve);
     server_free(s);
     return rc;
 }
@@ -753,7 +832,8 @@ int reg_server_port(const reg_server *s)
 void reg_server_stop(reg_server *s)
 {
     if (!s) return;
-    if (s->mg) mg_stop(s->mg);
+    if (s->mg) mg_stop(s->mg); /* requests end first: generations run to their end */
+    srv_serve_stop(s->serve);
     if (s->jobs) reg_jobs_scheduler_stop(s->jobs);
     server_free(s);
 }

@@ -39,6 +39,7 @@ struct reg_server {
     reg_ctx *main; /* the server's own catalog connection (main thread) */
     reg_jobs_scheduler *jobs;
     srv_metrics *metrics;
+    struct srv_serve *serve; /* --serve-model: the engine's OpenAI server (serve_model.c) */
     /* upload sessions: creating one, and one request at a time per session */
     pthread_mutex_t up_mu;
     char (*up_busy)[33];
@@ -100,7 +101,8 @@ int srv_num_field(const json_t *o, const char *key, bool required, double lo, do
                   double *out);
 /* A download of `size` bytes (api_artifacts.c): reads the Range header ("bytes=A-",
  * "A-B", "-N") into the inclusive range [*a, *b] and writes the reply's headers
- * (Accept-Ranges, X-Mlvault-Sha256, X-Mlvault-Size, Content-Range when partial) into
+ * (Accept-Ranges, X-Mlvault-Sha256 unless sha256 is NULL, X-Mlvault-Size, Content-Range
+ * when partial) into
  * `headers`. Returns the status to send, 200 or 206 — or 416 once it has answered an
  * unsatisfiable range itself. */
 int srv_range_start(srv_req *q, uint64_t size, const char *sha256, uint64_t *a, uint64_t *b,
@@ -145,6 +147,13 @@ int api_promotions(srv_req *q);
 int api_promotion(srv_req *q);
 int api_approve(srv_req *q);
 int api_reject(srv_req *q);
+/* api_nodes.c */
+int api_nodes_enroll(srv_req *q);
+int api_nodes_list(srv_req *q);
+int api_node_state(srv_req *q);
+int api_node_keys(srv_req *q);
+int api_node_blob(srv_req *q);
+int api_channel_renew(srv_req *q);
 /* api_bundles.c */
 int api_bundle_create(srv_req *q);
 int api_bundle_get(srv_req *q);

@@ -722,3 +722,39 @@ done:
     checked_clear(&c);
     return rc;
 }
+
+int reg_loaded_open_model(reg_loaded *l, const eng_load_opts *lo, eng_model **out)
+{
+    *out = NULL;
+    if (strcmp(l->kind, "model") != 0)
+        return core_err_set(MLV_EINVAL, "%s:%d is a %s, not a model", l->name, l->version,
+                            l->kind);
+    int rc;
+    if (!strcmp(l->format, "gguf")) {
+        reg_file_mem *g = NULL;
+        for (size_t i = 0; i < l->n_files; i++) {
+            size_t pl = strlen(l->files[i].path);
+            if (pl > 5 && !strcmp(l->files[i].path + pl - 5, ".gguf")) g = &l->files[i];
+        }
+        if (!g || !g->data)
+            return core_err_set(MLV_EINVAL, "%s:%d has no .gguf file", l->name, l->version);
+        void *img = g->data;
+        g->data = NULL;
+        rc = eng_model_open_mem(out, img, (size_t)g->size, free, lo);
+    } else {
+        eng_hf_file *files = calloc(l->n_files ? l->n_files : 1, sizeof *files);
+        if (!files) return core_err_set(MLV_ENOMEM, "out of memory");
+        for (size_t i = 0; i < l->n_files; i++) {
+            const char *slash = strrchr(l->files[i].path, '/');
+            files[i] = (eng_hf_file){slash ? slash + 1 : l->files[i].path, l->files[i].data,
+                                     (size_t)l->files[i].size};
+        }
+        void *img = NULL;
+        size_t len = 0;
+        rc = eng_convert_hf_mem(files, l->n_files, ENG_OUT_AUTO, &img, &len);
+        free(files);
+        if (!rc) rc = eng_model_open_mem(out, img, len, free, lo);
+    }
+    if (rc) core_err_wrap("%s:%d: ", l->name, l->version);
+    return rc;
+}

@@ -633,6 +633,74 @@ int repo_blob_verify_file(const char *path, const char *sha256, uint64_t size,
     return rc;
 }
 
+int repo_blob_decrypt_buf(const unsigned char dek[REPO_KEY_LEN], const void *cipher,
+                          uint64_t cipher_len, const char *sha256, uint64_t size, void *out,
+                          const char *label)
+{
+    if (!label) label = sha256 ? sha256 : "blob";
+    if (size > BLOB_MAX) return core_err_set(MLV_EINVAL, "%s: size out of range", label);
+    const unsigned char *c = cipher;
+    unsigned char *p = out, md[32];
+    repo_aead_dec *dec = NULL;
+    EVP_MD_CTX *h = NULL;
+    int rc = 0;
+    if (!core_is_hex(sha256, 64)) {
+        rc = core_err_set(MLV_EINVAL, "%s: not a SHA-256 digest: '%.80s'", label,
+                          sha256 ? sha256 : "");
+        goto done;
+    }
+    if (cipher_len != repo_aead_ciphertext_size(size)) {
+        rc = core_err_set(MLV_EINTEGRITY,
+                          "%s: ciphertext of %llu bytes where %llu bytes of plaintext need %llu "
+                          "(truncated or extended)",
+                          label, (unsigned long long)cipher_len, (unsigned long long)size,
+                          (unsigned long long)repo_aead_ciphertext_size(size));
+        goto done;
+    }
+    if (!(h = EVP_MD_CTX_new()) || EVP_DigestInit_ex(h, EVP_sha256(), NULL) != 1) {
+        rc = core_err_set(MLV_ECRYPTO, "%s: SHA-256 failed", label);
+        goto done;
+    }
+    if ((rc = repo_aead_dec_new(&dec, dek, c)) != 0) {
+        core_err_wrap("%s: ", label);
+        goto done;
+    }
+    c += REPO_BLOB_HEADER;
+    /* As the stream was written: full chunks, then a last one shorter than a chunk
+     * (empty when the size is a multiple of it). Each is hashed while it is warm. */
+    uint64_t nchunks = size / REPO_CHUNK + 1;
+    for (uint64_t j = 0; j < nchunks; j++) {
+        bool last = j + 1 == nchunks;
+        size_t n = last ? (size_t)(size - j * REPO_CHUNK) : REPO_CHUNK;
+        if ((rc = repo_aead_dec_chunk(dec, c, n + REPO_TAG, last, p)) != 0) {
+            core_err_wrap("%s: ", label);
+            goto done;
+        }
+        if (n && EVP_DigestUpdate(h, p, n) != 1) {
+            rc = core_err_set(MLV_ECRYPTO, "%s: SHA-256 failed", label);
+            goto done;
+        }
+        c += n + REPO_TAG;
+        p += n;
+    }
+    unsigned int mdlen = 0;
+    char hex[65];
+    if (EVP_DigestFinal_ex(h, md, &mdlen) != 1 || mdlen != sizeof md) {
+        rc = core_err_set(MLV_ECRYPTO, "%s: SHA-256 failed", label);
+        goto done;
+    }
+    core_hex(hex, md, sizeof md);
+    if (strcmp(hex, sha256) != 0)
+        rc = core_err_set(MLV_EINTEGRITY, "%s: digest mismatch (sha256 %s, expected %s)", label,
+                          hex, sha256);
+done:
+    EVP_MD_CTX_free(h);
+    repo_aead_dec_free(dec);
+    /* Never hand back plaintext that failed a check. */
+    if (rc != 0 && size && out) OPENSSL_cleanse(out, (size_t)size);
+    return rc;
+}
+
 int repo_blob_decrypt(const char *home, const repo_keys *k, const char *sha256, uint64_t size,
                       const unsigned char wrapped_dek[REPO_WRAPPED_DEK_LEN], int out_fd)
 {

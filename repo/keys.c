@@ -1,8 +1,10 @@
 /* repo/keys.c: the data home's keys — the master key that wraps every blob's data key
- * (AES-256 key wrap, RFC 3394), the ECDSA P-256 signing key pair, and the X25519 import
+ * (AES-256 key wrap, RFC 3394), the ECDSA P-256 signing key pair, the X25519 import
  * key pair that other sites wrap bundle data keys for (ECIES: X25519 + HKDF-SHA256 +
- * AES-256 key wrap). Creates, checks (ownership-only modes, regular files, sizes) and
- * loads them. It does not sign (sign.c) nor encrypt blobs (aead.c, blob.c). */
+ * AES-256 key wrap), and a serving node's own X25519 key pair, which the registry wraps
+ * data keys for in the same way under another HKDF info. Creates, checks
+ * (ownership-only modes, regular files, sizes) and loads them. It does not sign
+ * (sign.c) nor encrypt blobs (aead.c, blob.c). */
 #include "repo/repo_internal.h"
 
 #include <errno.h>
@@ -231,17 +233,55 @@ static int x25519_public_pem(EVP_PKEY *pk, char **pem, char hint[65])
     return 0;
 }
 
-/* Creates keys/import.key (and import.pub) unless import.key exists. The private key is
- * written to HOME/tmp, fsync'd, then linked into place: link(2) never replaces, so two
- * processes opening an older home at once agree on one key (the loser's is dropped). */
-static int import_key_create(const char *home, const char *dir)
+/* Writes a new secret file at `path` (mode 0600) that never replaces one: the bytes go
+ * to a temp file in tmpdir, fsync'd, then link(2)ed into place (link never replaces)
+ * and the folder fsync'd. *won is false when `path` already existed: nothing written. */
+static int link_new_secret(const char *tmpdir, const char *path, const char *data, size_t len,
+                           bool *won)
 {
     int rc = 0, fd = -1;
+    char tmpl[4096] = "", dir[4096];
+    *won = false;
+    if (snprintf(tmpl, sizeof tmpl, "%s/.key-XXXXXX", tmpdir) >= (int)sizeof tmpl) {
+        tmpl[0] = 0;
+        return core_err_set(MLV_EINVAL, "path too long: %s", tmpdir);
+    }
+    if ((fd = mkostemp(tmpl, O_CLOEXEC)) < 0) {
+        tmpl[0] = 0;
+        rc = core_err_set(MLV_EIO, "create temp in %s: %s", tmpdir, strerror(errno));
+        goto done;
+    }
+    if (fchmod(fd, 0600) != 0 || (rc = core_write_all(fd, data, len)) != 0 || fsync(fd) != 0) {
+        if (rc == 0) rc = core_err_set(MLV_EIO, "%s: %s", tmpl, strerror(errno));
+        goto done;
+    }
+    close(fd);
+    fd = -1;
+    if (link(tmpl, path) == 0) {
+        *won = true;
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        rc = core_fsync_dir(slash ? (dir[0] ? dir : "/") : ".");
+    } else if (errno != EEXIST) {
+        rc = core_err_set(MLV_EIO, "create %s: %s", path, strerror(errno));
+    }
+done:
+    if (fd >= 0) close(fd);
+    if (tmpl[0]) unlink(tmpl);
+    return rc;
+}
+
+/* Creates keys/import.key (and import.pub) unless import.key exists. The private key is
+ * linked into place (link_new_secret), so two processes opening an older home at once
+ * agree on one key (the loser's is dropped). */
+static int import_key_create(const char *home, const char *dir)
+{
+    int rc = 0;
     EVP_PKEY *pk = NULL;
     char *priv = NULL, *pub = NULL, *tmpdir = core_path_join(home, "tmp");
     char *kpath = core_path_join(dir, key_files[IMPORT_KEY]);
     char *ppath = core_path_join(dir, key_files[IMPORT_PUB]);
-    char tmpl[4096] = "";
     size_t priv_len = 0;
     bool won = false;
     if (!tmpdir || !kpath || !ppath) {
@@ -254,34 +294,10 @@ static int import_key_create(const char *home, const char *dir)
     }
     if ((rc = pem_encode(pk, &priv, &priv_len, &pub)) != 0) goto done;
     if ((rc = core_mkdir_p(tmpdir, 0700)) != 0) goto done;
-    if (snprintf(tmpl, sizeof tmpl, "%s/.import-key-XXXXXX", tmpdir) >= (int)sizeof tmpl) {
-        tmpl[0] = 0;
-        rc = core_err_set(MLV_EINVAL, "path too long: %s", tmpdir);
-        goto done;
-    }
-    if ((fd = mkostemp(tmpl, O_CLOEXEC)) < 0) {
-        tmpl[0] = 0;
-        rc = core_err_set(MLV_EIO, "create temp in %s: %s", tmpdir, strerror(errno));
-        goto done;
-    }
-    if (fchmod(fd, 0600) != 0 || (rc = core_write_all(fd, priv, priv_len)) != 0 || fsync(fd) != 0) {
-        if (rc == 0) rc = core_err_set(MLV_EIO, "%s: %s", tmpl, strerror(errno));
-        goto done;
-    }
-    close(fd);
-    fd = -1;
-    if (link(tmpl, kpath) == 0) {
-        won = true;
-        if ((rc = core_fsync_dir(dir)) != 0) goto done;
-    } else if (errno != EEXIST) {
-        rc = core_err_set(MLV_EIO, "create %s: %s", kpath, strerror(errno));
-        goto done;
-    }
+    if ((rc = link_new_secret(tmpdir, kpath, priv, priv_len, &won)) != 0) goto done;
     /* The public key after the private one, as for the signing key. */
     if (won) rc = core_write_atomic(ppath, tmpdir, pub, strlen(pub), 0644);
 done:
-    if (fd >= 0) close(fd);
-    if (tmpl[0]) unlink(tmpl);
     cleanse_free(priv, priv_len);
     free(pub);
     EVP_PKEY_free(pk);
@@ -449,14 +465,13 @@ int repo_keys_unwrap_dek(const repo_keys *k, const unsigned char wrapped[REPO_WR
 
 /* ------------------------------------------------- data keys for another site --- */
 
-#define BUNDLE_WRAP_INFO "mlvault bundle dek wrap v1"
-
-/* KEK = HKDF-SHA256(ikm = X25519(priv, peer), salt = eph_pub || recipient_pub,
- *                   info = "mlvault bundle dek wrap v1"). `receiving` only picks the
- * error class: on the receiving side a key that does not agree is the bundle's fault. */
-static int bundle_kek(EVP_PKEY *priv, EVP_PKEY *peer, const unsigned char eph[REPO_X25519_LEN],
-                      const unsigned char rcpt[REPO_X25519_LEN], bool receiving,
-                      unsigned char kek[REPO_KEY_LEN])
+/* KEK = HKDF-SHA256(ikm = X25519(priv, peer), salt = eph_pub || recipient_pub, info):
+ * REPO_WRAP_INFO_BUNDLE for bundles, REPO_WRAP_INFO_NODE for serving nodes, so a key
+ * wrapped for one purpose never unwraps as the other. `receiving` only picks the error
+ * class: on the receiving side a key that does not agree is the sender's fault. */
+static int wrap_kek(EVP_PKEY *priv, EVP_PKEY *peer, const unsigned char eph[REPO_X25519_LEN],
+                    const unsigned char rcpt[REPO_X25519_LEN], const char *info, bool receiving,
+                    unsigned char kek[REPO_KEY_LEN])
 {
     int rc = 0;
     unsigned char shared[REPO_X25519_LEN], salt[2 * REPO_X25519_LEN];
@@ -464,13 +479,16 @@ static int bundle_kek(EVP_PKEY *priv, EVP_PKEY *peer, const unsigned char eph[RE
     EVP_PKEY_CTX *dctx = EVP_PKEY_CTX_new_from_pkey(NULL, priv, NULL);
     EVP_KDF *kdf = NULL;
     EVP_KDF_CTX *kctx = NULL;
+    bool node = !strcmp(info, REPO_WRAP_INFO_NODE);
     /* OpenSSL refuses an all-zero shared secret (a small-order peer key). */
     if (!dctx || EVP_PKEY_derive_init(dctx) != 1 || EVP_PKEY_derive_set_peer(dctx, peer) != 1 ||
         EVP_PKEY_derive(dctx, shared, &slen) != 1 || slen != sizeof shared) {
-        rc = receiving ? core_err_set(MLV_EINTEGRITY, "the bundle's ephemeral key is not a "
-                                                      "usable X25519 public key")
-                       : core_err_set(MLV_EINVAL, "the recipient's import key is not a usable "
-                                                  "X25519 public key");
+        rc = receiving ? core_err_set(MLV_EINTEGRITY,
+                                      "the %s ephemeral key is not a usable X25519 "
+                                      "public key",
+                                      node ? "registry's" : "bundle's")
+                       : core_err_set(MLV_EINVAL, "the %s key is not a usable X25519 public key",
+                                      node ? "node's" : "recipient's import");
         goto done;
     }
     memcpy(salt, eph, REPO_X25519_LEN);
@@ -479,8 +497,7 @@ static int bundle_kek(EVP_PKEY *priv, EVP_PKEY *peer, const unsigned char eph[RE
         OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, shared, sizeof shared),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, salt, sizeof salt),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (char *)BUNDLE_WRAP_INFO,
-                                          strlen(BUNDLE_WRAP_INFO)),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (char *)info, strlen(info)),
         OSSL_PARAM_construct_end(),
     };
     if (!(kdf = EVP_KDF_fetch(NULL, "HKDF", NULL)) || !(kctx = EVP_KDF_CTX_new(kdf)) ||
@@ -514,10 +531,11 @@ int repo_import_key_parse(const char *pem, unsigned char raw[REPO_X25519_LEN], c
     return rc;
 }
 
-int repo_keys_wrap_for_recipient(const unsigned char recipient[REPO_X25519_LEN],
-                                 const unsigned char (*deks)[REPO_KEY_LEN], size_t n,
-                                 unsigned char eph_pub[REPO_X25519_LEN],
-                                 unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
+/* Wraps n DEKs for `recipient` under a fresh ephemeral key and the HKDF `info`. */
+static int wrap_for(const unsigned char recipient[REPO_X25519_LEN],
+                    const unsigned char (*deks)[REPO_KEY_LEN], size_t n, const char *info,
+                    unsigned char eph_pub[REPO_X25519_LEN],
+                    unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
 {
     int rc = 0;
     unsigned char kek[REPO_KEY_LEN];
@@ -529,7 +547,7 @@ int repo_keys_wrap_for_recipient(const unsigned char recipient[REPO_X25519_LEN],
         rc = core_err_set(MLV_ECRYPTO, "generating an ephemeral X25519 key failed");
         goto done;
     }
-    if ((rc = bundle_kek(eph, peer, eph_pub, recipient, false, kek)) != 0) goto done;
+    if ((rc = wrap_kek(eph, peer, eph_pub, recipient, info, false, kek)) != 0) goto done;
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = keywrap(kek, true, deks[i], REPO_KEY_LEN, wrapped[i], REPO_WRAPPED_DEK_LEN, "");
 done:
@@ -539,29 +557,39 @@ done:
     return rc;
 }
 
-int repo_keys_unwrap_for_import(const repo_keys *k, const unsigned char eph_pub[REPO_X25519_LEN],
-                                const unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
-                                unsigned char (*deks)[REPO_KEY_LEN])
+int repo_keys_wrap_for_recipient(const unsigned char recipient[REPO_X25519_LEN],
+                                 const unsigned char (*deks)[REPO_KEY_LEN], size_t n,
+                                 unsigned char eph_pub[REPO_X25519_LEN],
+                                 unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
+{
+    return wrap_for(recipient, deks, n, REPO_WRAP_INFO_BUNDLE, eph_pub, wrapped);
+}
+
+/* Unwraps n DEKs with the private key `mine` (`whose` names it in messages, `other` what
+ * else they may have been wrapped for). */
+static int unwrap_with(EVP_PKEY *mine, const char *info, const char *whose, const char *other,
+                       const unsigned char eph_pub[REPO_X25519_LEN],
+                       const unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
+                       unsigned char (*deks)[REPO_KEY_LEN])
 {
     int rc = 0;
-    unsigned char kek[REPO_KEY_LEN], mine[REPO_X25519_LEN];
-    size_t len = sizeof mine;
+    unsigned char kek[REPO_KEY_LEN], pub[REPO_X25519_LEN];
+    size_t len = sizeof pub;
     EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, eph_pub, REPO_X25519_LEN);
     if (!peer) {
-        rc = core_err_set(MLV_EINTEGRITY, "the bundle's ephemeral key is not an X25519 key");
+        rc = core_err_set(MLV_EINTEGRITY, "the ephemeral key is not an X25519 key");
         goto done;
     }
-    if (EVP_PKEY_get_raw_public_key(k->import, mine, &len) != 1 || len != sizeof mine) {
-        rc = core_err_set(MLV_ECRYPTO, "reading this site's import key failed");
+    if (EVP_PKEY_get_raw_public_key(mine, pub, &len) != 1 || len != sizeof pub) {
+        rc = core_err_set(MLV_ECRYPTO, "reading %s failed", whose);
         goto done;
     }
-    if ((rc = bundle_kek(k->import, peer, eph_pub, mine, true, kek)) != 0) goto done;
+    if ((rc = wrap_kek(mine, peer, eph_pub, pub, info, true, kek)) != 0) goto done;
     for (size_t i = 0; i < n; i++) {
         char msg[160];
         snprintf(msg, sizeof msg,
-                 "data key %zu does not unwrap with this site's import key (altered, or "
-                 "wrapped for another site)",
-                 i);
+                 "data key %zu does not unwrap with %s (altered, or wrapped for %s)", i, whose,
+                 other);
         if ((rc = keywrap(kek, false, wrapped[i], REPO_WRAPPED_DEK_LEN, deks[i], REPO_KEY_LEN,
                           msg)) != 0) {
             OPENSSL_cleanse(deks, i * sizeof *deks);
@@ -574,11 +602,20 @@ done:
     return rc;
 }
 
-int repo_keys_rewrap_for_recipient(const repo_keys *k,
-                                   const unsigned char recipient[REPO_X25519_LEN],
-                                   const unsigned char (*master_wrapped)[REPO_WRAPPED_DEK_LEN],
-                                   size_t n, unsigned char eph_pub[REPO_X25519_LEN],
-                                   unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
+int repo_keys_unwrap_for_import(const repo_keys *k, const unsigned char eph_pub[REPO_X25519_LEN],
+                                const unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
+                                unsigned char (*deks)[REPO_KEY_LEN])
+{
+    return unwrap_with(k->import, REPO_WRAP_INFO_BUNDLE, "this site's import key", "another site",
+                       eph_pub, wrapped, n, deks);
+}
+
+/* Unwraps master-wrapped DEKs and wraps them for `recipient` under `info`; the plaintext
+ * DEKs live in secure memory only in between. */
+static int rewrap_for(const repo_keys *k, const unsigned char recipient[REPO_X25519_LEN],
+                      const unsigned char (*master_wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
+                      const char *info, unsigned char eph_pub[REPO_X25519_LEN],
+                      unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
 {
     unsigned char(*deks)[REPO_KEY_LEN] = OPENSSL_secure_malloc(n ? n * sizeof *deks : 1);
     if (!deks) return core_err_set(MLV_ENOMEM, "out of memory");
@@ -587,10 +624,126 @@ int repo_keys_rewrap_for_recipient(const repo_keys *k,
         if ((rc = repo_keys_unwrap_dek(k, master_wrapped[i], deks[i])) != 0)
             core_err_wrap("data key %zu: ", i);
     if (rc == 0)
-        rc = repo_keys_wrap_for_recipient(recipient, (const unsigned char(*)[REPO_KEY_LEN])deks, n,
-                                          eph_pub, wrapped);
+        rc = wrap_for(recipient, (const unsigned char(*)[REPO_KEY_LEN])deks, n, info, eph_pub,
+                      wrapped);
     OPENSSL_secure_clear_free(deks, n ? n * sizeof *deks : 1);
     return rc;
+}
+
+int repo_keys_rewrap_for_recipient(const repo_keys *k,
+                                   const unsigned char recipient[REPO_X25519_LEN],
+                                   const unsigned char (*master_wrapped)[REPO_WRAPPED_DEK_LEN],
+                                   size_t n, unsigned char eph_pub[REPO_X25519_LEN],
+                                   unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
+{
+    return rewrap_for(k, recipient, master_wrapped, n, REPO_WRAP_INFO_BUNDLE, eph_pub, wrapped);
+}
+
+/* ------------------------------------------------------- serving node keys --- */
+
+struct repo_node_key {
+    EVP_PKEY *pk; /* X25519 */
+    char *pub_pem;
+    char hint[65];
+};
+
+int repo_node_key_create(const char *priv_path, const char *pub_path)
+{
+    int rc = 0;
+    EVP_PKEY *pk = NULL;
+    char *priv = NULL, *pub = NULL, dir[4096];
+    size_t priv_len = 0;
+    bool won = false;
+    struct stat st;
+    if (!priv_path || !pub_path || snprintf(dir, sizeof dir, "%s", priv_path) >= (int)sizeof dir)
+        return core_err_set(MLV_EINVAL, "node key: bad path");
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = 0;
+    else
+        *slash = 0;
+    if (lstat(priv_path, &st) == 0)
+        return core_err_set(MLV_EEXISTS, "%s already exists; refusing to replace a key", priv_path);
+    if (!(pk = EVP_PKEY_Q_keygen(NULL, NULL, "X25519"))) {
+        rc = core_err_set(MLV_ECRYPTO, "generating the node's X25519 key failed");
+        goto done;
+    }
+    if ((rc = pem_encode(pk, &priv, &priv_len, &pub)) != 0) goto done;
+    if ((rc = link_new_secret(dir, priv_path, priv, priv_len, &won)) != 0) goto done;
+    if (!won) {
+        rc = core_err_set(MLV_EEXISTS, "%s already exists; refusing to replace a key", priv_path);
+        goto done;
+    }
+    /* The public key after the private one: a crash in between leaves no public key
+     * without its private half. */
+    rc = core_write_atomic(pub_path, dir, pub, strlen(pub), 0644);
+done:
+    cleanse_free(priv, priv_len);
+    free(pub);
+    EVP_PKEY_free(pk);
+    return rc;
+}
+
+int repo_node_key_load(repo_node_key **out, const char *priv_path)
+{
+    *out = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    BIO *bio = NULL;
+    repo_node_key *k = calloc(1, sizeof *k);
+    if (!k) return core_err_set(MLV_ENOMEM, "out of memory");
+    int rc = read_secret_file(priv_path, &buf, &len);
+    if (rc) goto done;
+    if (!(bio = BIO_new_mem_buf(buf, (int)len)) ||
+        !(k->pk = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) ||
+        !EVP_PKEY_is_a(k->pk, "X25519")) {
+        rc = core_err_set(MLV_EINVAL, "key file %s is not a PEM X25519 private key", priv_path);
+        goto done;
+    }
+    if ((rc = x25519_public_pem(k->pk, &k->pub_pem, k->hint)) != 0) goto done;
+    *out = k;
+    k = NULL;
+done:
+    BIO_free(bio);
+    secret_free(buf, len);
+    repo_node_key_free(k);
+    return rc;
+}
+
+void repo_node_key_free(repo_node_key *k)
+{
+    if (!k) return;
+    EVP_PKEY_free(k->pk);
+    free(k->pub_pem);
+    free(k);
+}
+
+const char *repo_node_key_public_pem(const repo_node_key *k)
+{
+    return k->pub_pem;
+}
+
+const char *repo_node_key_hint(const repo_node_key *k)
+{
+    return k->hint;
+}
+
+int repo_keys_rewrap_for_node(const repo_keys *k, const unsigned char node_pub[REPO_X25519_LEN],
+                              const unsigned char (*master_wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
+                              unsigned char eph_pub[REPO_X25519_LEN],
+                              unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN])
+{
+    return rewrap_for(k, node_pub, master_wrapped, n, REPO_WRAP_INFO_NODE, eph_pub, wrapped);
+}
+
+int repo_node_key_unwrap(const repo_node_key *k, const unsigned char eph_pub[REPO_X25519_LEN],
+                         const unsigned char (*wrapped)[REPO_WRAPPED_DEK_LEN], size_t n,
+                         unsigned char (*deks)[REPO_KEY_LEN])
+{
+    return unwrap_with(k->pk, REPO_WRAP_INFO_NODE, "this node's key", "another node", eph_pub,
+                       wrapped, n, deks);
 }
 
 const char *repo_keys_import_pem(const repo_keys *k)

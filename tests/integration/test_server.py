@@ -3,6 +3,10 @@ through its HTTP API (urllib) and through the remote CLI (MLVAULT_URL), with ind
 checks: the release record's signature with the `openssl` CLI, /metrics with `promtool`,
 upload digests with hashlib, gate numbers from evaluations the engine really ran.
 
+Serving nodes: a node enrolled for one model pulls its release record, keys and
+encrypted blobs; the blobs are decrypted here with keys unwrapped by Python's
+`cryptography` (X25519, HKDF, AES key wrap) and tests/ref/blob_decrypt.py.
+
 Environment (set by ctest): MLVAULT_BIN, MLV_TEST_TMP, MLV_SOURCE_DIR, MLV_MODEL_GGUF."""
 import hashlib
 import http.client
@@ -19,10 +23,17 @@ import time
 import unittest
 import urllib.parse
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
+
 sys.path.insert(0, os.path.dirname(__file__))
 from test_vault import BIN, EXIT, MODEL, TMP, Vault, sha256  # noqa: E402
 
 SRC = os.environ.get("MLV_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(SRC, "tests", "ref"))
+from blob_decrypt import decrypt as ref_decrypt  # noqa: E402
 TINY = os.path.join(SRC, "tests", "ref", "tiny_models.py")
 PROMTOOL = shutil.which("promtool")
 
@@ -132,8 +143,7 @@ class ServerTest(unittest.TestCase):
         cls.root = tempfile.mkdtemp(prefix="server-", dir=TMP)
         cls.v = Vault(cls.root)
         for name, role in (("eng", "engineer"), ("eng2", "engineer"), ("appr1", "approver"),
-                           ("appr2", "approver"), ("view", "viewer"), ("nodeu", "node"),
-                           ("gone", "engineer")):
+                           ("appr2", "approver"), ("view", "viewer"), ("gone", "engineer")):
             cls.v.add_user(name, role)
         cls.v.ok("user", "disable", "gone")
         cls.base = tiny("llama", os.path.join(cls.root, "base.gguf"))
@@ -142,6 +152,19 @@ class ServerTest(unittest.TestCase):
         cls.srv = Server(cls.v)
         cls.srv.cli_ok("push", "base", cls.base, "--note", "tiny llama", token="eng")
         cls.srv.cli_ok("dataset", "push", "evalset", cls.text, token="eng")
+        # a serving node for base, its key made here (as `node init` would)
+        cls.node_key = x25519.X25519PrivateKey.generate()
+        cls.enroll("nodeu", cls.node_key, "base")
+
+    @classmethod
+    def enroll(cls, name, key, model):
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        st, j, _ = cls.srv.api("POST", "/api/v1/nodes", "admin",
+                               {"name": name, "pubkey": pem.decode(), "model": model})
+        assert st == 201, (st, j)
+        cls.v.tokens[name] = j["token"]
+        return j
 
     @classmethod
     def tearDownClass(cls):
@@ -324,6 +347,8 @@ class ServerTest(unittest.TestCase):
         AUDIT = {"approver", "admin"}
         APPROVE = {"approver"}
         ALL = READ | {"node"}
+        PULL = READ | {"node"}  # a node: its enrolled model only (base)
+        NODE = {"node"}
         v1 = "/api/v1/models/base/versions/1"
         up = {"name": "rbac-up", "kind": "dataset",
               "files": [{"path": "d.txt", "size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}]}
@@ -331,10 +356,12 @@ class ServerTest(unittest.TestCase):
             ("GET", "/api/v1/whoami", None, ALL),
             ("GET", "/api/v1/models", None, READ),
             ("GET", "/api/v1/models/base", None, READ),
-            ("GET", v1, None, READ),
+            ("GET", v1, None, PULL),
             ("GET", v1 + "/lineage", None, READ),
-            ("GET", v1 + "/manifest", None, READ),
-            ("GET", v1 + "/signature", None, READ),
+            ("GET", v1 + "/manifest", None, PULL),
+            ("GET", v1 + "/signature", None, PULL),
+            ("GET", v1 + "/keys", None, NODE),
+            ("GET", v1 + "/blobs/" + fpath, None, NODE),
             ("GET", v1 + "/evaluations", None, READ),
             ("POST", v1 + "/verify", {}, READ),
             ("GET", v1 + "/files/" + fpath, None, READ),
@@ -353,7 +380,8 @@ class ServerTest(unittest.TestCase):
             ("POST", "/api/v1/jobs/999999/cancel", {}, PUSH),
             ("GET", "/api/v1/models/base/channels", None, READ),
             ("PUT", "/api/v1/models/base/channels/rbac", {"gate_data": "nosuch"}, ADMIN),
-            ("GET", "/api/v1/models/base/channels/production", None, READ),
+            ("GET", "/api/v1/models/base/channels/production", None, PULL),
+            ("POST", "/api/v1/models/base/channels/norelease/renew", {}, ADMIN),
             ("POST", "/api/v1/promotions", {"ref": "base:1", "channel": "nochannel"}, PUSH),
             ("GET", "/api/v1/promotions", None, READ),
             ("GET", "/api/v1/promotions/999999", None, READ),
@@ -371,8 +399,12 @@ class ServerTest(unittest.TestCase):
             ("POST", "/api/v1/uploads/" + "0" * 32 + "/commit", {}, PUSH),
             ("DELETE", "/api/v1/uploads/" + "0" * 32, None, PUSH),
             ("GET", "/api/v1/jobs/999999/log", None, READ),
+            ("POST", "/api/v1/nodes", {"name": "Not A Name!", "pubkey": "x", "model": "base"},
+             ADMIN),
+            ("GET", "/api/v1/nodes", None, READ),
+            ("PUT", "/api/v1/nodes/nodeu/state", {"version": 0, "healthy": False}, NODE),
         ]
-        self.assertEqual(len(routes) + 2, 45, "every route of the server's table (and /healthz, "
+        self.assertEqual(len(routes) + 2, 51, "every route of the server's table (and /healthz, "
                          "/metrics) is in the matrix")
         users = {"viewer": "view", "engineer": "eng", "approver": "appr1", "admin": "admin",
                  "node": "nodeu"}
@@ -393,6 +425,25 @@ class ServerTest(unittest.TestCase):
                 elif not (isinstance(payload, dict) and payload["error"]["code"] == "EAUTH"):
                     failures.append(f"{method} {path} with {label}: not an EAUTH error")
         self.assertEqual(failures, [], "\n".join(failures))
+        # a node enrolled for another model learns nothing about this one (403, before any
+        # lookup: an unknown model and version answer the same), nor reports for another
+        if "nodeo" not in self.v.tokens:
+            self.srv.cli_ok("push", "rbac-other", self.other, token="eng")
+            self.enroll("nodeo", x25519.X25519PrivateKey.generate(), "rbac-other")
+        for method, path in (("GET", v1), ("GET", v1 + "/manifest"), ("GET", v1 + "/signature"),
+                             ("GET", v1 + "/keys"), ("GET", v1 + "/blobs/" + fpath),
+                             ("GET", "/api/v1/models/base/channels/production"),
+                             ("GET", "/api/v1/models/base/versions/99"),
+                             ("GET", "/api/v1/models/nosuch/versions/1/keys"),
+                             ("GET", "/api/v1/models/nosuch/channels/production")):
+            st, payload, _ = s.api(method, path, "nodeo")
+            self.assertEqual(st, 403, (path, payload))
+            self.assertEqual(payload["error"]["code"], "EFORBIDDEN")
+        st, _, _ = s.api("GET", "/api/v1/models/rbac-other/versions/1", "nodeo")
+        self.assertEqual(st, 200)
+        st, payload, _ = s.api("PUT", "/api/v1/nodes/nodeo/state", "nodeu",
+                               {"version": 0, "healthy": True})
+        self.assertEqual(st, 403, payload)
         # refused mutations leave a trace
         st, audit, _ = s.api("GET", "/api/v1/audit?action=api.refused", "admin")
         self.assertGreater(len(audit), 0)
@@ -594,6 +645,111 @@ class ServerTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         else:
             self.skipTest("promtool is not installed (Debian package prometheus)")
+
+    # ---------------------------------------------------------- a serving node ---
+    def test_08_node_pull(self):
+        """What `node run` does, by hand: the signed record, the wrapped keys, the
+        encrypted blobs (ranged), decrypted here by an independent implementation."""
+        s = self.srv
+        st, rel, _ = s.api("GET", "/api/v1/models/base/channels/production", "nodeu")
+        self.assertEqual(st, 200, rel)
+        version = rel["record"]["version"]
+        vpath = f"/api/v1/models/base/versions/{version}"
+        st, manifest, resp = s.api("GET", vpath + "/manifest", "nodeu")
+        self.assertEqual(st, 200)
+        self.assertEqual(resp.getheader("X-Mlvault-Digest"), rel["record"]["digest"])
+        st, _, _ = s.api("GET", vpath + "/signature", "nodeu")
+        self.assertEqual(st, 200)
+        n_pull = len(s.api("GET", "/api/v1/audit?action=node.pull", "admin")[1])
+        st, keys, _ = s.api("GET", vpath + "/keys", "nodeu")
+        self.assertEqual(st, 200, keys)
+        self.assertEqual(keys["digest"], rel["record"]["digest"])
+        eph = x25519.X25519PublicKey.from_public_bytes(bytes.fromhex(keys["eph_pub"]))
+        mine = self.node_key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                       serialization.PublicFormat.Raw)
+        kek = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(keys["eph_pub"]) + mine,
+                   info=b"mlvault node dek wrap v1").derive(self.node_key.exchange(eph))
+        self.assertEqual(sorted(f["path"] for f in keys["files"]),
+                         sorted(f["path"] for f in manifest["files"]))
+        for f in keys["files"]:
+            want = next(m for m in manifest["files"] if m["path"] == f["path"])
+            self.assertEqual((f["blob"], f["size"]), (want["sha256"], want["size"]))
+            dek = aes_key_unwrap(kek, bytes.fromhex(f["wrapped"]))
+            url = vpath + "/blobs/" + urllib.parse.quote(f["path"])
+            st, whole, resp = s.api("GET", url, "nodeu")
+            self.assertEqual(st, 200)
+            self.assertEqual(len(whole), f["cipher_size"])
+            self.assertEqual(int(resp.getheader("X-Mlvault-Size")), f["cipher_size"])
+            self.assertEqual(resp.getheader("X-Mlvault-Plain-Sha256"), want["sha256"])
+            self.assertIsNone(resp.getheader("X-Mlvault-Sha256"))
+            # resumed: the rest from an offset, as after a broken connection
+            cut = len(whole) // 3
+            st, rest, resp = s.api("GET", url, "nodeu", headers={"Range": f"bytes={cut}-"})
+            self.assertEqual(st, 206)
+            self.assertEqual(whole[:cut] + rest, whole)
+            plain = ref_decrypt(whole, dek)
+            self.assertEqual(hashlib.sha256(plain).hexdigest(), want["sha256"])
+            # the same bytes as a person's plaintext download
+            st, body, _ = s.api("GET", vpath + "/files/" + urllib.parse.quote(f["path"]), "view")
+            self.assertEqual(body, plain)
+            # not the node's key: the wrapped key does not unwrap
+            other = x25519.X25519PrivateKey.generate()
+            bad = HKDF(algorithm=hashes.SHA256(), length=32,
+                       salt=bytes.fromhex(keys["eph_pub"]) + mine,
+                       info=b"mlvault node dek wrap v1").derive(other.exchange(eph))
+            with self.assertRaises(Exception):
+                aes_key_unwrap(bad, bytes.fromhex(f["wrapped"]))
+        pulls = s.api("GET", "/api/v1/audit?action=node.pull", "admin")[1]
+        self.assertEqual(len(pulls) - n_pull, 2 * len(keys["files"]), "one row per request")
+        self.assertEqual(pulls[-1]["actor"], "nodeu")
+        # its report, and what people see of it
+        report = {"channel": "production", "version": version, "digest": keys["digest"],
+                  "sequence": rel["record"]["sequence"], "healthy": True, "last_error": "",
+                  "rps": 1.5, "serving": f"base:{version}"}
+        st, j, _ = s.api("PUT", "/api/v1/nodes/nodeu/state", "nodeu", report)
+        self.assertEqual(st, 200, j)
+        st, j, _ = s.api("PUT", "/api/v1/nodes/nodeu/state", "nodeu", dict(report, rps="x"))
+        self.assertEqual(st, 400, j)
+        nodes = s.cli_json("node", "list", token="view")
+        mine_row = next(n for n in nodes if n["name"] == "nodeu")
+        self.assertEqual(mine_row["model"], "base")
+        self.assertEqual(mine_row["state"], report)
+        self.assertIsNotNone(mine_row["last_seen"])
+        text = s.cli_ok("node", "list", token="view").stdout
+        self.assertIn(f"base:{version}", text)
+        # an expired record is renewed by an admin: next sequence, same version, signed
+        r = s.cli("channel", "renew", "base", "production", token="eng")
+        self.assertEqual(r.returncode, EXIT["EFORBIDDEN"], r.stderr)
+        renewed = s.cli_json("channel", "renew", "base", "production")
+        rec = renewed["record"]
+        self.assertEqual(rec["sequence"], rel["record"]["sequence"] + 1)
+        self.assertEqual(rec["renewal_of"], rel["record"]["sequence"])
+        self.assertEqual((rec["version"], rec["digest"]), (version, rel["record"]["digest"]))
+        st, key, _ = s.api("GET", "/api/v1/registry/key", "view")
+        d = tempfile.mkdtemp(dir=self.root)
+        import base64
+        with open(os.path.join(d, "pub.pem"), "w") as f:
+            f.write(key["pem"])
+        with open(os.path.join(d, "rec.json"), "wb") as f:
+            f.write(renewed["record_json"].encode())
+        with open(os.path.join(d, "sig.der"), "wb") as f:
+            f.write(base64.b64decode(renewed["signature"]))
+        v = subprocess.run(["openssl", "dgst", "-sha256", "-verify", "pub.pem", "-signature",
+                            "sig.der", "rec.json"], cwd=d, capture_output=True, text=True)
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+        st, now, _ = s.api("GET", "/api/v1/models/base/channels/production", "nodeu")
+        self.assertEqual(now["record"], rec)
+        # enrolment over the remote CLI: the token once, then it works
+        pub = os.path.join(d, "n2.pub")
+        with open(pub, "wb") as f:
+            f.write(x25519.X25519PrivateKey.generate().public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        j = s.cli_json("node", "enroll", "node2", "--pubkey", pub, "--model", "base")
+        self.assertEqual((j["name"], j["model"]), ("node2", "base"))
+        st, who, _ = s.api("GET", "/api/v1/whoami", j["token"])
+        self.assertEqual(who, {"name": "node2", "role": "node"})
+        r = s.cli("node", "enroll", "node3", "--pubkey", pub, "--model", "base")
+        self.assertEqual(r.returncode, EXIT["EEXISTS"], r.stderr)
 
 
 class TlsTest(unittest.TestCase):
