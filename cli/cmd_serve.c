@@ -36,12 +36,9 @@ int cmd_serve(int argc, char **argv)
     if (rc) return rc;
     if (a.npos != 0) return core_err_set(MLV_EINVAL, USAGE);
     const char *serve_model = cli_opt(&a, "serve-model");
-    double threads = 0, batch = 0, queue = 0, ctx = 0;
-    if ((rc = cli_opt_num(&a, "threads", 0, 1024, true, &threads)) ||
-        (rc = cli_opt_num(&a, "batch", 1, 256, true, &batch)) ||
-        (rc = cli_opt_num(&a, "queue", 1, 4096, true, &queue)) ||
-        (rc = cli_opt_num(&a, "ctx", 16, 1 << 20, true, &ctx)))
-        return rc;
+    eng_load_opts lo;
+    eng_batcher_opts bo;
+    if ((rc = cli_load_opts(&a, &lo)) != 0 || (rc = cli_batch_opts(&a, &bo)) != 0) return rc;
     if (!serve_model && (cli_flag(&a, "threads") || cli_flag(&a, "batch") ||
                          cli_flag(&a, "queue") || cli_flag(&a, "ctx")))
         return core_err_set(MLV_EINVAL,
@@ -69,8 +66,8 @@ int cmd_serve(int argc, char **argv)
         .exe = exe,
         .validate = {cli_job_validate, NULL},
         .serve_model = serve_model,
-        .load = {.threads = (int)threads, .backend = ENG_BACKEND_CPU},
-        .batch = {.max_seqs = (int)batch, .max_queue = (int)queue, .n_ctx = (uint32_t)ctx}};
+        .load = lo,
+        .batch = bo};
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -137,13 +137,6 @@ static void rows_of(const matmul_job *j, int i, int64_t r0, int64_t r1)
     for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
         int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
         if (tile) {
-#ifdef TILE_PF
-            if (rt + TILE_PF * ROW_TILE < r1) {
-                const uint8_t *p = w->data + (size_t)(rt + TILE_PF * ROW_TILE) * w->row_bytes;
-                for (size_t o = 0; o < ROW_TILE * w->row_bytes; o += 64)
-                    __builtin_prefetch(p + o, 0, 2);
-            }
-#endif
             for (int t = 0; t < j->T; t += ENG_TILE_MAX) {
                 int nc = j->T - t < ENG_TILE_MAX ? j->T - t : ENG_TILE_MAX;
                 tile(w->n_in, (int)(re - rt), nc, y + (size_t)t * w->n_out + rt, (size_t)w->n_out,

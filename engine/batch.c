@@ -1,10 +1,11 @@
 /* engine/batch.c: continuous batching for serving (engine.h, "batching"). One scheduler
  * thread owns max_seqs sequence contexts; callers of eng_batch_run queue a request and
- * wait. Each step the scheduler admits waiting requests into free slots (prefill with
- * eng_decode, first token sampled), then decodes one token for every running sequence
- * with eng_decode_batch and samples each with the request's own sampler, as
- * eng_generate does (same chain, same history), so a request alone gives the tokens
- * eng_generate gives up to the rounding of the batched products.
+ * wait. Each step the scheduler admits waiting requests into free slots, prefills their
+ * prompts with eng_decode (long ones a chunk per step) and samples their first token,
+ * then decodes one token for every running sequence with eng_decode_batch and samples
+ * each with the request's own sampler (the step's sequences spread over a thread pool),
+ * as eng_generate does: same chain, same history. A request alone on the batch gives
+ * eng_generate's tokens exactly; with others, up to the rounding of batched products.
  *
  * Ownership: a request lives on its caller's stack; the caller allocates its sampler
  * and token history before queueing and waits until the scheduler (or
@@ -13,17 +14,19 @@
  * the caller turns them into pieces and calls on_token on its own thread, unlocked, so
  * a slow client never stalls the step. Not for HTTP or request parsing (openai.c). */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/engine.h"
 
 #define MAX_SEQS 256 /* eng_decode_batch's limit */
 /* Prompts are prefilled in chunks of eng_decode's own step (model.c's N_BATCH), so that
- * a prompt fed in pieces gives the numbers of one eng_decode call; a step prefills one
- * chunk, and more while the step's prompt tokens stay within PREFILL_BUDGET, so that a
- * long prompt stalls the running sequences by one chunk per step, not all of it. */
+ * a prompt fed in pieces gives the numbers of one eng_decode call. A step starts chunks
+ * (of the prompts in turn) while fewer than PREFILL_BUDGET prompt tokens went in, so a
+ * long prompt stalls the running sequences by a chunk per step, not all of it at once. */
 #define PREFILL_CHUNK 256
 #define PREFILL_BUDGET 256
 
@@ -40,9 +43,9 @@ typedef struct request {
     /* under the batcher's mutex */
     struct request *next; /* in the queue */
     int state;
-    bool cancelled;  /* the caller's on_token returned non-zero */
-    size_t n_ready;  /* generated ids handed over (hist[n_prompt ..]) */
-    double t_admit;  /* when a slot took it */
+    bool cancelled; /* the caller's on_token returned non-zero */
+    size_t n_ready; /* generated ids handed over (hist[n_prompt ..]) */
+    double t_admit; /* when a slot took it */
     const char *stop_reason;
     int rc; /* set with err when it failed */
     char err[256];
@@ -51,12 +54,12 @@ typedef struct request {
 /* A sequence slot; every field but r is the scheduler thread's alone. */
 typedef struct slot {
     eng_ctx *c;
-    request *r; /* NULL when free (read and written under the mutex) */
-    size_t n_gen;    /* ids sampled so far */
-    int32_t next;    /* the id the next step decodes */
+    request *r;       /* NULL when free (read and written under the mutex) */
+    size_t n_gen;     /* ids sampled so far */
+    int32_t next;     /* the id the next step decodes */
     size_t prefilled; /* prompt tokens in the context; < n_prompt while prefilling */
-    const char *fin; /* why it ends, decided this step (NULL: it goes on) */
-    int rc;          /* a failure this step (the message is in r->err) */
+    const char *fin;  /* why it ends, decided this step (NULL: it goes on) */
+    int rc;           /* a failure this step (the message is in r->err) */
 } slot;
 
 struct eng_batcher {
@@ -70,6 +73,7 @@ struct eng_batcher {
     int32_t *step_tok;
     int *step_slot;
     int prefill_next; /* the slot whose prompt goes first in the next step */
+    core_pool *pool;  /* samples the step's sequences in parallel */
     pthread_t thread;
     bool started;
     pthread_mutex_t mu;
@@ -177,6 +181,24 @@ static void prefill(eng_batcher *b)
     }
 }
 
+/* The sampling of a step: each thread takes the next sequence not yet sampled (a
+ * sampler with top-p sorts its candidates, so costs differ a lot between requests). */
+typedef struct sample_job {
+    eng_batcher *b;
+    int n;
+    atomic_int next;
+} sample_job;
+
+static void sample_rows(void *arg, int ith, int nth)
+{
+    (void)ith;
+    (void)nth;
+    sample_job *j = arg;
+    for (int k; (k = atomic_fetch_add(&j->next, 1)) < j->n;)
+        take_token(j->b, &j->b->slots[j->b->step_slot[k]],
+                   j->b->logits + (size_t)k * j->b->n_vocab);
+}
+
 /* One batched step over every running sequence that goes on; returns how many. */
 static int decode_step(eng_batcher *b)
 {
@@ -190,13 +212,17 @@ static int decode_step(eng_batcher *b)
     }
     if (n == 0) return 0;
     int rc = eng_decode_batch(b->step_c, b->step_tok, (size_t)n, b->logits);
-    for (int k = 0; k < n; k++) {
-        slot *s = &b->slots[b->step_slot[k]];
-        if (rc)
-            fail_slot(s, rc);
-        else
-            take_token(b, s, b->logits + (size_t)k * b->n_vocab);
+    if (rc) {
+        for (int k = 0; k < n; k++)
+            fail_slot(&b->slots[b->step_slot[k]], rc);
+        return n;
     }
+    sample_job j = {.b = b, .n = n};
+    atomic_init(&j.next, 0);
+    if (n > 1)
+        core_pool_run(b->pool, sample_rows, &j);
+    else
+        sample_rows(&j, 0, 1);
     return n;
 }
 
@@ -278,6 +304,7 @@ void eng_batcher_free(eng_batcher *b)
     if (b->slots)
         for (int i = 0; i < b->max_seqs; i++)
             eng_ctx_free(b->slots[i].c);
+    core_pool_free(b->pool);
     free(b->slots);
     free(b->logits);
     free(b->step_c);
@@ -320,6 +347,11 @@ int eng_batcher_new(eng_batcher **out, eng_model *m, const eng_batcher_opts *o)
     }
     for (int i = 0; i < b->max_seqs; i++)
         if ((rc = eng_ctx_new(&b->slots[i].c, m, b->n_ctx))) goto done;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if ((rc = core_pool_new(&b->pool, (int)(ncpu < 1             ? 1
+                                            : ncpu < b->max_seqs ? ncpu
+                                                                 : b->max_seqs))))
+        goto done;
     b->mu_ok = pthread_mutex_init(&b->mu, NULL) == 0;
     b->work_ok = b->mu_ok && pthread_cond_init(&b->work, NULL) == 0;
     b->idle_ok = b->work_ok && pthread_cond_init(&b->idle, NULL) == 0;

@@ -624,7 +624,7 @@ int eng_decode(eng_ctx *c, const int32_t *tokens, size_t n, float *logits, bool 
 
 int eng_decode_batch(eng_ctx *const *cs, const int32_t *tokens, size_t n, float *logits)
 {
-    if (n == 0 || n > N_BATCH)
+    if (!cs || !tokens || n == 0 || n > N_BATCH)
         return core_err_set(MLV_EINVAL, "decode batch: %zu sequences (1 to %d)", n, N_BATCH);
     eng_model *m = cs[0] ? cs[0]->m : NULL;
     span spans[N_BATCH];
@@ -634,13 +634,12 @@ int eng_decode_batch(eng_ctx *const *cs, const int32_t *tokens, size_t n, float 
             return core_err_set(MLV_EINVAL, "decode batch: sequence %zu is %s", i,
                                 c ? "of another model" : "missing");
         if (c->pos >= c->n_ctx)
-            return core_err_set(MLV_EINVAL, "decode batch: sequence %zu has a full context (%u)",
-                                i, c->n_ctx);
+            return core_err_set(MLV_EINVAL, "decode batch: sequence %zu has a full context (%u)", i,
+                                c->n_ctx);
         for (size_t j = 0; j < i; j++)
             if (cs[j] == c)
-                return core_err_set(MLV_EINVAL,
-                                    "decode batch: sequences %zu and %zu are the same context", j,
-                                    i);
+                return core_err_set(
+                    MLV_EINVAL, "decode batch: sequences %zu and %zu are the same context", j, i);
         spans[i] = (span){c, (int)i, 1};
     }
     int rc = check_tokens(m, tokens, n);

@@ -39,6 +39,7 @@
 #define RECORD_MAX ((size_t)1 << 20)
 #define MANIFEST_MAX ((size_t)64 << 20)
 #define STALL_S 30L /* a registry that stalls this long counts as unreachable */
+#define REPORT_ERROR_MAX 1000 /* bytes of last_error a report may carry */
 
 /* What the node knows of one accepted release. */
 typedef struct node_rel {
@@ -61,7 +62,8 @@ typedef struct node {
     node_rel cur, prev;
     char last_error[1024];
     double last_ok; /* time of the last poll that reached the registry */
-    uint64_t polls; /* polls done (tests count switches in polls, not seconds) */
+    uint64_t polls;    /* polls done (tests count switches in polls, not seconds) */
+    int64_t tried_seq; /* the last release a fetch was started for (logged once) */
 } node;
 
 static volatile sig_atomic_t stop_flag;
@@ -533,13 +535,22 @@ static void report(node *n)
         json_decref(me);
         if (!n->name[0]) return;
     }
-    char serving[128] = "";
+    char serving[128] = "", err[REPORT_ERROR_MAX + 1];
     eng_server_current(n->srv, serving, sizeof serving);
     pthread_mutex_lock(&n->mu);
+    /* the registry keeps at most REPORT_ERROR_MAX bytes: cut at a character boundary */
+    size_t el = strlen(n->last_error);
+    if (el > REPORT_ERROR_MAX) {
+        el = REPORT_ERROR_MAX;
+        while (el > 0 && ((unsigned char)n->last_error[el] & 0xC0) == 0x80)
+            el--;
+    }
+    memcpy(err, n->last_error, el);
+    err[el] = 0;
     json_t *st = json_pack("{s:s,s:i,s:s,s:I,s:b,s:s,s:f,s:s}", "channel", n->o->channel,
                            "version", n->cur.version, "digest", n->cur.digest, "sequence",
                            (json_int_t)n->accepted, "healthy", serving[0] != 0, "last_error",
-                           n->last_error, "rps", eng_server_rps(n->srv), "serving", serving);
+                           err, "rps", eng_server_rps(n->srv), "serving", serving);
     pthread_mutex_unlock(&n->mu);
     char path[160];
     snprintf(path, sizeof path, "/api/v1/nodes/%s/state", n->name);
@@ -629,8 +640,10 @@ static int poll_once(node *n)
         clear_error(n);
         goto done;
     }
-    core_log(CORE_LOG_WARN, "node: release %lld names %s:%d; fetching", (long long)rel.sequence,
-             n->o->model, rel.version);
+    if (rel.sequence != n->tried_seq)
+        core_log(CORE_LOG_WARN, "node: release %lld names %s:%d; fetching",
+                 (long long)rel.sequence, n->o->model, rel.version);
+    n->tried_seq = rel.sequence;
     if ((rc = version_fetch(n, &rel, release_text)) != 0 ||
         (rc = version_open(n, &rel, &model)) != 0 || (rc = switch_to(n, &rel, model)) != 0)
         goto failed;

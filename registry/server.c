@@ -4,7 +4,8 @@
  * mapping from MLV_E* codes to HTTP statuses, request limits (body size, JSON depth,
  * path parameters), JSON replies, the access log and the audit of refused mutations.
  * The routes themselves live in api_artifacts.c, api_flow.c, api_nodes.c, uploads.c and
- * metrics.c. */
+ * metrics.c; with --serve-model, /v1/... and /health go to the engine's OpenAI server
+ * (serve_model.c, engine/openai.c) once the token is checked. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>

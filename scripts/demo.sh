@@ -3,8 +3,9 @@
 # SmolLM2-135M-Instruct model (pushed, encrypted, signed) and an evaluation dataset; then
 # the registry server starts on it, and through its API a job quantizes the model (the
 # recipe as lineage, evaluations beside), staging and production channels get a gate,
-# the quantized version is released to staging and waits for two approvers for
-# production. The server keeps running, printing its URL and the demo users' tokens.
+# the quantized version is released to staging (served there by the registry's OpenAI API)
+# and waits for two approvers for production, which a serving node follows. The server and
+# the node keep running, printing their URLs and the demo users' tokens.
 set -euo pipefail
 BIN="${1:-build/mlvault}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,10 +39,11 @@ step mlvault dataset push demo-eval '<the GPL-3 text, ~8,000 tokens>'
 
 # The registry server: everything below goes through its HTTP API (MLVAULT_URL).
 LISTEN="${MLVAULT_DEMO_LISTEN:-127.0.0.1:8080}"
-step mlvault serve --listen "$LISTEN" --job-workers 2 "&"
-"$BIN" serve --listen "$LISTEN" --job-workers 2 > "$MLVAULT_HOME.serve.log" 2>&1 &
+step mlvault serve --listen "$LISTEN" --job-workers 2 --serve-model smollm2@staging "&"
+"$BIN" serve --listen "$LISTEN" --job-workers 2 --serve-model smollm2@staging \
+  > "$MLVAULT_HOME.serve.log" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT
+trap 'kill $SERVER 2>/dev/null; wait $SERVER $NODE 2>/dev/null' EXIT
 for _ in $(seq 100); do
   grep -q "http://" "$MLVAULT_HOME.serve.log" 2>/dev/null && break
   kill -0 $SERVER 2>/dev/null || { cat "$MLVAULT_HOME.serve.log"; exit 1; }
@@ -67,6 +69,23 @@ step "mlvault promote smollm2:2 --to production   (the gate runs; waits for two 
 step mlvault requests --pending
 "$BIN" requests --pending
 
+# A serving node following production: its own key pair, enrolled by the admin, the
+# registry's signing key pinned. It serves nothing until the board approves.
+NODE_HOME="$MLVAULT_HOME-node"
+NODE_LISTEN="${MLVAULT_DEMO_NODE_LISTEN:-127.0.0.1:8081}"
+rm -rf "$NODE_HOME"
+step mlvault node init --home "$NODE_HOME"
+"$BIN" node init --home "$NODE_HOME"
+step "mlvault node enroll edge-1 --pubkey $NODE_HOME/node.pub --model smollm2   (as admin)"
+NODE_TOKEN=$(MLVAULT_TOKEN="$ADMIN" "$BIN" node enroll edge-1 --pubkey "$NODE_HOME/node.pub" \
+  --model smollm2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+step mlvault node run --home "$NODE_HOME" --model smollm2 --channel production --listen "$NODE_LISTEN" "&"
+MLVAULT_TOKEN="$NODE_TOKEN" "$BIN" node run --home "$NODE_HOME" --registry "$MLVAULT_URL" \
+  --model smollm2 --channel production --trust "$MLVAULT_HOME/keys/signing.pub" \
+  --listen "$NODE_LISTEN" --poll 5 > "$NODE_HOME.log" 2>&1 &
+NODE=$!
+trap 'kill $NODE $SERVER 2>/dev/null; wait $NODE $SERVER 2>/dev/null' EXIT
+
 step mlvault list
 "$BIN" list
 step mlvault show smollm2:2
@@ -83,6 +102,9 @@ git -C "$MLVAULT_HOME/ledger.git" log --format='%h %an: %s' main | head -20
 cat <<EOF2
 
 The registry is serving $MLVAULT_HOME at $MLVAULT_URL (API: docs/api.md, metrics: $MLVAULT_URL/metrics).
+It also serves smollm2@staging with the OpenAI API at $MLVAULT_URL/v1 (any token), and a
+serving node (edge-1, log: $NODE_HOME.log) follows smollm2@production at http://$NODE_LISTEN/v1:
+it serves once bob and carol approve the pending request.
 Demo users' tokens:
   admin    $ADMIN
   alice    $ALICE   (engineer)
@@ -95,8 +117,11 @@ Try, in another terminal:
   $BIN approve <ID> --comment "looks good"     # then as carol: the channel moves
   $BIN channel show smollm2 production
   curl -s $MLVAULT_URL/metrics | head
+  curl -s http://$NODE_LISTEN/health; $BIN node list
+  curl -s $MLVAULT_URL/v1/chat/completions -H "Authorization: Bearer $VIEWER" \
+       -d '{"messages":[{"role":"user","content":"Hello!"}],"max_tokens":40}'
 Locally (no server): MLVAULT_HOME=$MLVAULT_HOME $BIN run smollm2 --chat
 Press Ctrl-C to stop the server.
 EOF2
 if [ -n "${MLVAULT_DEMO_NO_WAIT:-}" ]; then exit 0; fi
-wait $SERVER
+wait $SERVER $NODE

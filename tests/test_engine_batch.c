@@ -7,6 +7,7 @@
  *     eng_generate alone with the same prompt and sampler (greedy and seeded sampling);
  *   - the batcher's limits and stops: a full queue, n_predict, the callback, prompts
  *     that do not fit, and freeing it while requests run and wait (MLV_EBUSY);
+ *   - a prompt prefilled over several steps gives eng_generate's tokens exactly;
  *   - its statistics show sequences really decoded together (mean batch > 1).
  * A throughput printout compares 1 and 8 concurrent streams (no assertion on time).
  * Under sanitizers (slow) the runs are shortened. */
@@ -169,8 +170,8 @@ static void check_decode_batch(const char *path, int backend, double tol, double
         const double scale = fmax(1.0, d.max_abs);
         printf("%s (%s): %d sequences batched vs one at a time: logit difference max %.3g "
                "(%.2g relative) mean %.3g (max |logit| %.2f)\n",
-               eng_model_hparams(m)->arch, eng_model_backend_name(m), ns[k], d.max,
-               d.max / scale, d.mean, d.max_abs);
+               eng_model_hparams(m)->arch, eng_model_backend_name(m), ns[k], d.max, d.max / scale,
+               d.mean, d.max_abs);
         /* One row runs exactly eng_decode's kernels; the reference kernels' tiles are
          * their dot products one by one. More rows may take the fast tile kernels,
          * whose float sums run in another order. */
@@ -251,11 +252,11 @@ static void test_decode_batch_refusals(void **state)
 
 /* -------------------------------------------------------------- batcher ---- */
 
-/* The real model for the batcher tests, else the tiny qwen2. */
 /* A greedy pick the batched products' rounding may flip on SmolLM2: its logits move by
  * 0.11 on average between batched and one-row products (0.74 at most). */
 #define NEAR_TIE 0.5f
 
+/* The real model for the batcher tests, else the tiny qwen2. */
 static const char *batch_model(void)
 {
     return smollm() ? smollm() : tiny("qwen2");
@@ -264,8 +265,8 @@ static const char *batch_model(void)
 static int32_t *tokenize(eng_model *m, const char *text, size_t *n)
 {
     int32_t *ids;
-    assert_int_equal(
-        eng_tokenize(eng_model_tokenizer(m), text, strlen(text), true, false, &ids, n), 0);
+    assert_int_equal(eng_tokenize(eng_model_tokenizer(m), text, strlen(text), true, false, &ids, n),
+                     0);
     return ids;
 }
 
@@ -574,6 +575,43 @@ static int32_t *long_prompt(eng_model *m, size_t want, size_t *n)
     return ids;
 }
 
+/* A prompt longer than a prefill chunk goes in over several steps; alone on the batch,
+ * a request is decoded one row at a time, so it gives eng_generate's tokens exactly. */
+static void test_batch_long_prompt(void **state)
+{
+    (void)state;
+    eng_model *m = open_model(batch_model(), ENG_BACKEND_CPU, 2);
+    const size_t want = sanitized() ? 300 : 700;
+    size_t np;
+    int32_t *p = long_prompt(m, want, &np);
+    assert_int_equal(np, want);
+    eng_batcher *b;
+    eng_batcher_opts o = {.max_seqs = 2, .n_ctx = 1024};
+    assert_int_equal(eng_batcher_new(&b, m, &o), 0);
+    const eng_sampler_params *sps[2] = {&GREEDY, &SAMPLED};
+    for (int k = 0; k < 2; k++) {
+        eng_ctx *c;
+        assert_int_equal(eng_ctx_new(&c, m, 1024), 0);
+        eng_gen_result ref;
+        assert_int_equal(eng_generate(c, p, np, 12, sps[k], NULL, NULL, &ref), 0);
+        eng_ctx_free(c);
+        job j = {.b = b, .req = {p, np, 12, *sps[k], NULL, NULL}};
+        job_main(&j);
+        assert_int_equal(j.rc, 0);
+        printf("%zu-token prompt, %s: %zu tokens (%s), eng_generate %zu (%s)\n", np,
+               k ? "sampled" : "greedy", j.res.n_gen, j.res.stop_reason, ref.n_gen,
+               ref.stop_reason);
+        assert_int_equal(j.res.n_gen, ref.n_gen);
+        assert_memory_equal(j.col.ids, ref.ids, sizeof(int32_t) * ref.n_gen);
+        assert_string_equal(j.res.stop_reason, ref.stop_reason);
+        job_clear(&j);
+        eng_gen_result_clear(&ref);
+    }
+    eng_batcher_free(b);
+    free(p);
+    eng_model_free(m);
+}
+
 static void wait_for(eng_batcher *b, int running, int waiting)
 {
     for (int i = 0; i < 200000; i++) {
@@ -662,7 +700,7 @@ static void test_batch_free_busy(void **state)
     }
     /* the first tokens came out before the unload */
     for (int t = 0; t < 100000 && (!__atomic_load_n(&j[0].col.n, __ATOMIC_ACQUIRE) ||
-                                    !__atomic_load_n(&j[1].col.n, __ATOMIC_ACQUIRE));
+                                   !__atomic_load_n(&j[1].col.n, __ATOMIC_ACQUIRE));
          t++)
         usleep(100);
     eng_batcher_free(b);
@@ -735,15 +773,11 @@ static void test_throughput(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_decode_batch_tiny),
-        cmocka_unit_test(test_decode_batch_refusals),
-        cmocka_unit_test(test_decode_batch_smollm),
-        cmocka_unit_test(test_batch_exact_tiny),
-        cmocka_unit_test(test_batch_exact_smollm),
-        cmocka_unit_test(test_batch_greedy),
-        cmocka_unit_test(test_batch_stops),
-        cmocka_unit_test(test_batch_queue_limit),
-        cmocka_unit_test(test_batch_free_busy),
+        cmocka_unit_test(test_decode_batch_tiny),   cmocka_unit_test(test_decode_batch_refusals),
+        cmocka_unit_test(test_decode_batch_smollm), cmocka_unit_test(test_batch_exact_tiny),
+        cmocka_unit_test(test_batch_exact_smollm),  cmocka_unit_test(test_batch_greedy),
+        cmocka_unit_test(test_batch_stops),         cmocka_unit_test(test_batch_long_prompt),
+        cmocka_unit_test(test_batch_queue_limit),   cmocka_unit_test(test_batch_free_busy),
         cmocka_unit_test(test_throughput),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
