@@ -56,18 +56,17 @@ int cmd_serve(int argc, char **argv)
     const char *listen = cli_opt(&a, "listen") ? cli_opt(&a, "listen") : cfg.listen;
     const char *cert = cli_opt(&a, "tls-cert"), *key = cli_opt(&a, "tls-key");
     if (!cert && !key && cfg.tls_cert[0]) cert = cfg.tls_cert, key = cfg.tls_key;
-    reg_server_opts o = {
-        .home = cli_home(&a),
-        .listen = listen,
-        .tls_cert = cert,
-        .tls_key = key && key[0] ? key : NULL,
-        .max_uploads = cfg.max_uploads,
-        .job_workers = (int)workers,
-        .exe = exe,
-        .validate = {cli_job_validate, NULL},
-        .serve_model = serve_model,
-        .load = lo,
-        .batch = bo};
+    reg_server_opts o = {.home = cli_home(&a),
+                         .listen = listen,
+                         .tls_cert = cert,
+                         .tls_key = key && key[0] ? key : NULL,
+                         .max_uploads = cfg.max_uploads,
+                         .job_workers = (int)workers,
+                         .exe = exe,
+                         .validate = {cli_job_validate, NULL},
+                         .serve_model = serve_model,
+                         .load = lo,
+                         .batch = bo};
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -106,6 +106,14 @@ typedef struct core_buf {
     int failed; /* sticky: set on ENOMEM, further appends do nothing */
 } core_buf;
 void core_buf_appendf(core_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Runs fn(arg) on a new thread with a stack of `stack` bytes and waits for it: for work
+ * started on threads whose stacks are small (CivetWeb's workers). 0, or MLV_ENOMEM when the
+ * thread could not be started (fn did not run). */
+int core_run_on_stack(size_t stack, void *(*fn)(void *), void *arg);
+/* Prometheus text format: a label value with \\, " and newline escaped, appended to b; and a
+ * metric's "# HELP" and "# TYPE" lines. */
+void core_prom_label(core_buf *b, const char *value);
+void core_prom_head(core_buf *b, const char *name, const char *type, const char *help);
 void core_buf_append(core_buf *b, const void *p, size_t n);
 /* Takes the string (NUL-terminated) out of the buffer, or NULL if an append failed.
  * The caller owns the result; the buffer is reset. */

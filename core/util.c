@@ -2,6 +2,7 @@
 #include "core.h"
 
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -185,4 +186,36 @@ char *core_utf8_valid_copy(const char *s, size_t n)
     }
     core_buf_append(&b, "", 0);
     return core_buf_take(&b);
+}
+
+void core_prom_label(core_buf *b, const char *s)
+{
+    for (; s && *s; s++) {
+        if (*s == '\\' || *s == '"')
+            core_buf_appendf(b, "\\%c", *s);
+        else if (*s == '\n')
+            core_buf_append(b, "\\n", 2);
+        else
+            core_buf_append(b, s, 1);
+    }
+}
+
+void core_prom_head(core_buf *b, const char *name, const char *type, const char *help)
+{
+    core_buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+int core_run_on_stack(size_t stack, void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    pthread_t t;
+    bool spawned = false;
+    if (pthread_attr_init(&attr) == 0) {
+        spawned = pthread_attr_setstacksize(&attr, stack) == 0 &&
+                  pthread_create(&t, &attr, fn, arg) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!spawned) return core_err_set(MLV_ENOMEM, "cannot start a thread");
+    pthread_join(t, NULL);
+    return 0;
 }

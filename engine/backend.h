@@ -57,6 +57,13 @@ typedef struct eng_backend_ops {
     void (*attention)(eng_backend *b, float *out, const float *q, const uint16_t *k_cache,
                       const uint16_t *v_cache, int T, int pos0, int n_head, int n_kv, int hd,
                       float scale);
+    /* One query row for each of n sequences (a batched decoding step): row i of q
+     * (n_head, hd) at position pos[i] attends to rows 0..pos[i] of k_caches[i] and
+     * v_caches[i] -> row i of out. The same numbers as n attention calls with T = 1,
+     * spread over the threads as one job. */
+    void (*attention_seqs)(eng_backend *b, int n, float *out, const float *q,
+                           const uint16_t *const *k_caches, const uint16_t *const *v_caches,
+                           const int32_t *pos, int n_head, int n_kv, int hd, float scale);
     /* y (n) = silu(gate) * up;  y may be gate */
     void (*swiglu)(eng_backend *b, float *y, const float *gate, const float *up, int64_t n);
     /* y (n) += x */

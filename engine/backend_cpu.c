@@ -330,26 +330,70 @@ static void softmax_v(const eng_kernels *k, float *sc, int n_keys, float scale, 
         k->mad_f16(hd, o, v + (size_t)p * kv_dim, sc[p] * inv);
 }
 
+/* One query row of one head against n_keys cache rows: o (hd) from qr (hd). */
+static void attn_one(const eng_kernels *k, float *sc, uint16_t *qh, const float *qr,
+                     const uint16_t *kc, const uint16_t *vc, int n_keys, int g, int kv_dim, int hd,
+                     float scale, float *o)
+{
+    for (int i = 0; i < hd; i++)
+        qh[i] = eng_fp32_to_fp16(qr[i]);
+    for (int p = 0; p < n_keys; p++)
+        k->dot_f16(hd, &sc[p], kc + (size_t)p * kv_dim + (size_t)g * hd, qh);
+    softmax_v(k, sc, n_keys, scale, vc + (size_t)g * hd, kv_dim, hd, o);
+}
+
 static void attn_rows_job(void *arg, int ith, int nth)
 {
     attn_job *j = arg;
-    const eng_kernels *k = j->cb->k;
     const int kv_dim = j->n_kv * j->hd, group = j->n_head / j->n_kv;
-    float *sc = j->cb->scores[ith];
-    uint16_t *qh = j->cb->qh[ith];
     int64_t u0, u1;
     split((int64_t)j->T * j->n_head, ith, nth, 1, &u0, &u1);
     for (int64_t u = u0; u < u1; u++) {
-        const int t = (int)(u / j->n_head), h = (int)(u % j->n_head), g = h / group;
-        const int n_keys = j->pos0 + t + 1;
-        const float *qr = j->q + (size_t)u * j->hd;
-        for (int i = 0; i < j->hd; i++)
-            qh[i] = eng_fp32_to_fp16(qr[i]);
-        for (int p = 0; p < n_keys; p++)
-            k->dot_f16(j->hd, &sc[p], j->k + (size_t)p * kv_dim + (size_t)g * j->hd, qh);
-        softmax_v(k, sc, n_keys, j->scale, j->v + (size_t)g * j->hd, kv_dim, j->hd,
-                  j->out + (size_t)u * j->hd);
+        const int t = (int)(u / j->n_head), h = (int)(u % j->n_head);
+        attn_one(j->cb->k, j->cb->scores[ith], j->cb->qh[ith], j->q + (size_t)u * j->hd, j->k, j->v,
+                 j->pos0 + t + 1, h / group, kv_dim, j->hd, j->scale, j->out + (size_t)u * j->hd);
     }
+}
+
+typedef struct attn_seqs_job {
+    cpu_backend *cb;
+    float *out;
+    const float *q;
+    const uint16_t *const *k, *const *v;
+    const int32_t *pos;
+    int n, n_head, n_kv, hd;
+    float scale;
+} attn_seqs_job;
+
+static void attn_seqs_rows_job(void *arg, int ith, int nth)
+{
+    attn_seqs_job *j = arg;
+    const int kv_dim = j->n_kv * j->hd, group = j->n_head / j->n_kv;
+    int64_t u0, u1;
+    split((int64_t)j->n * j->n_head, ith, nth, 1, &u0, &u1);
+    for (int64_t u = u0; u < u1; u++) {
+        const int i = (int)(u / j->n_head), h = (int)(u % j->n_head);
+        attn_one(j->cb->k, j->cb->scores[ith], j->cb->qh[ith], j->q + (size_t)u * j->hd, j->k[i],
+                 j->v[i], j->pos[i] + 1, h / group, kv_dim, j->hd, j->scale,
+                 j->out + (size_t)u * j->hd);
+    }
+}
+
+static void cpu_attention_seqs(eng_backend *b, int n, float *out, const float *q,
+                               const uint16_t *const *k_caches, const uint16_t *const *v_caches,
+                               const int32_t *pos, int n_head, int n_kv, int hd, float scale)
+{
+    cpu_backend *cb = cpu(b);
+    attn_seqs_job j = {cb, out, q, k_caches, v_caches, pos, n, n_head, n_kv, hd, scale};
+    int64_t work = 0;
+    for (int i = 0; i < n; i++) {
+        assert((size_t)pos[i] + 1 <= cb->scores_cap && (size_t)hd <= cb->qh_cap); /* reserve */
+        work += (int64_t)n_head * (pos[i] + 1);
+    }
+    if (cb->pool && work >= 4096)
+        core_pool_run(cb->pool, attn_seqs_rows_job, &j);
+    else
+        attn_seqs_rows_job(&j, 0, 1);
 }
 
 /* Prompts: per (head, block of up to 16 queries), Q K^T comes from the F16 tile kernel
@@ -454,6 +498,7 @@ static const eng_backend_ops CPU_OPS = {
     .rope = cpu_rope,
     .store_kv = cpu_store_kv,
     .attention = cpu_attention,
+    .attention_seqs = cpu_attention_seqs,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .get_rows = cpu_get_rows,

@@ -406,8 +406,8 @@ typedef struct eng_batcher_opts {
 /* m is borrowed and must outlive the batcher. */
 int eng_batcher_new(eng_batcher **out, eng_model *m, const eng_batcher_opts *o);
 /* Stops the scheduler: waiting and running requests end with MLV_EBUSY ("the model is
- * being unloaded"), then frees the contexts. Callers of eng_batch_run must have
- * returned before the memory goes (eng_server's reference counts see to it). */
+ * being unloaded"); waits until every caller has left eng_batch_run, then frees the
+ * contexts. (eng_server frees a batcher only once no request holds it anyway.) */
 void eng_batcher_free(eng_batcher *b);
 uint32_t eng_batcher_n_ctx(const eng_batcher *b);
 
@@ -434,9 +434,9 @@ typedef struct eng_batch_result {
 int eng_batch_run(eng_batcher *b, const eng_batch_req *req, eng_batch_result *out);
 typedef struct eng_batch_stats {
     int waiting, running, max_seqs, max_queue;
-    uint64_t tokens;   /* generated since start */
-    uint64_t steps;    /* batched decode steps */
-    uint64_t seq_sum;  /* sequences summed over steps (mean batch = seq_sum / steps) */
+    uint64_t tokens;  /* generated since start */
+    uint64_t steps;   /* batched decode steps */
+    uint64_t seq_sum; /* sequences summed over steps (mean batch = seq_sum / steps) */
 } eng_batch_stats;
 void eng_batcher_stats(eng_batcher *b, eng_batch_stats *out);
 

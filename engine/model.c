@@ -522,6 +522,9 @@ static void forward_spans(eng_ctx *s, const span *spans, int n_spans, const int3
         for (int t = 0; t < spans[i].n; t++)
             s->positions[spans[i].row0 + t] = (int32_t)spans[i].c->pos + t;
     const eng_observe_fn observe = n_spans == 1 ? s->observe : NULL;
+    /* several sequences of one row each (eng_decode_batch): rows are spans in order */
+    const bool one_row_spans = n_spans > 1 && T == n_spans;
+    const uint16_t *kc[N_BATCH], *vc[N_BATCH];
 #define OBSERVE(layer, site, x, n)                                                                 \
     if (observe) observe(s->observe_arg, (layer), (site), (x), T, (n))
 
@@ -547,8 +550,16 @@ static void forward_spans(eng_ctx *s, const span *spans, int n_spans, const int3
             const int n = spans[i].n, pos0 = (int)c->pos;
             op->store_kv(be, c->k_cache[l], c->v_cache[l], s->k + r0 * nkv * hd,
                          s->v + r0 * nkv * hd, n, pos0, nkv * hd);
-            op->attention(be, s->att + r0 * nh * hd, s->q + r0 * nh * hd, c->k_cache[l],
-                          c->v_cache[l], n, pos0, nh, nkv, hd, scale);
+            if (!one_row_spans)
+                op->attention(be, s->att + r0 * nh * hd, s->q + r0 * nh * hd, c->k_cache[l],
+                              c->v_cache[l], n, pos0, nh, nkv, hd, scale);
+        }
+        if (one_row_spans) { /* a batched step: every sequence's attention as one job */
+            for (int i = 0; i < n_spans; i++) {
+                kc[i] = spans[i].c->k_cache[l];
+                vc[i] = spans[i].c->v_cache[l];
+            }
+            op->attention_seqs(be, n_spans, s->att, s->q, kc, vc, s->positions, nh, nkv, hd, scale);
         }
         OBSERVE(l, ENG_SITE_ATTN_OUT, s->att, nh * hd);
         op->matmul(be, s->xb, &L->wo, NULL, s->att, T);

@@ -1079,23 +1079,6 @@ static void health(oreq *q)
     release(s, sv);
 }
 
-static void label_value(core_buf *b, const char *s)
-{
-    for (; s && *s; s++) {
-        if (*s == '\\' || *s == '"')
-            core_buf_appendf(b, "\\%c", *s);
-        else if (*s == '\n')
-            core_buf_append(b, "\\n", 2);
-        else
-            core_buf_append(b, s, 1);
-    }
-}
-
-static void head(core_buf *b, const char *name, const char *type, const char *help)
-{
-    core_buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 static void histo_text(core_buf *b, const char *name, const histo *h, const double *bounds, int n,
                        const char *endpoint)
 {
@@ -1118,8 +1101,9 @@ static void histo_text(core_buf *b, const char *name, const histo *h, const doub
 void eng_server_metrics(eng_server *s, core_buf *b)
 {
     metrics *m = &s->m;
-    head(b, "mlvault_inference_requests_total", "counter",
-         "Requests to the inference server by endpoint and status (499: the client went away).");
+    core_prom_head(
+        b, "mlvault_inference_requests_total", "counter",
+        "Requests to the inference server by endpoint and status (499: the client went away).");
     for (int ep = 0; ep < N_EP; ep++)
         for (int c = 0; c < N_CODES; c++) {
             uint64_t n = atomic_load_explicit(&m->requests[ep][c], memory_order_relaxed);
@@ -1135,42 +1119,45 @@ void eng_server_metrics(eng_server *s, core_buf *b)
                                  "%llu\n",
                                  EP_NAME[ep], (unsigned long long)n);
         }
-    head(b, "mlvault_inference_request_duration_seconds", "histogram",
-         "Time from a completion request's arrival to the end of its reply.");
+    core_prom_head(b, "mlvault_inference_request_duration_seconds", "histogram",
+                   "Time from a completion request's arrival to the end of its reply.");
     histo_text(b, "mlvault_inference_request_duration_seconds", &m->latency[0], LAT_BOUNDS, N_LAT,
                EP_NAME[EP_COMPLETIONS]);
     histo_text(b, "mlvault_inference_request_duration_seconds", &m->latency[1], LAT_BOUNDS, N_LAT,
                EP_NAME[EP_CHAT]);
-    head(b, "mlvault_inference_ttft_seconds", "histogram",
-         "Time from a completion request's arrival to its first generated token.");
+    core_prom_head(b, "mlvault_inference_ttft_seconds", "histogram",
+                   "Time from a completion request's arrival to its first generated token.");
     histo_text(b, "mlvault_inference_ttft_seconds", &m->ttft[0], TTFT_BOUNDS, N_TTFT,
                EP_NAME[EP_COMPLETIONS]);
     histo_text(b, "mlvault_inference_ttft_seconds", &m->ttft[1], TTFT_BOUNDS, N_TTFT,
                EP_NAME[EP_CHAT]);
-    head(b, "mlvault_inference_generated_tokens_total", "counter", "Tokens generated.");
+    core_prom_head(b, "mlvault_inference_generated_tokens_total", "counter", "Tokens generated.");
     core_buf_appendf(b, "mlvault_inference_generated_tokens_total %llu\n",
                      (unsigned long long)atomic_load(&m->generated));
-    head(b, "mlvault_inference_prompt_tokens_total", "counter", "Prompt tokens processed.");
+    core_prom_head(b, "mlvault_inference_prompt_tokens_total", "counter",
+                   "Prompt tokens processed.");
     core_buf_appendf(b, "mlvault_inference_prompt_tokens_total %llu\n",
                      (unsigned long long)atomic_load(&m->prompt));
     int64_t now = (int64_t)core_now_s();
     pthread_mutex_lock(&m->rate_mu);
     uint64_t recent = ring_sum(&m->tokens, now, 10);
     pthread_mutex_unlock(&m->rate_mu);
-    head(b, "mlvault_inference_tokens_per_second", "gauge",
-         "Tokens generated per second over the last 10 seconds.");
+    core_prom_head(b, "mlvault_inference_tokens_per_second", "gauge",
+                   "Tokens generated per second over the last 10 seconds.");
     core_buf_appendf(b, "mlvault_inference_tokens_per_second %.3f\n", recent / 10.0);
     served *sv = acquire(s);
     eng_batch_stats st = {0};
     if (sv) eng_batcher_stats(sv->b, &st);
-    head(b, "mlvault_inference_queue_length", "gauge", "Requests waiting for a generation slot.");
+    core_prom_head(b, "mlvault_inference_queue_length", "gauge",
+                   "Requests waiting for a generation slot.");
     core_buf_appendf(b, "mlvault_inference_queue_length %d\n", st.waiting);
-    head(b, "mlvault_inference_running_sequences", "gauge", "Sequences being generated now.");
+    core_prom_head(b, "mlvault_inference_running_sequences", "gauge",
+                   "Sequences being generated now.");
     core_buf_appendf(b, "mlvault_inference_running_sequences %d\n", st.running);
-    head(b, "mlvault_inference_model_info", "gauge", "The model being served (1).");
+    core_prom_head(b, "mlvault_inference_model_info", "gauge", "The model being served (1).");
     if (sv) {
         core_buf_appendf(b, "mlvault_inference_model_info{model=\"");
-        label_value(b, sv->id);
+        core_prom_label(b, sv->id);
         core_buf_appendf(b, "\"} 1\n");
     }
     release(s, sv);
@@ -1285,19 +1272,10 @@ static void *request_main(void *arg)
 static int listener_handle(struct mg_connection *c, void *cbdata)
 {
     request_run run = {.s = cbdata, .c = c};
-    pthread_attr_t attr;
-    pthread_t t;
-    bool spawned = false;
-    if (pthread_attr_init(&attr) == 0) {
-        spawned = pthread_attr_setstacksize(&attr, REQUEST_STACK) == 0 &&
-                  pthread_create(&t, &attr, request_main, &run) == 0;
-        pthread_attr_destroy(&attr);
-    }
-    if (!spawned) {
+    if (core_run_on_stack(REQUEST_STACK, request_main, &run) != 0) {
         mg_send_http_error(c, 503, "%s", "server overloaded: cannot start a request thread");
         return 503;
     }
-    pthread_join(t, NULL);
     return 200;
 }
 

@@ -48,28 +48,10 @@ void srv_metrics_observe(struct reg_server *s, int route, const char *method, in
     atomic_fetch_add_explicit(&m->sum_us[r], (uint64_t)(seconds * 1e6), memory_order_relaxed);
 }
 
-/* A label value with \, " and newline escaped, as the text format wants. */
-static void label(core_buf *b, const char *s)
-{
-    for (; s && *s; s++) {
-        if (*s == '\\' || *s == '"')
-            core_buf_appendf(b, "\\%c", *s);
-        else if (*s == '\n')
-            core_buf_append(b, "\\n", 2);
-        else
-            core_buf_append(b, s, 1);
-    }
-}
-
-static void head(core_buf *b, const char *name, const char *type, const char *help)
-{
-    core_buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 static void http_metrics(core_buf *b, srv_metrics *m)
 {
-    head(b, "mlvault_http_requests_total", "counter",
-         "HTTP requests by route pattern, method and status.");
+    core_prom_head(b, "mlvault_http_requests_total", "counter",
+                   "HTTP requests by route pattern, method and status.");
     for (int r = 0; r < SRV_MAX_ROUTES; r++) {
         if (r >= srv_route_count() && r != SRV_MAX_ROUTES - 1) continue;
         for (int mi = 0; mi < SRV_N_METHODS; mi++)
@@ -77,7 +59,7 @@ static void http_metrics(core_buf *b, srv_metrics *m)
                 uint64_t n = atomic_load_explicit(&m->requests[r][mi][ci], memory_order_relaxed);
                 if (!n) continue;
                 core_buf_appendf(b, "mlvault_http_requests_total{route=\"");
-                label(b, route_label(r));
+                core_prom_label(b, route_label(r));
                 if (CODES[ci] > 0)
                     core_buf_appendf(b, "\",method=\"%s\",code=\"%d\"} %llu\n", METHODS[mi],
                                      CODES[ci], (unsigned long long)n);
@@ -86,8 +68,8 @@ static void http_metrics(core_buf *b, srv_metrics *m)
                                      CODES[ci] == 0 ? "none" : "other", (unsigned long long)n);
             }
     }
-    head(b, "mlvault_http_request_duration_seconds", "histogram",
-         "Time from request to the end of the reply, by route pattern.");
+    core_prom_head(b, "mlvault_http_request_duration_seconds", "histogram",
+                   "Time from request to the end of the reply, by route pattern.");
     for (int r = 0; r < SRV_MAX_ROUTES; r++) {
         uint64_t count = atomic_load_explicit(&m->count[r], memory_order_relaxed);
         if (!count) continue;
@@ -95,7 +77,7 @@ static void http_metrics(core_buf *b, srv_metrics *m)
         for (int i = 0; i < SRV_N_BUCKETS; i++) {
             cum += atomic_load_explicit(&m->buckets[r][i], memory_order_relaxed);
             core_buf_appendf(b, "mlvault_http_request_duration_seconds_bucket{route=\"");
-            label(b, route_label(r));
+            core_prom_label(b, route_label(r));
             if (i < SRV_N_BUCKETS - 1)
                 core_buf_appendf(b, "\",le=\"%g\"} %llu\n", BOUNDS[i], (unsigned long long)cum);
             else
@@ -103,11 +85,11 @@ static void http_metrics(core_buf *b, srv_metrics *m)
         }
         /* +Inf must equal _count: use the bucket total, read once */
         core_buf_appendf(b, "mlvault_http_request_duration_seconds_sum{route=\"");
-        label(b, route_label(r));
+        core_prom_label(b, route_label(r));
         core_buf_appendf(b, "\"} %.6f\n",
                          atomic_load_explicit(&m->sum_us[r], memory_order_relaxed) / 1e6);
         core_buf_appendf(b, "mlvault_http_request_duration_seconds_count{route=\"");
-        label(b, route_label(r));
+        core_prom_label(b, route_label(r));
         core_buf_appendf(b, "\"} %llu\n", (unsigned long long)cum);
     }
 }
@@ -121,7 +103,7 @@ static void gauge_by(core_buf *b, const char *name, const char *lbl, json_t *cou
     {
         if (!json_is_integer(v)) continue;
         core_buf_appendf(b, "%s{%s=\"", name, lbl);
-        label(b, k);
+        core_prom_label(b, k);
         core_buf_appendf(b, "\"} %lld\n", (long long)json_integer_value(v));
     }
 }
@@ -133,12 +115,12 @@ int api_metrics(srv_req *q)
     if (q->r && reg_promote_stats(q->r, &counts, &acc) != 0) counts = acc = NULL;
     core_buf b = {0};
     http_metrics(&b, q->s->metrics);
-    head(&b, "mlvault_jobs", "gauge", "Jobs by state.");
+    core_prom_head(&b, "mlvault_jobs", "gauge", "Jobs by state.");
     gauge_by(&b, "mlvault_jobs", "state", jobs);
-    head(&b, "mlvault_promotions", "gauge", "Promotion requests by state.");
+    core_prom_head(&b, "mlvault_promotions", "gauge", "Promotion requests by state.");
     gauge_by(&b, "mlvault_promotions", "state", counts);
-    head(&b, "mlvault_channel_accuracy", "gauge",
-         "Gate metric of the version each channel points at (a fraction).");
+    core_prom_head(&b, "mlvault_channel_accuracy", "gauge",
+                   "Gate metric of the version each channel points at (a fraction).");
     size_t i;
     json_t *a;
     json_array_foreach(acc, i, a)
@@ -146,16 +128,16 @@ int api_metrics(srv_req *q)
         json_t *v = json_object_get(a, "value");
         if (!json_is_number(v)) continue;
         core_buf_appendf(&b, "mlvault_channel_accuracy{model=\"");
-        label(&b, json_string_value(json_object_get(a, "model")));
+        core_prom_label(&b, json_string_value(json_object_get(a, "model")));
         core_buf_appendf(&b, "\",channel=\"");
-        label(&b, json_string_value(json_object_get(a, "channel")));
+        core_prom_label(&b, json_string_value(json_object_get(a, "channel")));
         core_buf_appendf(&b, "\",metric=\"");
-        label(&b, json_string_value(json_object_get(a, "metric")));
+        core_prom_label(&b, json_string_value(json_object_get(a, "metric")));
         core_buf_appendf(&b, "\"} %.9g\n", json_number_value(v));
     }
-    head(&b, "mlvault_uploads_open", "gauge", "Upload sessions open.");
+    core_prom_head(&b, "mlvault_uploads_open", "gauge", "Upload sessions open.");
     core_buf_appendf(&b, "mlvault_uploads_open %d\n", q->r ? srv_uploads_open(q->r) : 0);
-    head(&b, "mlvault_build_info", "gauge", "The mlvault version serving (always 1).");
+    core_prom_head(&b, "mlvault_build_info", "gauge", "The mlvault version serving (always 1).");
     core_buf_appendf(&b, "mlvault_build_info{version=\"%s\"} 1\n", MLV_VERSION);
     if (q->s->serve) eng_server_metrics(srv_serve_engine(q->s->serve), &b); /* --serve-model */
     json_decref(jobs);

@@ -38,7 +38,7 @@
 
 #define RECORD_MAX ((size_t)1 << 20)
 #define MANIFEST_MAX ((size_t)64 << 20)
-#define STALL_S 30L /* a registry that stalls this long counts as unreachable */
+#define STALL_S 30L           /* a registry that stalls this long counts as unreachable */
 #define REPORT_ERROR_MAX 1000 /* bytes of last_error a report may carry */
 
 /* What the node knows of one accepted release. */
@@ -61,7 +61,7 @@ typedef struct node {
     int64_t accepted; /* highest sequence accepted (persisted) */
     node_rel cur, prev;
     char last_error[1024];
-    double last_ok; /* time of the last poll that reached the registry */
+    double last_ok;    /* time of the last poll that reached the registry */
     uint64_t polls;    /* polls done (tests count switches in polls, not seconds) */
     int64_t tried_seq; /* the last release a fetch was started for (logged once) */
 } node;
@@ -156,10 +156,9 @@ static int state_load(node *n)
     const char *model = json_string_value(json_object_get(j, "model"));
     const char *channel = json_string_value(json_object_get(j, "channel"));
     if (!model || !channel || strcmp(model, n->o->model) || strcmp(channel, n->o->channel)) {
-        rc = core_err_set(MLV_EINVAL,
-                          "%s follows %s@%s, not %s@%s: give each channel its own node home",
-                          n->home, model ? model : "?", channel ? channel : "?", n->o->model,
-                          n->o->channel);
+        rc = core_err_set(
+            MLV_EINVAL, "%s follows %s@%s, not %s@%s: give each channel its own node home", n->home,
+            model ? model : "?", channel ? channel : "?", n->o->model, n->o->channel);
     } else {
         n->accepted = json_integer_value(json_object_get(j, "accepted_sequence"));
         if ((rc = rel_from_json(json_object_get(j, "current"), &n->cur)) == 0)
@@ -199,8 +198,7 @@ static int record_check(node *n, const char *record_json, const char *signature,
         rc = core_err_set(MLV_EUNSUPPORTED, "release record: schema %s", schema ? schema : "?");
     else if (!model || !channel || strcmp(model, n->o->model) || strcmp(channel, n->o->channel))
         rc = core_err_set(MLV_EINTEGRITY, "release record names %s@%s, not %s@%s",
-                          model ? model : "?", channel ? channel : "?", n->o->model,
-                          n->o->channel);
+                          model ? model : "?", channel ? channel : "?", n->o->model, n->o->channel);
     else if (!digest || !core_is_hex(digest, 64) || !expires || strlen(expires) != 20 ||
              !json_is_integer(seq) || json_integer_value(seq) < 1 || !json_is_integer(ver) ||
              json_integer_value(ver) < 1 || json_integer_value(ver) > INT32_MAX)
@@ -400,7 +398,7 @@ static int version_open(node *n, const node_rel *rel, eng_model **model)
     *model = NULL;
     repo_manifest *m = NULL;
     wrapped_set w = {0};
-    unsigned char (*deks)[REPO_KEY_LEN] = NULL;
+    unsigned char(*deks)[REPO_KEY_LEN] = NULL;
     reg_loaded l = {0};
     char *ktext = NULL;
     size_t klen = 0;
@@ -413,8 +411,8 @@ static int version_open(node *n, const node_rel *rel, eng_model **model)
         rc = core_err_set(MLV_ENOMEM, "out of memory");
         goto done;
     }
-    if ((rc = repo_node_key_unwrap(n->key, w.eph, (const unsigned char(*)[REPO_WRAPPED_DEK_LEN])
-                                                      w.wrapped,
+    if ((rc = repo_node_key_unwrap(n->key, w.eph,
+                                   (const unsigned char(*)[REPO_WRAPPED_DEK_LEN])w.wrapped,
                                    m->n_files, deks)) != 0) {
         core_err_wrap("data keys of %s:%d: ", n->o->model, rel->version);
         goto done;
@@ -509,8 +507,8 @@ static int version_fetch(node *n, const node_rel *rel, const char *release_text)
             (rc = reg_client_download(n->client, path, dest, NULL)) == 0 &&
             (stat(dest, &st) != 0 || (uint64_t)st.st_size != want)) {
             unlink(dest);
-            rc = core_err_set(MLV_EINTEGRITY, "%s: the encrypted blob is not %llu bytes",
-                              f->path, (unsigned long long)want);
+            rc = core_err_set(MLV_EINTEGRITY, "%s: the encrypted blob is not %llu bytes", f->path,
+                              (unsigned long long)want);
         }
         free(dest);
     }
@@ -547,10 +545,10 @@ static void report(node *n)
     }
     memcpy(err, n->last_error, el);
     err[el] = 0;
-    json_t *st = json_pack("{s:s,s:i,s:s,s:I,s:b,s:s,s:f,s:s}", "channel", n->o->channel,
-                           "version", n->cur.version, "digest", n->cur.digest, "sequence",
-                           (json_int_t)n->accepted, "healthy", serving[0] != 0, "last_error",
-                           err, "rps", eng_server_rps(n->srv), "serving", serving);
+    json_t *st = json_pack("{s:s,s:i,s:s,s:I,s:b,s:s,s:f,s:s}", "channel", n->o->channel, "version",
+                           n->cur.version, "digest", n->cur.digest, "sequence",
+                           (json_int_t)n->accepted, "healthy", serving[0] != 0, "last_error", err,
+                           "rps", eng_server_rps(n->srv), "serving", serving);
     pthread_mutex_unlock(&n->mu);
     char path[160];
     snprintf(path, sizeof path, "/api/v1/nodes/%s/state", n->name);
@@ -601,8 +599,9 @@ static int poll_once(node *n)
         goto done;
     }
     if (rel.sequence < n->accepted) {
-        rc = core_err_set(MLV_EINTEGRITY, "refused: release %lld of %s@%s is below release %lld "
-                                          "already accepted (a rollback)",
+        rc = core_err_set(MLV_EINTEGRITY,
+                          "refused: release %lld of %s@%s is below release %lld "
+                          "already accepted (a rollback)",
                           (long long)rel.sequence, n->o->model, n->o->channel,
                           (long long)n->accepted);
         set_error(n, "%s", core_err_last());
@@ -641,8 +640,8 @@ static int poll_once(node *n)
         goto done;
     }
     if (rel.sequence != n->tried_seq)
-        core_log(CORE_LOG_WARN, "node: release %lld names %s:%d; fetching",
-                 (long long)rel.sequence, n->o->model, rel.version);
+        core_log(CORE_LOG_WARN, "node: release %lld names %s:%d; fetching", (long long)rel.sequence,
+                 n->o->model, rel.version);
     n->tried_seq = rel.sequence;
     if ((rc = version_fetch(n, &rel, release_text)) != 0 ||
         (rc = version_open(n, &rel, &model)) != 0 || (rc = switch_to(n, &rel, model)) != 0)
@@ -686,8 +685,9 @@ static void serve_cached(node *n)
                 core_log(CORE_LOG_WARN, "node: serving %s from the local cache%s", id,
                          rel_expired(&rel) ? " (its release record has expired)" : "");
                 if (i == 1) {
-                    set_error(n, "the cached current version did not load; serving the previous "
-                                 "one, %s",
+                    set_error(n,
+                              "the cached current version did not load; serving the previous "
+                              "one, %s",
                               id);
                     pthread_mutex_lock(&n->mu);
                     n->cur = n->prev;
@@ -707,12 +707,11 @@ static void health_hook(void *arg, json_t *doc)
 {
     node *n = arg;
     pthread_mutex_lock(&n->mu);
-    json_t *j = json_pack("{s:s,s:s,s:s,s:I,s:i,s:s,s:f,s:I}", "registry", n->o->registry,
-                          "model", n->o->model, "channel", n->o->channel, "sequence",
-                          (json_int_t)n->accepted, "version", n->cur.version, "last_error",
-                          n->last_error, "registry_seen_s_ago",
-                          n->last_ok > 0 ? core_now_s() - n->last_ok : -1.0, "polls",
-                          (json_int_t)n->polls);
+    json_t *j =
+        json_pack("{s:s,s:s,s:s,s:I,s:i,s:s,s:f,s:I}", "registry", n->o->registry, "model",
+                  n->o->model, "channel", n->o->channel, "sequence", (json_int_t)n->accepted,
+                  "version", n->cur.version, "last_error", n->last_error, "registry_seen_s_ago",
+                  n->last_ok > 0 ? core_now_s() - n->last_ok : -1.0, "polls", (json_int_t)n->polls);
     pthread_mutex_unlock(&n->mu);
     if (j) json_object_set_new(doc, "node", j);
 }

@@ -49,20 +49,27 @@ static json_t *approvers_json(reg_ctx *r, int64_t id)
     return arr;
 }
 
-int release_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq)
+/* One number a query on (model ?1, channel ?2) gives. */
+static int channel_number(reg_ctx *r, const char *sql, const char *model, const char *channel,
+                          int64_t *out)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db,
-                           "SELECT COALESCE(MAX(sequence), 0) FROM releases"
-                           " WHERE model = ? AND channel = ?",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK)
         return reg_db_err(r, "releases");
     sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : reg_db_err(r, "releases");
-    *seq = sqlite3_column_int64(st, 0);
+    *out = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     return rc;
+}
+
+int release_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq)
+{
+    return channel_number(r,
+                          "SELECT COALESCE(MAX(sequence), 0) FROM releases"
+                          " WHERE model = ?1 AND channel = ?2",
+                          model, channel, seq);
 }
 
 /* {key_hint, record, record_json, signature}; owned by the caller, NULL on ENOMEM. */
@@ -340,20 +347,12 @@ fail:
 
 int release_base_sequence(reg_ctx *r, const char *model, const char *channel, int64_t *seq)
 {
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db,
-                           "SELECT COALESCE(MIN(sequence), 0) FROM releases"
-                           " WHERE model = ?1 AND channel = ?2 AND promotion_id ="
-                           " (SELECT promotion_id FROM releases WHERE model = ?1 AND channel = ?2"
-                           "  ORDER BY sequence DESC LIMIT 1)",
-                           -1, &st, NULL) != SQLITE_OK)
-        return reg_db_err(r, "releases");
-    sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : reg_db_err(r, "releases");
-    *seq = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return rc;
+    return channel_number(r,
+                          "SELECT COALESCE(MIN(sequence), 0) FROM releases"
+                          " WHERE model = ?1 AND channel = ?2 AND promotion_id ="
+                          " (SELECT promotion_id FROM releases WHERE model = ?1 AND channel = ?2"
+                          "  ORDER BY sequence DESC LIMIT 1)",
+                          model, channel, seq);
 }
 
 int release_current(reg_ctx *r, const char *model, const char *channel, int64_t *version_id,

@@ -606,17 +606,8 @@ static int handle(struct mg_connection *c, void *cbdata)
     request_run run = {.c = c, .s = cbdata, .slot = mg_get_thread_pointer(c)};
     reg_ctx *fallback = NULL;
     if (!run.slot) run.slot = &fallback; /* not a worker thread: a connection of its own */
-    pthread_attr_t attr;
-    pthread_t t;
-    bool spawned = false;
-    if (pthread_attr_init(&attr) == 0) {
-        spawned = pthread_attr_setstacksize(&attr, REQUEST_STACK) == 0 &&
-                  pthread_create(&t, &attr, request_main, &run) == 0;
-        pthread_attr_destroy(&attr);
-    }
-    if (spawned) {
-        pthread_join(t, NULL);
-    } else {
+    if (core_run_on_stack(REQUEST_STACK, request_main, &run) != 0) {
+        core_err_clear();
         mg_send_http_error(c, 503, "%s", "server overloaded: cannot start a request thread");
         run.status = 503;
     }

@@ -524,6 +524,49 @@ static void test_sampling(void **state)
 
 /* ------------------------------------------------------------------ refusals ---- */
 
+/* The sampler sorts a whole vocabulary's candidates with a radix sort and a top-k few with
+ * qsort: both must give the same order (logit descending, lower id first on ties, -0 equal
+ * to +0), so the same seed draws the same tokens either way. top_k = N - 1 drops only a
+ * token too unlikely to matter and takes the qsort path; top_k off takes the radix one. */
+static void test_sampling_sort_paths(void **state)
+{
+    (void)state;
+    enum { N = 5000 };
+    float *base = malloc(sizeof *base * N), *lg = malloc(sizeof *lg * N);
+    assert_non_null(base);
+    assert_non_null(lg);
+    uint64_t x = 12345;
+    for (int i = 0; i < N; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int r = (int)(x >> 33) % 10;
+        /* mostly +0 and -0 (which must tie), then tied and distinct values */
+        base[i] = r < 4    ? 0.0f
+                  : r < 8  ? -0.0f
+                  : r == 8 ? -1.0f
+                           : (float)((x >> 20) % 1000) / 500.0f;
+    }
+    base[17] = -36.0f; /* a candidate (within 40 nats) too unlikely to matter (~e^-38) */
+    for (int mode = 0; mode < 3; mode++) {
+        eng_sampler_params pa = {1.0f, 0, 1.0f, 0, 1, 64, 99}, pb = pa;
+        pb.top_k = N - 1;
+        if (mode == 1) pa.top_p = pb.top_p = 0.9f;
+        if (mode == 2) pa.min_p = pb.min_p = 0.05f;
+        eng_sampler *a, *b;
+        assert_int_equal(eng_sampler_new(&a, &pa, N), 0);
+        assert_int_equal(eng_sampler_new(&b, &pb, N), 0);
+        for (int k = 0; k < 200; k++) {
+            memcpy(lg, base, sizeof *lg * N);
+            int32_t ta = eng_sample(a, lg, NULL, 0);
+            memcpy(lg, base, sizeof *lg * N);
+            assert_int_equal(eng_sample(b, lg, NULL, 0), ta);
+        }
+        eng_sampler_free(a);
+        eng_sampler_free(b);
+    }
+    free(base);
+    free(lg);
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -568,10 +611,11 @@ static void test_refusals(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sampling),    cmocka_unit_test(test_tiny_qwen2),
-        cmocka_unit_test(test_tiny_llama),  cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_ref_vs_fast), cmocka_unit_test(test_golden_q4_1),
-        cmocka_unit_test(test_golden_f16),  cmocka_unit_test(test_golden_q8_0),
+        cmocka_unit_test(test_sampling),    cmocka_unit_test(test_sampling_sort_paths),
+        cmocka_unit_test(test_tiny_qwen2),  cmocka_unit_test(test_tiny_llama),
+        cmocka_unit_test(test_refusals),    cmocka_unit_test(test_ref_vs_fast),
+        cmocka_unit_test(test_golden_q4_1), cmocka_unit_test(test_golden_f16),
+        cmocka_unit_test(test_golden_q8_0),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
 }
