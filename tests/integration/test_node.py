@@ -67,6 +67,7 @@ class Node:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self, sig=signal.SIGTERM):
+        """Stops the node; a clean stop (SIGTERM) must exit 0 with no sanitizer report."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -74,6 +75,12 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            time.sleep(0.2)  # the drain thread reads the last lines
+            out = "".join(self.lines)
+            for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+                assert bad not in out, out[-4000:]
+            if sig == signal.SIGTERM:
+                assert self.proc.returncode == 0, (self.proc.returncode, out[-2000:])
 
     def get(self, path):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
