@@ -97,7 +97,7 @@ step mlvault verify smollm2:1
 step "mlvault audit --action promote.   (as admin)"
 MLVAULT_TOKEN="$ADMIN" "$BIN" audit --action promote.
 step "git -C $MLVAULT_HOME/ledger.git log --oneline"
-git -C "$MLVAULT_HOME/ledger.git" log --format='%h %an: %s' main | head -20
+git -C "$MLVAULT_HOME/ledger.git" log -n 20 --format='%h %an: %s' main
 
 cat <<EOF2
 
