@@ -118,8 +118,7 @@ Try, in another terminal:
   $BIN channel show smollm2 production
   curl -s $MLVAULT_URL/metrics | head
   curl -s http://$NODE_LISTEN/health; $BIN node list
-  curl -s $MLVAULT_URL/v1/chat/completions -H "Authorization: Bearer $VIEWER" \
-       -d '{"messages":[{"role":"user","content":"Hello!"}],"max_tokens":40}'
+  curl -s $MLVAULT_URL/v1/chat/completions -H "Authorization: Bearer $VIEWER" -d '{"messages":[{"role":"user","content":"Hello!"}]}'
 Locally (no server): MLVAULT_HOME=$MLVAULT_HOME $BIN run smollm2 --chat
 Press Ctrl-C to stop the server.
 EOF2
