@@ -92,6 +92,11 @@ static int64_t submit_mode(const reg_user *u, const char *mode)
     return id;
 }
 
+/* How long a wait may last, in 10 ms steps: 2 minutes — generous, since a child process
+ * starts slowly on a machine busy with other work (a 20 s limit once ran out in CI while
+ * another job quantized a model). Never a measure of speed. */
+#define WAIT_STEPS 12000
+
 static json_t *get(int64_t id)
 {
     json_t *j = NULL;
@@ -104,10 +109,10 @@ static const char *state_of(json_t *j)
     return json_string_value(json_object_get(j, "state"));
 }
 
-/* Polls until the job is in `state` (10 ms steps, 20 s at most); returns the job. */
+/* Polls until the job is in `state` (10 ms steps, WAIT_STEPS at most); returns the job. */
 static json_t *wait_state(int64_t id, const char *state)
 {
-    for (int i = 0; i < 2000; i++) {
+    for (int i = 0; i < WAIT_STEPS; i++) {
         json_t *j = get(id);
         if (!strcmp(state_of(j), state)) return j;
         json_decref(j);
@@ -123,7 +128,7 @@ static void wait_file(const char *what, int64_t id)
 {
     char path[700];
     snprintf(path, sizeof path, "%s/%s.%lld", base, what, (long long)id);
-    for (int i = 0; i < 2000 && access(path, F_OK) != 0; i++) {
+    for (int i = 0; i < WAIT_STEPS && access(path, F_OK) != 0; i++) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
