@@ -402,11 +402,15 @@ static int version_open(node *n, const node_rel *rel, eng_model **model)
     reg_loaded l = {0};
     char *ktext = NULL;
     size_t klen = 0;
+    bool bad_keys = false;
     int rc = manifest_check(n, rel, &m);
     if (rc) goto done;
-    if ((rc = cache_read(n, rel->digest, "keys.json", RECORD_MAX * 16, &ktext, &klen)) != 0 ||
-        (rc = keys_parse(ktext, klen, m, &w)) != 0)
+    if ((rc = cache_read(n, rel->digest, "keys.json", RECORD_MAX * 16, &ktext, &klen)) != 0)
         goto done;
+    if ((rc = keys_parse(ktext, klen, m, &w)) != 0) {
+        bad_keys = true;
+        goto done;
+    }
     if (!(deks = calloc(m->n_files ? m->n_files : 1, sizeof *deks))) {
         rc = core_err_set(MLV_ENOMEM, "out of memory");
         goto done;
@@ -415,6 +419,7 @@ static int version_open(node *n, const node_rel *rel, eng_model **model)
                                    (const unsigned char(*)[REPO_WRAPPED_DEK_LEN])w.wrapped,
                                    m->n_files, deks)) != 0) {
         core_err_wrap("data keys of %s:%d: ", n->o->model, rel->version);
+        bad_keys = true;
         goto done;
     }
     char ref[160];
@@ -429,6 +434,11 @@ static int version_open(node *n, const node_rel *rel, eng_model **model)
         rc = blob_open(n, rel, &m->files[i], deks[i], &l.files[i]);
     if (!rc) rc = reg_loaded_open_model(&l, &n->o->load, model);
 done:
+    if (bad_keys) { /* keys that do not fit or unwrap are dropped: the next fetch asks again */
+        char *kp = cache_file(n, rel->digest, "keys.json");
+        if (kp) unlink(kp);
+        free(kp);
+    }
     if (deks) OPENSSL_cleanse(deks, sizeof *deks * (m ? m->n_files : 0));
     free(deks);
     free(w.wrapped);
@@ -468,17 +478,26 @@ static int version_fetch(node *n, const node_rel *rel, const char *release_text)
     if ((rc = api_path(n, path, sizeof path, rel->version, "/manifest")) != 0 ||
         (rc = reg_client_get_text(n->client, path, MANIFEST_MAX, &mtext, &mlen)) != 0 ||
         (rc = api_path(n, path, sizeof path, rel->version, "/signature")) != 0 ||
-        (rc = reg_client_get_text(n->client, path, MANIFEST_MAX, &sig, &slen)) != 0 ||
-        (rc = api_path(n, path, sizeof path, rel->version, "/keys")) != 0 ||
-        (rc = reg_client_json(n->client, "GET", path, NULL, &keys)) != 0)
+        (rc = reg_client_get_text(n->client, path, MANIFEST_MAX, &sig, &slen)) != 0)
         goto done;
-    char *ktext = core_json_dumps(keys, JSON_COMPACT);
-    if (!ktext) {
-        rc = core_err_set(MLV_ENOMEM, "out of memory");
-        goto done;
+    /* The wrapped keys stay valid for this node: asked once per version (each answer is
+     * an audit row and a ledger commit), again only after version_open dropped them. */
+    char *kpath = cache_file(n, rel->digest, "keys.json");
+    struct stat kst;
+    bool have_keys = kpath && stat(kpath, &kst) == 0;
+    free(kpath);
+    if (!have_keys) {
+        if ((rc = api_path(n, path, sizeof path, rel->version, "/keys")) != 0 ||
+            (rc = reg_client_json(n->client, "GET", path, NULL, &keys)) != 0)
+            goto done;
+        char *ktext = core_json_dumps(keys, JSON_COMPACT);
+        if (!ktext) {
+            rc = core_err_set(MLV_ENOMEM, "out of memory");
+            goto done;
+        }
+        rc = cache_write(n, rel->digest, "keys.json", ktext);
+        free(ktext);
     }
-    rc = cache_write(n, rel->digest, "keys.json", ktext);
-    free(ktext);
     if (rc || (rc = cache_write(n, rel->digest, REG_MANIFEST_FILE, mtext)) != 0 ||
         (rc = cache_write(n, rel->digest, REG_SIGNATURE_FILE, sig)) != 0 ||
         (rc = cache_write(n, rel->digest, "release.json", release_text)) != 0)
