@@ -231,41 +231,6 @@ done:
     return rc;
 }
 
-/* The current release's row: its version, promotion, sequence and record (owned). */
-typedef struct release_row {
-    int64_t version_id, promotion, sequence;
-    json_t *record;
-} release_row;
-
-static int release_row_current(reg_ctx *r, const char *model, const char *channel, release_row *out)
-{
-    memset(out, 0, sizeof *out);
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db,
-                           "SELECT version_id, promotion_id, sequence, record FROM releases"
-                           " WHERE model = ? AND channel = ? ORDER BY sequence DESC LIMIT 1",
-                           -1, &st, NULL) != SQLITE_OK)
-        return reg_db_err(r, "releases");
-    sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
-    int rc = 0, step = sqlite3_step(st);
-    if (step == SQLITE_ROW) {
-        out->version_id = sqlite3_column_int64(st, 0);
-        out->promotion = sqlite3_column_int64(st, 1);
-        out->sequence = sqlite3_column_int64(st, 2);
-        if (!(out->record = json_loads((const char *)sqlite3_column_text(st, 3), 0, NULL)))
-            rc = core_err_set(MLV_EINTEGRITY, "release of %s@%s: the stored record is not JSON",
-                              model, channel);
-    } else if (step == SQLITE_DONE) {
-        rc =
-            core_err_set(MLV_ENOTFOUND, "channel %s of %s has no release to renew", channel, model);
-    } else {
-        rc = reg_db_err(r, "releases");
-    }
-    sqlite3_finalize(st);
-    return rc;
-}
-
 /* The channel policy's expiry_days (MLV_ENOTFOUND without a policy). */
 static int channel_expiry_days(reg_ctx *r, const char *model, const char *channel, int *days)
 {
@@ -295,32 +260,35 @@ int reg_channel_renew(reg_ctx *r, const reg_user *actor, const char *model, cons
     if (rc) return rc;
     if (!model || !channel || !core_name_valid(model) || !core_name_valid(channel))
         return core_err_set(MLV_EINVAL, "invalid model or channel name");
-    release_row cur = {0};
+    json_t *cur = NULL; /* the current release's document: its signed record */
     char *doc_text = NULL;
     if ((rc = reg_begin(r)) != 0) return rc;
     int days = 0;
-    if ((rc = release_row_current(r, model, channel, &cur)) != 0 ||
-        (rc = channel_expiry_days(r, model, channel, &days)) != 0)
-        goto fail;
-    const json_t *rec = cur.record;
+    int64_t vid = 0;
+    if ((rc = release_current(r, model, channel, &vid, &cur)) == MLV_ENOTFOUND)
+        core_err_set(rc, "channel %s of %s has no release to renew", channel, model);
+    if (rc || (rc = channel_expiry_days(r, model, channel, &days)) != 0) goto fail;
+    const json_t *rec = json_object_get(cur, "record");
     json_t *approvers = json_object_get(rec, "approvers"), *gate = json_object_get(rec, "gate");
     const char *digest = json_string_value(json_object_get(rec, "digest"));
-    json_t *ver = json_object_get(rec, "version");
-    if (!json_is_array(approvers) || !json_is_object(gate) || !digest || !json_is_integer(ver)) {
+    json_t *ver = json_object_get(rec, "version"), *prom = json_object_get(rec, "promotion");
+    const int64_t cur_seq = json_integer_value(json_object_get(rec, "sequence"));
+    if (!json_is_array(approvers) || !json_is_object(gate) || !digest || !json_is_integer(ver) ||
+        !json_is_integer(prom) || cur_seq < 1) {
         rc = core_err_set(MLV_EINTEGRITY, "release %lld of %s@%s: the stored record lacks a field",
-                          (long long)cur.sequence, model, channel);
+                          (long long)cur_seq, model, channel);
         goto fail;
     }
     release_in in = {.model = model,
                      .channel = channel,
                      .digest = digest,
                      .version = (int)json_integer_value(ver),
-                     .version_id = cur.version_id,
-                     .promotion = cur.promotion,
+                     .version_id = vid,
+                     .promotion = json_integer_value(prom),
                      .approvers = approvers,
                      .gate = gate,
                      .expiry_days = days,
-                     .renewal_of = cur.sequence};
+                     .renewal_of = cur_seq};
     int64_t seq = 0;
     char issued[21], chan_path[160], target[140], detail[256];
     if ((rc = release_insert(r, &in, &seq, issued, &doc_text)) != 0) goto fail;
@@ -328,19 +296,18 @@ int reg_channel_renew(reg_ctx *r, const reg_user *actor, const char *model, cons
     snprintf(target, sizeof target, "%s@%s", model, channel);
     snprintf(detail, sizeof detail,
              "%s:%d (manifest %.12s): sequence %lld renews %lld, valid %d days", model, in.version,
-             digest, (long long)seq, (long long)cur.sequence, days);
+             digest, (long long)seq, (long long)cur_seq, days);
     repo_ledger_change ch[1] = {{chan_path, doc_text, strlen(doc_text)}};
     if ((rc = reg_audit_append(r, actor->name, "promote.renew", target, detail, ch, 1)) != 0 ||
         (rc = reg_commit(r)) != 0)
         goto fail;
-    json_decref(cur.record);
+    json_decref(cur);
     free(doc_text);
     reg_ledger_settle(r);
-    int64_t vid = 0;
     return release_current(r, model, channel, &vid, out);
 fail:
     reg_rollback(r);
-    json_decref(cur.record);
+    json_decref(cur);
     free(doc_text);
     return rc;
 }
