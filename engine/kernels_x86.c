@@ -1787,6 +1787,14 @@ TA2 static AI int qt_prep(uint8_t *wg, const uint8_t *w, size_t ws, int nr, uint
         uint8_t gs[QT_CHUNK_GROUPS];                                                               \
         (void)flush;                                                                               \
         const int64_t ngr = qt_ngroups(n, qt);                                                     \
+        /* the rows after this tile's (the caller's next tile), prefetched into L2 a few      \
+         * lines per micro-tile: the prepare step of a tile otherwise waits on memory */      \
+        const uint8_t *pf = w + (size_t)nr * ws;                                                   \
+        const size_t pf_lines = ((size_t)nr * ws + 63) / 64;                                       \
+        const size_t pf_calls = (size_t)((nc + RN - 1) / RN) * (size_t)((nr + RM - 1) / RM) *      \
+                                (size_t)((ngr + QT_CHUNK_GROUPS - 1) / QT_CHUNK_GROUPS);           \
+        const size_t pf_per = pf_calls ? (pf_lines + pf_calls - 1) / pf_calls : 0;                 \
+        size_t pf_next = 0;                                                                        \
         if (ngr == 0)                                                                              \
             for (int j = 0; j < nc; j++)                                                           \
                 for (int i = 0; i < nr; i++)                                                       \
@@ -1802,12 +1810,17 @@ TA2 static AI int qt_prep(uint8_t *wg, const uint8_t *w, size_t ws, int nr, uint
         }                                                                                          \
     }
 
+#define QT_PREFETCH                                                                                \
+    for (size_t q_ = 0; q_ < pf_per && pf_next < pf_lines; q_++, pf_next++)                        \
+        _mm_prefetch((const char *)pf + 64 * pf_next, _MM_HINT_T1);
 #define QMK_VNNI(rm, rn)                                                                           \
     qmk_vnni(wp + i0 * rs, ap + j0 * rs, rs, gs, ng, fm + 16 * j0 + i0, first, last,               \
-             s + j0 * ldc + i0, ldc, rm, rn, fl)
+             s + j0 * ldc + i0, ldc, rm, rn, fl);                                                  \
+    QT_PREFETCH
 #define QMK_AVX2(rm, rn)                                                                           \
     qmk_avx2(wp + i0 * rs, ap + j0 * rs, rs, gs, ng, fm + 16 * j0 + i0, first, last,               \
-             s + j0 * ldc + i0, ldc, rm, rn, fl, flush)
+             s + j0 * ldc + i0, ldc, rm, rn, fl, flush);                                           \
+    QT_PREFETCH
 
 /* AVX-512 (32 registers): 4 x 3 pairs, 12 integer and 12 float accumulators. AVX2 (16):
  * 2 x 3, with 16-bit, 32-bit and float accumulators per pair (some spilled: still the
