@@ -1787,8 +1787,8 @@ TA2 static AI int qt_prep(uint8_t *wg, const uint8_t *w, size_t ws, int nr, uint
         uint8_t gs[QT_CHUNK_GROUPS];                                                               \
         (void)flush;                                                                               \
         const int64_t ngr = qt_ngroups(n, qt);                                                     \
-        /* the rows after this tile's (the caller's next tile), prefetched into L2 a few      \
-         * lines per micro-tile: the prepare step of a tile otherwise waits on memory */      \
+        /* the rows after this tile's (the caller's next tile), prefetched into L2 a few           \
+         * lines per micro-tile: the prepare step of a tile otherwise waits on memory */           \
         const uint8_t *pf = w + (size_t)nr * ws;                                                   \
         const size_t pf_lines = ((size_t)nr * ws + 63) / 64;                                       \
         const size_t pf_calls = (size_t)((nc + RN - 1) / RN) * (size_t)((nr + RM - 1) / RM) *      \
