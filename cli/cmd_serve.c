@@ -2,7 +2,9 @@
  * home, with HOME/config.ini's settings under the command line's, until SIGINT or SIGTERM, then
  * stops it cleanly (requests finish, job children are stopped, the catalog is closed).
  * --serve-model NAME@CHANNEL also serves that channel's current release with the engine's
- * OpenAI server (registry/serve_model.c), sized by --threads, --batch, --queue and --ctx. */
+ * OpenAI server (registry/serve_model.c), sized by --threads, --batch, --queue and --ctx.
+ * --web-dir DIR serves the web UI from DIR instead of the copy built in (for working on
+ * the pages: an edit shows on reload). */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -15,11 +17,12 @@
 static const cli_opt_spec SPEC[] = {
     {"listen", 0, true, false},      {"tls-cert", 0, true, false},    {"tls-key", 0, true, false},
     {"job-workers", 0, true, false}, {"serve-model", 0, true, false}, {"threads", 't', true, false},
-    {"batch", 0, true, false},       {"queue", 0, true, false},       {"ctx", 0, true, false}};
+    {"batch", 0, true, false},       {"queue", 0, true, false},       {"ctx", 0, true, false},
+    {"web-dir", 0, true, false}};
 #define USAGE                                                                                      \
     "usage: mlvault serve [--home DIR] [--listen ADDR:PORT] [--tls-cert FILE --tls-key FILE] "     \
     "[--job-workers N] [--serve-model NAME@CHANNEL [--threads N] [--batch N] [--queue N] "         \
-    "[--ctx N]]"
+    "[--ctx N]] [--web-dir DIR]"
 
 static volatile sig_atomic_t stop_requested;
 
@@ -61,6 +64,7 @@ int cmd_serve(int argc, char **argv)
                          .tls_cert = cert,
                          .tls_key = key && key[0] ? key : NULL,
                          .max_uploads = cfg.max_uploads,
+                         .web_dir = cli_opt(&a, "web-dir"),
                          .job_workers = (int)workers,
                          .exe = exe,
                          .validate = {cli_job_validate, NULL},

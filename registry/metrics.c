@@ -11,7 +11,7 @@
 #include "registry/server_internal.h"
 
 static const char *METHODS[SRV_N_METHODS] = {"GET", "POST", "PUT", "DELETE", "HEAD", "other"};
-static const int CODES[SRV_N_CODES] = {200, 201, 206, 400, 401, 403, 404, 405, 409,
+static const int CODES[SRV_N_CODES] = {200, 201, 206, 304, 400, 401, 403, 404, 405, 409,
                                        413, 416, 422, 429, 500, 501, 503, 0,   -1};
 /* upper bounds in seconds; the last bucket is +Inf */
 static const double BOUNDS[SRV_N_BUCKETS - 1] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,

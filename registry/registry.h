@@ -455,6 +455,9 @@ typedef struct reg_server_opts {
     uint64_t max_body;   /* JSON request bodies (default 1 MiB) */
     uint64_t max_upload; /* bytes per upload session (default 64 GiB) */
     int max_uploads;     /* open upload sessions at once (default 8) */
+    /* The web UI's files from this folder, read on each request (developing the pages);
+     * NULL: the copy of web/ compiled into the binary. */
+    const char *web_dir;
     /* NAME@CHANNEL, or NULL: also serve that channel's current version with the engine's
      * OpenAI server at /v1/... (any valid token) and /health, its metrics added to
      * /metrics; a new release of the channel is loaded and swapped in while serving. */

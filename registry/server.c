@@ -4,8 +4,9 @@
  * mapping from MLV_E* codes to HTTP statuses, request limits (body size, JSON depth,
  * path parameters), JSON replies, the access log and the audit of refused mutations.
  * The routes themselves live in api_artifacts.c, api_flow.c, api_nodes.c, uploads.c and
- * metrics.c; with --serve-model, /v1/... and /health go to the engine's OpenAI server
- * (serve_model.c, engine/openai.c) once the token is checked. */
+ * metrics.c; the web UI's files (/ and /ui/...) in web.c; with --serve-model, /v1/... and
+ * /health go to the engine's OpenAI server (serve_model.c, engine/openai.c) once the token
+ * is checked. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
@@ -33,6 +34,8 @@ typedef struct route {
 static const route ROUTES[] = {
     {"GET", "/healthz", api_healthz, ROUTE_PUBLIC},
     {"GET", "/metrics", api_metrics, ROUTE_PUBLIC},
+    {"GET", "/", api_web_index, ROUTE_PUBLIC},
+    {"GET", "/ui/{asset}", api_web_file, ROUTE_PUBLIC}, /* web.c checks the path: 404 */
     {"GET", "/api/v1/whoami", api_whoami, ROUTE_ANY},
     {"GET", "/api/v1/users", api_users_list, REG_ACT_ADMIN},
     {"POST", "/api/v1/users", api_users_add, REG_ACT_ADMIN},
@@ -368,8 +371,8 @@ static int check_param(const char *kind, const char *v)
 }
 
 /* Matches `path` against a pattern; 1 on a match (params filled), 0 on none, or a
- * negative code when the shape matches but a parameter is invalid. {path} takes the
- * rest of the path. */
+ * negative code when the shape matches but a parameter is invalid. {path} and {asset}
+ * take the rest of the path. */
 static int match(const char *pattern, const char *path, srv_req *q)
 {
     const char *p = pattern, *s = path;
@@ -380,7 +383,7 @@ static int match(const char *pattern, const char *path, srv_req *q)
             const char *close = strchr(p, '}');
             char kind[16];
             snprintf(kind, sizeof kind, "%.*s", (int)(close - p - 1), p + 1);
-            bool rest = !strcmp(kind, "path");
+            bool rest = !strcmp(kind, "path") || !strcmp(kind, "asset");
             const char *end = rest ? s + strlen(s) : strchrnul(s, '/');
             size_t n = (size_t)(end - s);
             if (n == 0 || used + n + 1 > sizeof q->pbuf || np >= SRV_MAX_PARAMS) return 0;
@@ -710,6 +713,7 @@ static void server_free(struct reg_server *s)
     pthread_mutex_destroy(&s->up_mu);
     pthread_mutex_destroy(&s->anon_mu);
     free(s->up_busy);
+    free(s->web_dir);
     free(s->metrics);
     free(s->home);
     free(s->listen);
@@ -741,6 +745,15 @@ int reg_server_start(reg_server **out, const reg_server_opts *o)
     s->max_upload = o->max_upload ? o->max_upload : (uint64_t)64 << 30;
     s->max_uploads = o->max_uploads > 0 ? o->max_uploads : 8;
     s->tls = o->tls_cert != NULL;
+    if (o->web_dir) {
+        struct stat st;
+        if (!(s->web_dir = realpath(o->web_dir, NULL)) || stat(s->web_dir, &st) != 0 ||
+            !S_ISDIR(st.st_mode)) {
+            rc = core_err_set(MLV_EINVAL, "--web-dir %s: %s", o->web_dir,
+                              s->web_dir ? "not a directory" : strerror(errno));
+            goto fail;
+        }
+    }
     if ((rc = reg_open(&s->main, s->home)) != 0) goto fail;
     srv_uploads_sweep(s->main);
     if (s->tls) {

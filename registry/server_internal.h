@@ -1,5 +1,5 @@
 /* registry/server_internal.h: what the HTTP server's files share (server.c, api_*.c,
- * uploads.c, metrics.c) — the server, one request, the reply helpers and the route
+ * uploads.c, metrics.c, web.c) — the server, one request, the reply helpers and the route
  * handlers. Not for other modules: the public face is reg_server_* in registry.h. */
 #ifndef MLV_SERVER_INTERNAL_H
 #define MLV_SERVER_INTERNAL_H
@@ -13,7 +13,7 @@
 /* ------------------------------------------------------------------ metrics --- */
 #define SRV_MAX_ROUTES 64
 #define SRV_N_METHODS 6 /* GET POST PUT DELETE HEAD other */
-#define SRV_N_CODES 18
+#define SRV_N_CODES 19
 #define SRV_N_BUCKETS 12
 
 typedef struct srv_metrics {
@@ -40,6 +40,7 @@ struct reg_server {
     reg_jobs_scheduler *jobs;
     srv_metrics *metrics;
     struct srv_serve *serve; /* --serve-model: the engine's OpenAI server (serve_model.c) */
+    char *web_dir;           /* --web-dir: the UI's files from here (realpath), else embedded */
     /* upload sessions: creating one, and one request at a time per session */
     pthread_mutex_t up_mu;
     char (*up_busy)[33];
@@ -168,6 +169,19 @@ int api_upload_delete(srv_req *q);
 /* Removes sessions older than 24 hours and folders with no session (at start). */
 void srv_uploads_sweep(reg_ctx *r);
 int srv_uploads_open(reg_ctx *r);
+/* web.c: the UI, GET|HEAD / and /ui/{asset}, public */
+int api_web_index(srv_req *q);
+int api_web_file(srv_req *q);
+/* The files of web/, sorted by path: written at build time into the build's web_assets.c
+ * by scripts/embed-web.cmake. etag is the quoted SHA-256 of the bytes. */
+typedef struct srv_web_asset {
+    const char *path; /* "app.js", "pages/models.js" */
+    const unsigned char *data;
+    size_t size;
+    const char *etag;
+} srv_web_asset;
+extern const srv_web_asset srv_web_assets[];
+extern const int srv_web_n_assets;
 /* metrics.c */
 int api_metrics(srv_req *q);
 int api_healthz(srv_req *q);

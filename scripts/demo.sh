@@ -120,6 +120,12 @@ Try, in another terminal:
   curl -s http://$NODE_LISTEN/health; $BIN node list
   curl -s $MLVAULT_URL/v1/chat/completions -H "Authorization: Bearer $VIEWER" -d '{"messages":[{"role":"user","content":"Hello!"}]}'
 Locally (no server): MLVAULT_HOME=$MLVAULT_HOME $BIN run smollm2 --chat
+
+The web UI: open $MLVAULT_URL/ in a browser and sign in with a token (Models: smollm2
+and its lineage; Promotions: the pending request; Nodes: edge-1; Chat: smollm2@staging):
+  bob (approver)     $BOB   approves the pending request (then carol: $CAROL)
+  alice (engineer)   $ALICE   launches jobs, asks for promotions
+  viewer             $VIEWER   looks around
 Press Ctrl-C to stop the server.
 EOF2
 if [ -n "${MLVAULT_DEMO_NO_WAIT:-}" ]; then exit 0; fi

@@ -11,6 +11,7 @@ APT_PKGS=(
   libcmocka-dev
   python3 python3-venv openssl curl
   wrk prometheus
+  chromium chromium-driver fonts-liberation
 )
 
 missing=()
@@ -26,11 +27,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python references for the tests (model_signing verifies our signatures independently).
+# Python references for the tests (model_signing verifies our signatures independently;
+# selenium drives the system chromium through /usr/bin/chromedriver for the web UI tests).
 # They live in a project-local virtual environment so the system Python is untouched.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${MLV_VENV:-$ROOT/.venv}"
-PY_PKGS=(model-signing pyopenssl numpy gguf zstandard openai)
+PY_PKGS=(model-signing pyopenssl numpy gguf zstandard openai selenium)
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi

@@ -404,8 +404,8 @@ class ServerTest(unittest.TestCase):
             ("GET", "/api/v1/nodes", None, READ),
             ("PUT", "/api/v1/nodes/nodeu/state", {"version": 0, "healthy": False}, NODE),
         ]
-        self.assertEqual(len(routes) + 2, 51, "every route of the server's table (and /healthz, "
-                         "/metrics) is in the matrix")
+        self.assertEqual(len(routes) + 4, 53, "every route of the server's table (and the public "
+                         "/healthz, /metrics, / and /ui/{asset}) is in the matrix")
         users = {"viewer": "view", "engineer": "eng", "approver": "appr1", "admin": "admin",
                  "node": "nodeu"}
         bad = "mlv_" + "0" * 64
