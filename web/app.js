@@ -1,6 +1,6 @@
 // The shell (header, nav, who am I) and the hash router: #/PATH?QUERY → a page module
 // under ./pages/, rendered into a fresh element inside <main>.
-import { session, signOut, refreshSession, can, el, errorBox, setTitle } from './lib.js';
+import { session, signOut, refreshSession, can, el, errorBox, setTitle, clearToasts } from './lib.js';
 
 // [pattern, module, param names]; the first match wins.
 const ROUTES = [
@@ -115,6 +115,7 @@ async function route() {
     }
   }
   cleanup = null;
+  clearToasts(); // a toast tells of an action on the page being left: it would cover the next one
 
   const m = match(path);
   if (!session && (!m || m.mod !== 'signin')) {

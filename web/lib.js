@@ -262,6 +262,11 @@ export function toast(message, kind = 'info') {
   setTimeout(() => t.remove(), kind === 'error' ? 8000 : 4000);
 }
 
+export function clearToasts() {
+  const r = document.getElementById('toasts');
+  if (r) r.replaceChildren();
+}
+
 export function emptyState(title, hint) {
   return el('div', { class: 'empty' },
     el('p', { class: 'empty-title' }, title || 'Nothing here yet.'),
