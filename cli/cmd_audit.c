@@ -8,10 +8,11 @@
 
 static const char *USAGE_AUDIT =
     "usage: mlvault audit [--actor USER] [--action ACTION|PREFIX.] [--target TARGET]\n"
-    "                     [--since TIME] [--until TIME] [--after SEQ] [--limit N] [--json]\n"
+    "                     [--since TIME] [--until TIME] [--after SEQ] [--before SEQ]\n"
+    "                     [--newest-first] [--limit N] [--json]\n"
     "       mlvault audit --verify\n"
     "  TIME is YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC, inclusive); an ACTION ending in '.'\n"
-    "  matches as a prefix (promote.)";
+    "  matches as a prefix (promote.); --newest-first with --limit N: the last N rows";
 
 /* An RFC 3339 UTC time, or a day (its first or last second), into out[21]. */
 static int parse_time(const char *opt, const char *v, bool end, char out[21])
@@ -65,21 +66,23 @@ static void print_rows(const cli_args *a, json_t *arr)
 
 int cmd_audit(int argc, char **argv)
 {
-    static const cli_opt_spec spec[] = {{"verify", 0, false, false}, {"actor", 0, true, false},
-                                        {"action", 0, true, false},  {"target", 0, true, false},
-                                        {"since", 0, true, false},   {"until", 0, true, false},
-                                        {"after", 0, true, false},   {"limit", 0, true, false}};
+    static const cli_opt_spec spec[] = {
+        {"verify", 0, false, false},      {"actor", 0, true, false}, {"action", 0, true, false},
+        {"target", 0, true, false},       {"since", 0, true, false}, {"until", 0, true, false},
+        {"after", 0, true, false},        {"limit", 0, true, false}, {"before", 0, true, false},
+        {"newest-first", 0, false, false}};
     cli_args a;
     int rc = cli_parse(&a, argc, argv, spec, sizeof spec / sizeof *spec);
     if (rc) return rc;
     if (a.npos) return core_err_set(MLV_EINVAL, "%s", USAGE_AUDIT);
     char since[21] = "", until[21] = "";
-    double after = 0, limit = 0;
+    double after = 0, before = 0, limit = 0;
     if (cli_opt(&a, "since") && (rc = parse_time("since", cli_opt(&a, "since"), false, since)))
         return rc;
     if (cli_opt(&a, "until") && (rc = parse_time("until", cli_opt(&a, "until"), true, until)))
         return rc;
     if ((rc = cli_opt_num(&a, "after", 0, 9e15, true, &after)) != 0 ||
+        (rc = cli_opt_num(&a, "before", 1, 9e15, true, &before)) != 0 ||
         (rc = cli_opt_num(&a, "limit", 1, 9e15, true, &limit)) != 0)
         return rc;
     bool verify = cli_flag(&a, "verify");
@@ -95,6 +98,9 @@ int cmd_audit(int argc, char **argv)
             query_add(&q, "until", until);
             snprintf(num, sizeof num, "%.0f", after);
             if (after > 0) query_add(&q, "after", num);
+            snprintf(num, sizeof num, "%.0f", before);
+            if (before > 0) query_add(&q, "before", num);
+            if (cli_flag(&a, "newest-first")) query_add(&q, "order", "desc");
             snprintf(num, sizeof num, "%.0f", limit);
             if (limit > 0) query_add(&q, "limit", num);
         }
@@ -118,7 +124,9 @@ int cmd_audit(int argc, char **argv)
                                   .since = since[0] ? since : NULL,
                                   .until = until[0] ? until : NULL,
                                   .after_seq = (int64_t)after,
-                                  .limit = (int64_t)limit};
+                                  .before_seq = (int64_t)before,
+                                  .limit = (int64_t)limit,
+                                  .newest_first = cli_flag(&a, "newest-first")};
             rc = reg_audit_list(r, &me, &f, &res);
         }
         reg_close(r);

@@ -356,36 +356,62 @@ static bool rfc3339(const char *s)
     return true;
 }
 
+/* A query parameter that is a sequence number (digits only), into *out; absent: 0. */
+static int query_seq(srv_req *q, const char *key, int64_t *out)
+{
+    char v[32];
+    *out = 0;
+    int rc = srv_query(q, key, v, sizeof v);
+    if (rc <= 0 || !*v) return rc;
+    char *end;
+    long long x = strtoll(v, &end, 10);
+    if (*end || v[0] < '0' || v[0] > '9' || x < 0)
+        return core_err_set(MLV_EINVAL, "%s: want a sequence number", key);
+    *out = x;
+    return 0;
+}
+
 int api_audit(srv_req *q)
 {
-    char actor[80], action[80], target[256], since[32], until[32], after[32], limit[32];
+    char actor[80], action[80], target[256], since[32], until[32], limit[32], order[8];
     reg_audit_filter f = {0};
-    if (srv_query(q, "actor", actor, sizeof actor) && *actor) f.actor = actor;
-    if (srv_query(q, "action", action, sizeof action) && *action) f.action = action;
-    if (srv_query(q, "target", target, sizeof target) && *target) f.target = target;
-    if (srv_query(q, "since", since, sizeof since) && *since) {
+    int rc;
+    if ((rc = srv_query(q, "actor", actor, sizeof actor)) < 0 ||
+        (rc = srv_query(q, "action", action, sizeof action)) < 0 ||
+        (rc = srv_query(q, "target", target, sizeof target)) < 0 ||
+        (rc = srv_query(q, "since", since, sizeof since)) < 0 ||
+        (rc = srv_query(q, "until", until, sizeof until)) < 0 ||
+        (rc = srv_query(q, "order", order, sizeof order)) < 0 ||
+        (rc = srv_query(q, "limit", limit, sizeof limit)) < 0 ||
+        (rc = query_seq(q, "after", &f.after_seq)) != 0 ||
+        (rc = query_seq(q, "before", &f.before_seq)) != 0)
+        return rc;
+    if (*actor) f.actor = actor;
+    if (*action) f.action = action;
+    if (*target) f.target = target;
+    if (*since) {
         if (!rfc3339(since))
             return core_err_set(MLV_EINVAL, "since: want RFC 3339 UTC (2026-01-31T12:00:00Z)");
         f.since = since;
     }
-    if (srv_query(q, "until", until, sizeof until) && *until) {
+    if (*until) {
         if (!rfc3339(until))
             return core_err_set(MLV_EINVAL, "until: want RFC 3339 UTC (2026-01-31T12:00:00Z)");
         f.until = until;
     }
-    char *end;
-    if (srv_query(q, "after", after, sizeof after) && *after) {
-        long long x = strtoll(after, &end, 10);
-        if (*end || x < 0) return core_err_set(MLV_EINVAL, "after: want a sequence number");
-        f.after_seq = x;
+    if (*order) {
+        if (strcmp(order, "asc") != 0 && strcmp(order, "desc") != 0)
+            return core_err_set(MLV_EINVAL, "order: want asc or desc");
+        f.newest_first = !strcmp(order, "desc");
     }
-    if (srv_query(q, "limit", limit, sizeof limit) && *limit) {
+    char *end;
+    if (*limit) {
         long long x = strtoll(limit, &end, 10);
         if (*end || x < 0 || x > 1000000) return core_err_set(MLV_EINVAL, "limit: want 0..1000000");
         f.limit = x;
     }
     json_t *o;
-    int rc = reg_audit_list(q->r, &q->user, &f, &o);
+    rc = reg_audit_list(q->r, &q->user, &f, &o);
     return rc ? rc : srv_reply_json(q, 200, o);
 }
 

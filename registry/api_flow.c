@@ -45,7 +45,9 @@ int api_jobs_list(srv_req *q)
 {
     char state[32];
     const char *s = NULL;
-    if (srv_query(q, "state", state, sizeof state) && *state) {
+    int rc = srv_query(q, "state", state, sizeof state);
+    if (rc < 0) return rc;
+    if (*state) {
         static const char *ok[] = {"queued", "running", "succeeded", "failed", "cancelled"};
         for (size_t i = 0; i < 5 && !s; i++)
             if (!strcmp(state, ok[i])) s = ok[i];
@@ -54,7 +56,7 @@ int api_jobs_list(srv_req *q)
                                 "state: queued, running, succeeded, failed or cancelled");
     }
     json_t *o;
-    int rc = reg_job_list(q->r, &q->user, s, &o);
+    rc = reg_job_list(q->r, &q->user, s, &o);
     return rc ? rc : srv_reply_json(q, 200, o);
 }
 
@@ -69,7 +71,9 @@ int api_job_log(srv_req *q)
 {
     char off_s[32];
     uint64_t off = 0;
-    if (srv_query(q, "offset", off_s, sizeof off_s) && *off_s) {
+    int rc = srv_query(q, "offset", off_s, sizeof off_s);
+    if (rc < 0) return rc;
+    if (*off_s) {
         char *end;
         long long x = strtoll(off_s, &end, 10);
         if (*end || x < 0) return core_err_set(MLV_EINVAL, "offset: want a byte count");
@@ -77,7 +81,7 @@ int api_job_log(srv_req *q)
     }
     char *text = NULL;
     size_t len = 0;
-    int rc = reg_job_log(q->r, &q->user, id_param(q, 0), off, &text, &len);
+    rc = reg_job_log(q->r, &q->user, id_param(q, 0), off, &text, &len);
     if (rc) return rc;
     char extra[80];
     snprintf(extra, sizeof extra, "X-Mlvault-Log-Size: %llu\r\n", (unsigned long long)(off + len));
@@ -187,10 +191,11 @@ done:
 int api_promotions(srv_req *q)
 {
     char pend[8];
-    bool pending = srv_query(q, "pending", pend, sizeof pend) && strcmp(pend, "0") != 0 &&
-                   strcmp(pend, "false") != 0;
+    int rc = srv_query(q, "pending", pend, sizeof pend);
+    if (rc < 0) return rc;
+    bool pending = rc > 0 && strcmp(pend, "0") != 0 && strcmp(pend, "false") != 0;
     json_t *o;
-    int rc = reg_promote_list(q->r, &q->user, pending, &o);
+    rc = reg_promote_list(q->r, &q->user, pending, &o);
     return rc ? rc : srv_reply_json(q, 200, o);
 }
 

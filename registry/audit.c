@@ -127,16 +127,17 @@ int reg_audit_list(reg_ctx *r, const reg_user *actor, const reg_audit_filter *f,
     if (f->action && *f->action && f->action[strlen(f->action) - 1] == '.')
         snprintf(prefix, sizeof prefix, "%s", f->action);
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(r->db,
-                           "SELECT seq, at, actor, action, target, detail, hash FROM audit"
-                           " WHERE (?1 IS NULL OR actor = ?1)"
-                           "   AND (?2 IS NULL OR action = ?2 OR (?3 <> '' AND substr(action, 1, "
-                           "length(?3)) = ?3))"
-                           "   AND (?4 IS NULL OR target = ?4) AND (?5 IS NULL OR at >= ?5)"
-                           "   AND (?6 IS NULL OR at <= ?6) AND seq > ?7"
-                           " ORDER BY seq LIMIT ?8",
-                           -1, &st, NULL) != SQLITE_OK)
-        return reg_db_err(r, "audit");
+#define AUDIT_SELECT                                                                               \
+    "SELECT seq, at, actor, action, target, detail, hash FROM audit"                               \
+    " WHERE (?1 IS NULL OR actor = ?1)"                                                            \
+    "   AND (?2 IS NULL OR action = ?2 OR (?3 <> '' AND substr(action, 1, length(?3)) = ?3))"      \
+    "   AND (?4 IS NULL OR target = ?4) AND (?5 IS NULL OR at >= ?5)"                              \
+    "   AND (?6 IS NULL OR at <= ?6) AND seq > ?7 AND (?9 = 0 OR seq < ?9)"
+    /* two statements rather than an ORDER BY expression, so both walk the seq key */
+    const char *sql = f->newest_first ? AUDIT_SELECT " ORDER BY seq DESC LIMIT ?8"
+                                      : AUDIT_SELECT " ORDER BY seq LIMIT ?8";
+#undef AUDIT_SELECT
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) != SQLITE_OK) return reg_db_err(r, "audit");
     const char *txt[] = {f->actor, f->action, NULL, f->target, f->since, f->until};
     for (int i = 0; i < 6; i++)
         if (i == 2)
@@ -145,6 +146,7 @@ int reg_audit_list(reg_ctx *r, const reg_user *actor, const reg_audit_filter *f,
             sqlite3_bind_text(st, i + 1, txt[i], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 7, f->after_seq);
     sqlite3_bind_int64(st, 8, f->limit > 0 ? f->limit : -1);
+    sqlite3_bind_int64(st, 9, f->before_seq > 0 ? f->before_seq : 0);
     json_t *arr = json_array();
     int step;
     while ((step = sqlite3_step(st)) == SQLITE_ROW) {

@@ -222,14 +222,17 @@ int reg_key_list(reg_ctx *r, const reg_user *actor, json_t **out);
  * ending in '.', as a prefix ("promote."); times are RFC 3339 UTC, inclusive. */
 typedef struct reg_audit_filter {
     const char *actor, *action, *target, *since, *until;
-    int64_t after_seq; /* rows with seq > after_seq */
-    int64_t limit;     /* 0: all */
+    int64_t after_seq;  /* rows with seq > after_seq */
+    int64_t before_seq; /* rows with seq < before_seq; 0: no bound */
+    int64_t limit;      /* 0: all */
+    bool newest_first;  /* descending seq (the limit keeps the newest) */
 } reg_audit_filter;
 /* Appends one audit row as its own transaction (and ledger commit): for reads that must
  * leave a trace (blob downloads over the API). */
 int reg_audit_record(reg_ctx *r, const reg_user *actor, const char *action, const char *target,
                      const char *detail);
-/* [{seq, at, actor, action, target, detail, hash}] oldest first. f may be NULL. */
+/* [{seq, at, actor, action, target, detail, hash}] oldest first, or newest first with
+ * f->newest_first. f may be NULL. */
 int reg_audit_list(reg_ctx *r, const reg_user *actor, const reg_audit_filter *f, json_t **out);
 /* Checks the hash chain and that its head matches the ledger's audit/head.json.
  * MLV_EINTEGRITY naming the first bad row. rows_out may be NULL. */

@@ -273,11 +273,15 @@ int srv_read_json(srv_req *q, json_t **out)
     return 0;
 }
 
-bool srv_query(const srv_req *q, const char *name, char *out, size_t n)
+int srv_query(const srv_req *q, const char *name, char *out, size_t n)
 {
     const char *qs = q->ri->query_string;
-    if (!qs) return false;
-    return mg_get_var(qs, strlen(qs), name, out, n) >= 0;
+    if (n) out[0] = '\0';
+    if (!qs) return 0;
+    int got = mg_get_var(qs, strlen(qs), name, out, n);
+    if (got == -2) /* a value that does not fit is refused, never ignored or cut */
+        return core_err_set(MLV_EINVAL, "%s: longer than %zu bytes", name, n ? n - 1 : 0);
+    return got >= 0 ? 1 : 0;
 }
 
 int srv_str_field(const json_t *o, const char *key, bool required, size_t max, const char **out)

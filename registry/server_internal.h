@@ -91,8 +91,9 @@ int srv_write(srv_req *q, const void *data, size_t n);
 /* The request's JSON body: an object, at most max_body bytes and 32 levels deep.
  * *out owned by the caller. An empty body gives an empty object. */
 int srv_read_json(srv_req *q, json_t **out);
-/* A query-string parameter (decoded) into out; false when absent. */
-bool srv_query(const srv_req *q, const char *name, char *out, size_t n);
+/* A query-string parameter (decoded) into out: 1, or 0 when absent (out is then "");
+ * MLV_EINVAL when the value does not fit in n bytes. */
+int srv_query(const srv_req *q, const char *name, char *out, size_t n);
 /* A typed field of a JSON body: MLV_EINVAL naming the field when it has the wrong type.
  * Absent (or null) fields leave *out as it is unless `required`. */
 int srv_str_field(const json_t *o, const char *key, bool required, size_t max, const char **out);

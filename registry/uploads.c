@@ -521,6 +521,12 @@ int api_upload_put(srv_req *q)
         at += (uint64_t)n;
         left -= (uint64_t)n;
     }
+    /* the session is free again before the client hears back: its next part must not
+     * find it busy */
+    close(fd);
+    fd = -1;
+    session_unlock(q->s, ss.id);
+    locked = false;
     rc = srv_reply_json(q, 200, json_pack("{s:s,s:I}", "path", path, "received", (json_int_t)at));
 done:
     if (fd >= 0) close(fd);
@@ -662,6 +668,8 @@ int api_upload_commit(srv_req *q)
         core_log(CORE_LOG_WARN, "upload %s pushed, but not removed: %s", ss.id, core_err_last());
     char ref[96];
     snprintf(ref, sizeof ref, "%s:%d", p.name, p.version);
+    session_unlock(q->s, ss.id); /* before the reply, as for a part */
+    locked = false;
     rc = srv_reply_json(q, 201,
                         json_pack("{s:s,s:s,s:i,s:s,s:I,s:i,s:i}", "ref", ref, "name", p.name,
                                   "version", p.version, "digest", p.digest, "size",

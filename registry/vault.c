@@ -727,8 +727,7 @@ int reg_loaded_open_model(reg_loaded *l, const eng_load_opts *lo, eng_model **ou
 {
     *out = NULL;
     if (strcmp(l->kind, "model") != 0)
-        return core_err_set(MLV_EINVAL, "%s:%d is a %s, not a model", l->name, l->version,
-                            l->kind);
+        return core_err_set(MLV_EINVAL, "%s:%d is a %s, not a model", l->name, l->version, l->kind);
     int rc;
     if (!strcmp(l->format, "gguf")) {
         reg_file_mem *g = NULL;

@@ -227,6 +227,24 @@ class RemoteCli(unittest.TestCase):
         self.assertTrue(rows and all(r["action"].startswith("user.") for r in rows))
         r = self.v.run("audit", "--since", "yesterday")
         self.assertEqual(r.returncode, EXIT["EINVAL"])
+        # newest first: the last rows, paged back with --before (what the web UI shows)
+        every = json.loads(self.v.run("audit", "--json", token="aud").stdout)
+        seqs = [x["seq"] for x in every]
+        self.assertEqual(seqs, sorted(seqs))
+        last3 = json.loads(self.v.run("audit", "--newest-first", "--limit", "3", "--json",
+                                      token="aud").stdout)
+        self.assertEqual([x["seq"] for x in last3], seqs[::-1][:3])
+        back = json.loads(self.v.run("audit", "--newest-first", "--before", str(seqs[-3]),
+                                     "--limit", "2", "--json", token="aud").stdout)
+        self.assertEqual([x["seq"] for x in back], seqs[::-1][3:5])
+        between = json.loads(self.v.run("audit", "--after", str(seqs[1]), "--before",
+                                        str(seqs[4]), "--json", token="aud").stdout)
+        self.assertEqual([x["seq"] for x in between], seqs[2:4])
+        for args in (("audit", "--newest-first", "--limit", "3", "--json"),
+                     ("audit", "--newest-first", "--before", str(seqs[-3]), "--action", "user.")):
+            self.same(*args, token="aud")
+        for bad in (("--before", "0"), ("--before", "x")):
+            self.assertEqual(self.v.run("audit", *bad, token="aud").returncode, EXIT["EINVAL"])
 
     def test_07_run_of_a_stored_version(self):
         args = ("run", "smol:1", "--prompt", "The capital of France is", "-n", "8", "--temp", "0")

@@ -447,6 +447,19 @@ class ServerTest(unittest.TestCase):
         # refused mutations leave a trace
         st, audit, _ = s.api("GET", "/api/v1/audit?action=api.refused", "admin")
         self.assertGreater(len(audit), 0)
+        st, newest, _ = s.api("GET", "/api/v1/audit?order=desc&limit=2", "admin")
+        self.assertEqual(st, 200, newest)
+        self.assertEqual(len(newest), 2)
+        self.assertGreater(newest[0]["seq"], newest[1]["seq"])
+        for bad in ("order=sideways", "before=-1", "before=%2B5", "after=x", "before=1e3",
+                    "actor=" + "a" * 200, "target=" + "t" * 300):  # too long: refused, not dropped
+            st, err, _ = s.api("GET", "/api/v1/audit?" + bad, "admin")
+            self.assertEqual(st, 400, (bad, err))
+            self.assertEqual(err["error"]["code"], "EINVAL", bad)
+        for path in ("/api/v1/jobs?state=" + "q" * 100, "/api/v1/promotions?pending=" + "1" * 20,
+                     "/api/v1/jobs/1/log?offset=" + "1" * 40):
+            st, err, _ = s.api("GET", path, "admin")
+            self.assertEqual((st, err["error"]["code"]), (400, "EINVAL"), path)
         # errors are JSON with a code and a message; unknown routes too
         st, err, _ = s.api("GET", "/api/v1/nonsense", "admin")
         self.assertEqual(st, 404)

@@ -801,6 +801,14 @@ class WebTest(unittest.TestCase):
         b.go("#/audit")
         b.wait(lambda: b.finds("tr[data-seq]") and b.text("[data-testid=chain]"), 30,
                "the audit log")
+        # newest first, the same rows the API gives newest first
+        shown = b.js("return [...document.querySelectorAll('tr[data-seq]')]"
+                     ".map((t) => Number(t.dataset.seq))")
+        st, api_rows, _ = self.srv.api(  # rows added since the page loaded left out
+            "GET", "/api/v1/audit?order=desc&limit=%d&before=%d" % (len(shown), shown[0] + 1),
+            "appr")
+        self.assertEqual(shown, [r["seq"] for r in api_rows])
+        self.assertEqual(shown, sorted(shown, reverse=True))
         self.check("audit")
         b.go("#/nodes")
         b.wait(lambda: b.finds('tr[data-node="edge-1"]'), 30, "the node")

@@ -111,13 +111,15 @@ export async function render(root, params, query) {
     for (const k of FILTERS) {
       if (values[k]) q.set(k, k === 'since' ? apiTime(values[k], false) : k === 'until' ? apiTime(values[k], true) : values[k]);
     }
-    if (rows.length) q.set('after', String(rows[rows.length - 1].seq));
+    // Newest first: an auditor starts from what just happened and pages back in time.
+    q.set('order', 'desc');
+    if (rows.length) q.set('before', String(rows[rows.length - 1].seq));
     q.set('limit', String(PAGE));
     const page = await api('GET', `/api/v1/audit?${q}`);
     rows = rows.concat(page);
     draw();
     more.hidden = page.length < PAGE;
-    status.textContent = `${rows.length} row${rows.length === 1 ? '' : 's'} shown, oldest first${more.hidden ? '; that is all' : ''}.`;
+    status.textContent = `${rows.length} row${rows.length === 1 ? '' : 's'} shown, newest first${more.hidden ? '; that is all' : ''}.`;
   }
 
   async function render0() {
