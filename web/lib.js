@@ -315,7 +315,8 @@ export function setTitle(text) {
 
 // Calls fn now and every ms while the page shows; the tab hidden pauses it.
 // Never overlaps calls: the next waits for the previous to settle.
-export function poll(fn, ms) {
+// {later: true}: the first call after ms, for a page that has just loaded what fn loads.
+export function poll(fn, ms, { later = false } = {}) {
   let stopped = false;
   let timer = null;
   const tick = async () => {
@@ -329,7 +330,8 @@ export function poll(fn, ms) {
     }
     if (!stopped) timer = setTimeout(tick, ms);
   };
-  tick();
+  if (later) timer = setTimeout(tick, ms);
+  else tick();
   return () => {
     stopped = true;
     clearTimeout(timer);

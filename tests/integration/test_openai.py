@@ -22,7 +22,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_server import PROMTOOL, Server  # noqa: E402
+from test_server import PROMTOOL, Server, check_clean_exit  # noqa: E402
 from test_vault import MODEL, TMP, VENV, Vault  # noqa: E402
 
 import openai  # noqa: E402
@@ -45,16 +45,6 @@ def llama_vocab():
     except ImportError:
         return None
     return llama_cpp.Llama(model_path=MODEL, vocab_only=True, verbose=False)
-
-
-def check_clean_exit(srv):
-    """A stopped server exited 0 and printed no sanitizer report (ASan builds)."""
-    out = "".join(srv.lines)
-    for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-        if bad in out:
-            raise AssertionError(f"the server reported {bad}:\n{out[-6000:]}")
-    if srv.proc.returncode != 0:
-        raise AssertionError(f"the server exited with {srv.proc.returncode}:\n{out[-3000:]}")
 
 
 class OpenAITest(unittest.TestCase):

@@ -124,6 +124,17 @@ class Server:
         raise AssertionError(f"job {job_id} did not finish")
 
 
+def check_clean_exit(srv):
+    """A stopped server exited 0 and printed no sanitizer report (ASan builds)."""
+    time.sleep(0.2)  # the thread that drains its output reads the last lines
+    out = "".join(srv.lines)
+    for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+        if bad in out:
+            raise AssertionError(f"the server reported {bad}:\n{out[-6000:]}")
+    if srv.proc.returncode != 0:
+        raise AssertionError(f"the server exited with {srv.proc.returncode}:\n{out[-3000:]}")
+
+
 def tiny(kind, path):
     subprocess.run([sys.executable, TINY, kind, path], check=True)
     return path

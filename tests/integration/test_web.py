@@ -36,7 +36,7 @@ import unittest
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_server import Server, gpl_text, tiny  # noqa: E402
+from test_server import Server, check_clean_exit, gpl_text, tiny  # noqa: E402
 from test_vault import BIN, MODEL, TMP, Vault  # noqa: E402
 
 SRC = os.environ.get("MLV_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -81,17 +81,6 @@ def get(port, path, headers=None, method="GET", conn=None):
     if not conn:
         c.close()
     return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-
-
-def check_clean_exit(srv):
-    """A stopped server exited 0 and printed no sanitizer report (ASan builds)."""
-    time.sleep(0.2)  # the thread that drains its output reads the last lines
-    out = "".join(srv.lines)
-    for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-        if bad in out:
-            raise AssertionError(f"the server reported {bad}:\n{out[-6000:]}")
-    if srv.proc.returncode != 0:
-        raise AssertionError(f"the server exited with {srv.proc.returncode}:\n{out[-3000:]}")
 
 
 def web_files():

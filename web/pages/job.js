@@ -225,12 +225,7 @@ export async function render(root, params) {
 
   // Poll while the job runs; the last round after it ends picks up the log's tail.
   let stop = null;
-  let first = true;
   stop = poll(async () => {
-    if (first) {
-      first = false;
-      return;
-    }
     try {
       job = await api('GET', `/api/v1/jobs/${job.id}`);
       await readLog();
@@ -241,6 +236,6 @@ export async function render(root, params) {
     }
     update();
     if (!isActive(job)) stop();
-  }, 1000);
+  }, 1000, { later: true });
   return () => stop();
 }

@@ -257,12 +257,7 @@ export async function render(root, params, query) {
   await load();
   // Poll only while something is queued or running; finished lists do not change by
   // themselves (the Refresh button covers new submissions from elsewhere).
-  let first = true;
   return poll(async () => {
-    if (first) {
-      first = false;
-      return;
-    }
     if (active) await load();
-  }, 2000);
+  }, 2000, { later: true });
 }

@@ -71,12 +71,7 @@ export async function render(root) {
   }
 
   await load();
-  let first = true;
   return poll(async () => {
-    if (first) {
-      first = false;
-      return;
-    }
     await load();
-  }, 5000);
+  }, 5000, { later: true });
 }

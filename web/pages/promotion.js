@@ -226,18 +226,13 @@ export async function render(root, params) {
 
   // While the gate runs, poll until the request moves on (pending, released, rejected).
   if (p.state !== 'gating') return undefined;
-  let first = true;
   const stop = poll(async () => {
-    if (first) {
-      first = false;
-      return;
-    }
     const next = await api('GET', url);
     if (next.state !== p.state || JSON.stringify(next) !== JSON.stringify(p)) {
       p = next;
       draw();
     }
     if (p.state !== 'gating') stop();
-  }, 2000);
+  }, 2000, { later: true });
   return () => stop();
 }
