@@ -659,6 +659,43 @@ class WebTest(unittest.TestCase):
         b.wait(lambda: b.finds('svg#lineage g.lineage-node[data-ref="tiny:1"]'), 30, "lineage")
         b.sign_out()
 
+    def test_02b_keyboard_only(self):
+        """Sign in, move through the nav and open a lineage box with the keyboard alone."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+        b = self.b
+        if b.shown("#signout"):
+            b.sign_out()
+        b.open("#/signin")
+        field = b.find("input#token")
+        field.clear()
+        field.send_keys(self.v.tokens["view"] + Keys.ENTER)
+        b.wait(lambda: b.text("#whoami") == "view (viewer)", 30, "signed in with Enter")
+        b.ready()
+        focused = ("const a = document.activeElement;"
+                   "return a ? (a.getAttribute('data-nav') || a.getAttribute('data-ref') || a.id"
+                   " || a.tagName) : '';")
+        for _ in range(40):  # Tab from the page's heading to the Jobs link
+            if b.js(focused) == "jobs":
+                break
+            ActionChains(b.d).send_keys(Keys.TAB).perform()
+        self.assertEqual(b.js(focused), "jobs", "Tab reaches the Jobs link")
+        ActionChains(b.d).send_keys(Keys.ENTER).perform()
+        b.wait(lambda: b.hash().startswith("#/jobs"), 30, "Enter to follow the Jobs link")
+        b.ready()
+        b.go("#/models/tiny")
+        node = 'svg#lineage g.lineage-node[data-ref="tiny:1"]'
+        b.wait(lambda: b.finds(node), 30, "the lineage graph")
+        for _ in range(80):  # a lineage box is reached with Tab too
+            if b.js(focused) == "tiny:1":
+                break
+            ActionChains(b.d).send_keys(Keys.TAB).perform()
+        self.assertEqual(b.js(focused), "tiny:1", "Tab reaches the lineage box of tiny:1")
+        ActionChains(b.d).send_keys(Keys.ENTER).perform()
+        b.wait(lambda: b.hash() == "#/models/tiny/versions/1", 30, "Enter to open tiny:1")
+        b.ready()
+        b.sign_out()
+
     # ------------------------------------------------ the engineer's part ---
     def test_03_engineer_quantizes(self):
         b = self.b
