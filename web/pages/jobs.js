@@ -21,7 +21,13 @@ export function jobStateBadge(state) {
 // What a job works on: its positional ref, or for a gate job its promotion.
 export function jobTarget(job) {
   const p = job.params || {};
-  if (p.ref) return p.ref;
+  if (p.ref) {
+    // NAME or NAME:V (or NAME:latest) opens the model or the version; anything else stays text
+    const m = /^([a-z0-9][a-z0-9._-]{0,63})(?::(\d+|latest))?$/.exec(p.ref);
+    if (!m) return p.ref;
+    const href = m[2] ? `#/models/${m[1]}/versions/${m[2]}` : `#/models/${m[1]}`;
+    return el('a', { href }, p.ref);
+  }
   if (job.kind === 'gate' && p.promotion !== undefined) {
     return el('a', { href: `#/promotions/${p.promotion}` }, `promotion #${p.promotion}`);
   }
