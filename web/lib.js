@@ -87,7 +87,7 @@ async function errorFrom(res) {
     try {
       const j = JSON.parse(text);
       if (j && j.error) {
-        code = j.error.code || '';
+        code = j.error.code || j.error.type || ''; // OpenAI's errors (/v1) often have only a type
         message = j.error.message || '';
       }
     } catch {
