@@ -1,7 +1,10 @@
 /* cli/cmd_node_run.c: `mlvault node run` — a serving node (registry/node.c) following a
  * channel of the registry and serving it with the engine's OpenAI server. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/crypto.h>
 
 #include "cli/cli.h"
 
@@ -19,11 +22,38 @@ int cli_batch_opts(const cli_args *a, eng_batcher_opts *bo)
 }
 
 static const cli_opt_spec SPEC[] = {
-    {"model", 0, true, false},   {"channel", 0, true, false}, {"trust", 0, true, false},
-    {"listen", 0, true, false},  {"poll", 0, true, false},    {"threads", 0, true, false},
-    {"backend", 0, true, false}, {"batch", 0, true, false},   {"queue", 0, true, false},
-    {"ctx", 0, true, false},
+    {"model", 0, true, false},   {"channel", 0, true, false},      {"trust", 0, true, false},
+    {"listen", 0, true, false},  {"poll", 0, true, false},         {"threads", 0, true, false},
+    {"backend", 0, true, false}, {"batch", 0, true, false},        {"queue", 0, true, false},
+    {"ctx", 0, true, false},     {"api-key-file", 0, true, false},
 };
+
+/* --api-key-file: the key clients of the node's OpenAI API must send (one line of 16 to
+ * 256 printable characters, no spaces; a trailing newline is fine), into key[257]. */
+static int read_api_key(const char *path, char key[257])
+{
+    char *text = NULL;
+    size_t n = 0;
+    int rc = core_read_file(path, 4096, &text, &n);
+    if (rc) {
+        core_err_wrap("--api-key-file: ");
+        return rc;
+    }
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        n--;
+    bool ok = n >= 16 && n <= 256;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (unsigned char)text[i] > 0x20 && (unsigned char)text[i] < 0x7f;
+    if (ok) memcpy(key, text, n), key[n] = '\0';
+    OPENSSL_cleanse(text, n);
+    free(text);
+    if (!ok)
+        return core_err_set(MLV_EINVAL,
+                            "--api-key-file %s: want one line of 16 to 256 printable "
+                            "characters without spaces",
+                            path);
+    return 0;
+}
 
 int cmd_node_run(int argc, char **argv)
 {
@@ -33,7 +63,8 @@ int cmd_node_run(int argc, char **argv)
     if (a.npos != 0)
         return core_err_set(MLV_EINVAL, "usage: mlvault node run --home DIR --registry URL "
                                         "--model NAME --channel CHANNEL --trust REGISTRY_PUB "
-                                        "[--listen ADDR:PORT] [--poll SECONDS]");
+                                        "[--listen ADDR:PORT] [--poll SECONDS] "
+                                        "[--api-key-file FILE]");
     reg_node_opts o = {0};
     o.home = a.home;
     o.registry = cli_remote_url(&a);
@@ -59,8 +90,15 @@ int cmd_node_run(int argc, char **argv)
         core_err_wrap("--trust: ");
         return rc;
     }
+    char key[257] = "";
+    if (cli_opt(&a, "api-key-file") && (rc = read_api_key(cli_opt(&a, "api-key-file"), key)) != 0) {
+        free(pem);
+        return rc;
+    }
+    o.api_key = key[0] ? key : NULL;
     o.trust_pem = pem;
     rc = reg_node_run(&o);
+    OPENSSL_cleanse(key, sizeof key);
     free(pem);
     return rc;
 }

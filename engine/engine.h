@@ -474,6 +474,9 @@ typedef struct eng_server_opts {
     eng_batcher_opts batch;
     eng_server_hooks hooks;
     uint32_t max_tokens_default; /* max_tokens when a request gives none (0: 256) */
+    /* Non-NULL: /v1/... wants "Authorization: Bearer API_KEY" (copied), else 401
+     * invalid_api_key; /health and /metrics stay open for probes and scrapers. */
+    const char *api_key;
 } eng_server_opts;
 int eng_server_new(eng_server **out, const eng_server_opts *o);
 /* Stops the listener (when eng_server_listen started one), waits for requests in flight,

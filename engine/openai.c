@@ -6,6 +6,7 @@
  * Not the registry's API: registry/server.c embeds this through eng_server_handle, after
  * its own authentication. docs/openai.md is the user's reference. */
 #include <civetweb.h>
+#include <openssl/crypto.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "engine/engine.h"
@@ -113,6 +115,7 @@ struct eng_server {
     struct mg_context *mg; /* our own listener, when eng_server_listen started one */
     int port;
     metrics m;
+    char *api_key; /* o.api_key's copy, or NULL */
 };
 
 static void served_free(served *sv)
@@ -151,6 +154,11 @@ int eng_server_new(eng_server **out, const eng_server_opts *o)
     if (!s) return core_err_set(MLV_ENOMEM, "out of memory");
     if (o) s->o = *o;
     if (s->o.max_tokens_default == 0) s->o.max_tokens_default = 256;
+    if (s->o.api_key && !(s->api_key = strdup(s->o.api_key))) {
+        free(s);
+        return core_err_set(MLV_ENOMEM, "out of memory");
+    }
+    s->o.api_key = NULL; /* the copy above is the one used */
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->idle, NULL);
     pthread_mutex_init(&s->m.rate_mu, NULL);
@@ -173,7 +181,22 @@ void eng_server_free(eng_server *s)
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->m.rate_mu);
+    if (s->api_key) OPENSSL_cleanse(s->api_key, strlen(s->api_key));
+    free(s->api_key);
     free(s);
+}
+
+/* With an API key, whether the request carries it (compared in constant time). */
+static bool key_ok(const eng_server *s, struct mg_connection *c)
+{
+    if (!s->api_key) return true;
+    const char *h = mg_get_header(c, "Authorization");
+    size_t n = strlen(s->api_key);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return false;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    return strlen(h) == n && CRYPTO_memcmp(h, s->api_key, n) == 0;
 }
 
 int eng_server_swap(eng_server *s, eng_model *m, const char *id)
@@ -352,7 +375,9 @@ static void reply_error(oreq *q, const oerr *e)
                           e->code ? json_string(e->code) : json_null());
     free(msg);
     const char *extra = NULL;
-    if (e->status == 429)
+    if (e->status == 401)
+        extra = "WWW-Authenticate: Bearer realm=\"mlvault\"\r\n";
+    else if (e->status == 429)
         extra = "Retry-After: 1\r\n";
     else if (e->status == 503)
         extra = "Retry-After: 2\r\n";
@@ -1213,7 +1238,14 @@ int eng_server_handle(eng_server *s, struct mg_connection *c)
     oreq q = {.s = s, .c = c, .ep = ep, .t0 = core_now_s()};
     oerr e = {0};
     bool get = method_is(method, "GET"), post = method_is(method, "POST");
-    if (ep == EP_OTHER) {
+    if (ep != EP_HEALTH && ep != EP_METRICS && !key_ok(s, c)) {
+        eng_server_current(s, q.model, sizeof q.model);
+        fail(&e, 401, NULL, "invalid_api_key", "%s",
+             mg_get_header(c, "Authorization") ? "Incorrect API key provided"
+                                               : "No API key provided: send Authorization: "
+                                                 "Bearer KEY");
+        reply_error(&q, &e);
+    } else if (ep == EP_OTHER) {
         eng_server_current(s, q.model, sizeof q.model);
         fail(&e, 404, NULL, "unknown_url", "Unknown request URL: %.8s %.200s", method ? method : "",
              path);

@@ -818,7 +818,8 @@ int reg_node_run(const reg_node_opts *o)
     if ((rc = reg_client_new(&n.client, o->registry, o->token, o->cafile)) != 0) goto done;
     reg_client_set_stall(n.client, STALL_S);
     eng_server_opts so = {.batch = o->batch,
-                          .hooks = {.health = health_hook, .metrics = metrics_hook, .arg = &n}};
+                          .hooks = {.health = health_hook, .metrics = metrics_hook, .arg = &n},
+                          .api_key = o->api_key};
     if ((rc = eng_server_new(&n.srv, &so)) != 0) goto done;
     serve_cached(&n);
     if ((rc = eng_server_listen(n.srv, o->listen)) != 0) goto done;

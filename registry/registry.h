@@ -434,6 +434,7 @@ typedef struct reg_node_opts {
     const char *channel;   /* CHANNEL */
     const char *trust_pem; /* the registry's signing public key (PEM text), pinned */
     const char *listen;    /* the OpenAI server's address ("127.0.0.1:8000") */
+    const char *api_key;   /* NULL, or the key /v1/... wants as a Bearer token */
     double poll_s;         /* seconds between polls of the release record */
     eng_load_opts load;
     eng_batcher_opts batch;

@@ -16,6 +16,7 @@ import http.server
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ import unittest
 import openai
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_vault import BIN, TMP, Vault  # noqa: E402
+from test_vault import BIN, EXIT, TMP, Vault  # noqa: E402
 from test_server import Server, gpl_text, tiny  # noqa: E402
 
 POLL = 1.0  # seconds between a node's polls
@@ -94,12 +95,15 @@ class Node:
         st, body = self.get("/health")
         return st, json.loads(body)
 
-    def complete(self, prompt, max_tokens=8):
+    def complete(self, prompt, max_tokens=8, key=None):
         """(status, body, X-Mlvault-Model) of a greedy completion."""
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = "Bearer " + key
         c.request("POST", "/v1/completions", body=json.dumps(
             {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}),
-            headers={"Content-Type": "application/json"})
+            headers=headers)
         r = c.getresponse()
         body = json.loads(r.read())
         c.close()
@@ -463,6 +467,31 @@ class NodeTest(unittest.TestCase):
             self.assertEqual(h["model"], served)
             st, body, hdr = self.node.complete(PROMPTS[1])
             self.assertEqual((st, hdr), (200, served))
+            # again with --api-key-file: /v1 wants the key, /health stays open
+            keyfile = os.path.join(self.root, "node-api.key")
+            with open(keyfile, "w") as f:
+                f.write("k" * 5 + "\n")
+            r = subprocess.run(self.node.args + ["--api-key-file", keyfile],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, EXIT["EINVAL"], r.stderr)  # too short: refused
+            self.assertIn("--api-key-file", r.stderr)
+            key = secrets.token_hex(24)
+            with open(keyfile, "w") as f:
+                f.write(key + "\n")
+            self.node.stop()
+            self.node.args += ["--api-key-file", keyfile]
+            self.node.start()
+            self.assertEqual(self.node.wait_health(lambda st, h: st == 200)["model"], served)
+            for wrong in (None, key[:-1], key + "x", key.upper()):
+                st, body, _ = self.node.complete(PROMPTS[1], key=wrong)
+                self.assertEqual((st, body["error"]["code"]), (401, "invalid_api_key"), wrong)
+            st, body, hdr = self.node.complete(PROMPTS[1], key=key)
+            self.assertEqual((st, hdr), (200, served))
+            client = openai.OpenAI(base_url=self.node.url + "/v1", api_key=key, max_retries=0)
+            self.assertEqual(client.models.list().data[0].id, served)
+            with self.assertRaises(openai.AuthenticationError):
+                openai.OpenAI(base_url=self.node.url + "/v1", api_key="not-" + key,
+                              max_retries=0).models.list()
             # no plaintext in the node's home: only ciphertext blobs and wrapped keys
             with open(self.llama, "rb") as f:
                 head = f.read(4096)
