@@ -251,7 +251,7 @@ export async function render(root, params, query) {
   root.append(
     el('div', { class: 'page-head' }, el('h1', null, 'Jobs')),
     can('job') ? el('section', { class: 'card', 'aria-labelledby': 'launch-h' },
-      el('h2', { id: 'launch-h' }, 'Launch a job'), jobForm()) : null,
+      el('h2', { id: 'launch-h' }, 'Launch a job'), jobForm()) : '',
     el('section', { 'aria-labelledby': 'list-h' },
       el('h2', { id: 'list-h' }, 'Recent jobs'),
       el('div', { class: 'toolbar' },

@@ -145,7 +145,7 @@ export async function render(root, params, query) {
     can('promote') ? el('section', { class: 'card', 'aria-labelledby': 'promote-h' },
       el('h2', { id: 'promote-h' }, 'Request a promotion'),
       el('p', { class: 'muted small' }, 'The channel\'s accuracy gate runs first; then the approvers its policy names decide.'),
-      promoteForm()) : null,
+      promoteForm()) : '',
     el('section', { 'aria-labelledby': 'requests-h' },
       el('h2', { id: 'requests-h' }, 'Requests'),
       el('div', { class: 'toolbar' },
