@@ -11,8 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 #include "registry/server_internal.h"
 
 /* docs/api.md (Web UI) and the pages' contract: scripts, styles, images, fetches from this
@@ -145,13 +143,8 @@ static int serve_dir(srv_req *q, const char *path)
         rc = not_found(q);
         goto done;
     }
-    unsigned char md[32];
     char hex[65], etag[68];
-    if (EVP_Digest(data, n, md, NULL, EVP_sha256(), NULL) != 1) {
-        rc = core_err_set(MLV_ECRYPTO, "SHA-256 failed");
-        goto done;
-    }
-    core_hex(hex, md, sizeof md);
+    repo_sha256_hex(hex, data, n);
     snprintf(etag, sizeof etag, "\"%s\"", hex);
     rc = send_file(q, path, data, n, etag);
 done:
