@@ -160,6 +160,13 @@ function append(node, children) {
   }
 }
 
+// Appends children to node as el does (nodes, text, arrays; null, undefined and false
+// skipped). Pages fill their root with it: the DOM's own append prints "null".
+export function add(node, ...children) {
+  append(node, children);
+  return node;
+}
+
 // Builds DOM without ever parsing HTML: data is always text.
 export function el(tag, attrs, ...children) {
   const node = document.createElement(tag);

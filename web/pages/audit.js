@@ -1,6 +1,6 @@
 // The audit log (approvers and admins): filters kept in the address, pages of rows
 // loaded on demand, and whether the hash chain verifies.
-import { api, can, session, el, badge, table, errorBox, emptyState, fmtTime, setTitle } from '../lib.js';
+import { add, api, can, session, el, badge, table, errorBox, emptyState, fmtTime, setTitle } from '../lib.js';
 
 const PAGE = 100;
 const FILTERS = ['actor', 'action', 'target', 'since', 'until'];
@@ -27,9 +27,9 @@ async function chainState(box) {
 
 export async function render(root, params, query) {
   setTitle('Audit log');
-  root.append(el('div', { class: 'page-head' }, el('h1', null, 'Audit log')));
+  add(root, el('div', { class: 'page-head' }, el('h1', null, 'Audit log')));
   if (!can('audit')) {
-    root.append(emptyState('Your role cannot read the audit log.',
+    add(root, emptyState('Your role cannot read the audit log.',
       `Approvers and admins read it (you are ${session && session.user ? session.user.role : 'signed out'}).`));
     return undefined;
   }
@@ -146,11 +146,11 @@ export async function render(root, params, query) {
     }
   });
 
-  root.append(
+  add(root, 
     chain,
     el('section', { class: 'card', 'aria-label': 'Filters' }, form, help, errors),
     active.length ? el('p', { class: 'small' }, 'Filtered by ',
-      active.map((k, i) => [i ? ', ' : '', `${k} `, el('code', null, values[k])])) : '',
+      active.map((k, i) => [i ? ', ' : '', `${k} `, el('code', null, values[k])])) : null,
     listBox,
     el('div', { class: 'row' }, more, status));
 

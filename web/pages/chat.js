@@ -1,7 +1,7 @@
 // A chat playground against the model the registry serves (`mlvault serve --serve-model
 // NAME@CHANNEL`): the OpenAI API at /v1 with the same token, answers streamed token by
 // token (server-sent events).
-import { api, apiRaw, el, badge, errorBox, emptyState, fmtNum, setTitle } from '../lib.js';
+import { add, api, apiRaw, el, badge, errorBox, emptyState, fmtNum, setTitle } from '../lib.js';
 
 // The model served, or why there is none. /health (served with the model) adds the
 // channel and the last failed load.
@@ -27,8 +27,8 @@ function notServing(root, err) {
     el('p', { class: 'empty-hint' }, 'The registry serves a channel\'s current release with the OpenAI API at /v1 when started with:'),
     el('pre', null, el('code', null, 'mlvault serve --listen ADDR:PORT --serve-model NAME@CHANNEL')),
     el('p', { class: 'empty-hint' }, 'Serving nodes (see Nodes) serve the same API on their own address.'));
-  root.append(emptyState('This registry serves no model.', hint));
-  if (err && err.status !== 404) root.append(errorBox(err));
+  add(root, emptyState('This registry serves no model.', hint));
+  if (err && err.status !== 404) add(root, errorBox(err));
 }
 
 // Reads a server-sent event stream: calls onEvent(JSON) for each `data:` line until
@@ -55,7 +55,7 @@ async function readEvents(res, onEvent) {
 
 export async function render(root) {
   setTitle('Chat');
-  root.append(el('div', { class: 'page-head' }, el('h1', null, 'Chat playground')));
+  add(root, el('div', { class: 'page-head' }, el('h1', null, 'Chat playground')));
 
   const info = await served();
   if (info.err) {
@@ -65,12 +65,12 @@ export async function render(root) {
 
   const modelName = el('strong', { 'data-testid': 'chat-model' }, info.model || 'none');
   const h = info.health || {};
-  root.append(el('p', { class: 'row' },
+  add(root, el('p', { class: 'row' },
     el('span', null, 'Served model: ', modelName),
     h.channel ? el('span', { class: 'muted' }, `following ${h.channel}${h.release_sequence ? `, release ${h.release_sequence}` : ''}`) : null,
     h.n_ctx ? el('span', { class: 'muted small' }, `context ${h.n_ctx} tokens`) : null));
   if (!info.model) {
-    root.append(emptyState('No model is loaded yet.',
+    add(root, emptyState('No model is loaded yet.',
       h.last_error ? `The last load failed: ${h.last_error}` : 'The served channel has no release yet, or its model is still loading. Reload this page in a moment.'));
     return undefined;
   }
@@ -205,6 +205,6 @@ export async function render(root) {
     input.focus();
   });
 
-  root.append(log, el('section', { class: 'card', 'aria-label': 'Message' }, form));
+  add(root, log, el('section', { class: 'card', 'aria-label': 'Message' }, form));
   return () => controller && controller.abort(); // leaving the page stops the generation
 }

@@ -1,6 +1,6 @@
 // One job: state, progress and ETA, parameters, a live tail of its log, and its result
 // or failure. Polls every second until the job has finished.
-import { api, apiRaw, can, session, el, errorBox, table, fmtTime, fmtAgo, fmtDuration, fmtBytes, fmtNum, setTitle, toast, poll } from '../lib.js';
+import { add, api, apiRaw, can, session, el, errorBox, table, fmtTime, fmtAgo, fmtDuration, fmtBytes, fmtNum, setTitle, toast, poll } from '../lib.js';
 import { jobStateBadge, jobTarget, isActive } from './jobs.js';
 
 const LOG_LINES = 200; // the tail kept on the page
@@ -192,7 +192,7 @@ export async function render(root, params) {
   }
 
   const ref = jobTarget(job);
-  root.append(
+  add(root, 
     el('p', { class: 'crumbs' }, el('a', { href: '#/jobs' }, 'Jobs'), ` › #${job.id}`),
     el('div', { class: 'page-head' },
       el('h1', { tabindex: '-1' }, `Job #${job.id}: ${job.kind} `, typeof ref === 'string' ? ref : ref.textContent),

@@ -1,6 +1,6 @@
 // Jobs: the list (filtered by state, refreshed while anything runs) and, for roles that
 // may run jobs, the launcher for quantize and eval jobs.
-import { api, can, el, badge, table, errorBox, fmtTime, fmtAgo, fmtDuration, setTitle, poll } from '../lib.js';
+import { add, api, can, el, badge, table, errorBox, fmtTime, fmtAgo, fmtDuration, setTitle, poll } from '../lib.js';
 
 export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 const STATE_KIND = { queued: 'info', running: 'info', succeeded: 'ok', failed: 'bad', cancelled: 'muted' };
@@ -248,10 +248,10 @@ export async function render(root, params, query) {
     root.removeAttribute('aria-busy');
   });
 
-  root.append(
+  add(root, 
     el('div', { class: 'page-head' }, el('h1', null, 'Jobs')),
     can('job') ? el('section', { class: 'card', 'aria-labelledby': 'launch-h' },
-      el('h2', { id: 'launch-h' }, 'Launch a job'), jobForm()) : '',
+      el('h2', { id: 'launch-h' }, 'Launch a job'), jobForm()) : null,
     el('section', { 'aria-labelledby': 'list-h' },
       el('h2', { id: 'list-h' }, 'Recent jobs'),
       el('div', { class: 'toolbar' },

@@ -1,7 +1,7 @@
 // One model (or dataset): its versions, the lineage graph across models, accuracy and
 // size over versions, channels with their policy, and the channel history.
 import {
-  api, el, svg, table, badge, emptyState, errorBox, fmtBytes, fmtTime, fmtNum, shortDigest, setTitle,
+  add, api, el, svg, table, badge, emptyState, errorBox, fmtBytes, fmtTime, fmtNum, shortDigest, setTitle,
 } from '../lib.js';
 
 // ---- helpers shared with models.js and version.js ----
@@ -86,7 +86,7 @@ export async function render(root, params) {
   const name = params.name;
   setTitle(name);
   const crumbs = el('p', { class: 'crumbs' }, el('a', { href: '#/models' }, 'Models'), ' / ', name);
-  root.append(crumbs);
+  add(root, crumbs);
 
   let versions;
   try {
@@ -94,7 +94,7 @@ export async function render(root, params) {
   } catch (err) {
     if (err.status === 404) {
       setTitle('Not found');
-      root.append(el('h1', null, `No model named “${name}”`), errorBox(err),
+      add(root, el('h1', null, `No model named “${name}”`), errorBox(err),
         el('p', null, el('a', { href: '#/models' }, 'See every model'), '.'));
       return;
     }
@@ -104,7 +104,7 @@ export async function render(root, params) {
   const latest = versions[0];
   const isModel = latest.kind === 'model';
 
-  root.append(el('div', { class: 'page-head' },
+  add(root, el('div', { class: 'page-head' },
     el('h1', null, name, ' ', badge(latest.kind, latest.kind === 'model' ? 'info' : 'muted'))));
 
   // Everything else in parallel; each part that fails shows its own error box.
@@ -119,33 +119,33 @@ export async function render(root, params) {
   const channels = chRes.value || [];
   const full = new Map((fullRes.value || []).map((v) => [v.version, v]));
 
-  root.append(summary(latest, versions, channels));
+  add(root, summary(latest, versions, channels));
 
   if (isModel) {
-    root.append(el('section', { 'aria-labelledby': 'h-channels' },
+    add(root, el('section', { 'aria-labelledby': 'h-channels' },
       el('h2', { id: 'h-channels' }, 'Channels'),
       chRes.error ? errorBox(chRes.error) : channelsTable(name, channels)));
   }
 
-  root.append(el('section', { 'aria-labelledby': 'h-versions' },
+  add(root, el('section', { 'aria-labelledby': 'h-versions' },
     el('h2', { id: 'h-versions' }, 'Versions'),
     fullRes.error ? errorBox(fullRes.error) : null,
     versionsTable(name, versions, full, channels)));
 
-  root.append(el('section', { 'aria-labelledby': 'h-lineage' },
+  add(root, el('section', { 'aria-labelledby': 'h-lineage' },
     el('h2', { id: 'h-lineage' }, 'Lineage'),
     el('p', { class: 'muted small' },
       'Where each version came from, left to right; each arrow is labelled with the recipe that made the version it points to. ',
       'Boxes with a dashed border belong to other models. Select a box to open that version.'),
     lineageRes.error ? errorBox(lineageRes.error) : lineageGraph(name, lineageRes.value)));
 
-  root.append(el('section', { 'aria-labelledby': 'h-history' },
+  add(root, el('section', { 'aria-labelledby': 'h-history' },
     el('h2', { id: 'h-history' }, isModel ? 'Accuracy and size by version' : 'Size by version'),
     historyChart(name, versions, full, channels)));
 
   if (isModel) {
     const promos = (promoRes.value || []).filter((p) => p.model === name);
-    root.append(el('section', { 'aria-labelledby': 'h-chhistory' },
+    add(root, el('section', { 'aria-labelledby': 'h-chhistory' },
       el('h2', { id: 'h-chhistory' }, 'Channel history'),
       el('p', { class: 'muted small' }, 'Every promotion request for this model, newest first: the gate’s numbers and who decided.'),
       promoRes.error ? errorBox(promoRes.error) : historyTable(promos)));

@@ -1,23 +1,23 @@
 // Every model and dataset: channels and the version each points at, the latest
 // version's size, format, tensor types and accuracy. Filter by name and kind.
-import { api, el, table, badge, emptyState, errorBox, fmtBytes, fmtTime, setTitle } from '../lib.js';
+import { add, api, el, table, badge, emptyState, errorBox, fmtBytes, fmtTime, setTitle } from '../lib.js';
 import { fmtMetric, pickAccuracy, tensorTypesText, mapLimit } from './model.js';
 
 export async function render(root, params, query) {
   setTitle('Models');
   const head = el('div', { class: 'page-head' }, el('h1', null, 'Models and datasets'));
-  root.append(head);
+  add(root, head);
 
   let models;
   try {
     models = await api('GET', '/api/v1/models');
   } catch (err) {
-    root.append(errorBox(err));
+    add(root, errorBox(err));
     return;
   }
 
   if (models.length === 0) {
-    root.append(emptyState('The registry is empty.',
+    add(root, emptyState('The registry is empty.',
       el('div', { class: 'empty-hint' },
         el('p', null, 'Push a model (a .gguf file or a Hugging Face folder) with the command-line tool:'),
         el('pre', null, el('code', null, 'mlvault push NAME path/to/model.gguf --note "what it is"')),
@@ -58,7 +58,7 @@ export async function render(root, params, query) {
   const count = el('p', { class: 'muted small', 'aria-live': 'polite' });
   const results = el('div');
 
-  root.append(
+  add(root, 
     el('form', { class: 'toolbar', role: 'search', onsubmit: (e) => e.preventDefault() },
       el('label', { for: 'search' }, 'Name', search),
       el('label', { for: 'kind' }, 'Kind', kindSel)),

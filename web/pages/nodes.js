@@ -1,6 +1,6 @@
 // Serving nodes: what each one serves and how it is, from its last report. Refreshes
 // every 5 s.
-import { api, can, el, badge, table, errorBox, emptyState, fmtTime, fmtAgo, fmtNum, setTitle, poll } from '../lib.js';
+import { add, api, can, el, badge, table, errorBox, emptyState, fmtTime, fmtAgo, fmtNum, setTitle, poll } from '../lib.js';
 
 // The health in words (the badge carries the text; colour only adds).
 function health(n) {
@@ -35,10 +35,10 @@ export async function render(root) {
   const updated = el('span', { class: 'small muted' });
   const more = el('details', { class: 'card', hidden: true },
     el('summary', null, 'How to enrol another node'), enrollHelp());
-  root.append(
+  add(root, 
     el('div', { class: 'page-head' }, el('h1', null, 'Serving nodes'), updated),
     listBox,
-    can('admin') ? more : '');
+    can('admin') ? more : null);
 
   async function load() {
     let nodes;

@@ -1,6 +1,6 @@
 // One promotion request: the request, the gate's numbers and verdict, approvals, the
 // decision form for approvers, and the release record once released.
-import { api, can, session, el, errorBox, fmtTime, fmtAgo, fmtNum, setTitle, toast, poll } from '../lib.js';
+import { add, api, can, session, el, errorBox, fmtTime, fmtAgo, fmtNum, setTitle, toast, poll } from '../lib.js';
 import { promotionStateBadge, verdictBadge, versionLink } from './promotions.js';
 
 const kv = (pairs) => el('dl', { class: 'kv' },
@@ -221,7 +221,7 @@ export async function render(root, params) {
     root.querySelector('h1')?.focus();
   }
 
-  root.append(head, body);
+  add(root, head, body);
   draw();
 
   // While the gate runs, poll until the request moves on (pending, released, rejected).

@@ -1,6 +1,6 @@
 // Promotion requests: the list (all, or pending only) and, for roles that may request
 // one, the form that asks to release a version to a channel (its gate runs first).
-import { api, can, el, badge, table, errorBox, fmtTime, fmtAgo, fmtNum, setTitle } from '../lib.js';
+import { add, api, can, el, badge, table, errorBox, fmtTime, fmtAgo, fmtNum, setTitle } from '../lib.js';
 
 const STATE_KIND = { gating: 'info', pending: 'warn', released: 'ok', rejected: 'bad' };
 const VERDICT_KIND = { pass: 'ok', fail: 'bad', 'no baseline': 'info' };
@@ -140,12 +140,12 @@ export async function render(root, params, query) {
     root.removeAttribute('aria-busy');
   });
 
-  root.append(
+  add(root, 
     el('div', { class: 'page-head' }, el('h1', null, 'Promotions')),
     can('promote') ? el('section', { class: 'card', 'aria-labelledby': 'promote-h' },
       el('h2', { id: 'promote-h' }, 'Request a promotion'),
       el('p', { class: 'muted small' }, 'The channel\'s accuracy gate runs first; then the approvers its policy names decide.'),
-      promoteForm()) : '',
+      promoteForm()) : null,
     el('section', { 'aria-labelledby': 'requests-h' },
       el('h2', { id: 'requests-h' }, 'Requests'),
       el('div', { class: 'toolbar' },

@@ -1,5 +1,5 @@
 // Sign in with an API token. The token is kept in sessionStorage only (lib.js).
-import { el, signIn, session, setTitle, errorBox } from '../lib.js';
+import { add, el, signIn, session, setTitle, errorBox } from '../lib.js';
 
 export async function render(root, params, query) {
   setTitle('Sign in');
@@ -42,7 +42,7 @@ export async function render(root, params, query) {
     error,
     el('div', { class: 'form-actions' }, button));
 
-  root.append(el('div', { class: 'signin card' },
+  add(root, el('div', { class: 'signin card' },
     el('h1', null, 'Sign in to mlvault'),
     session
       ? el('p', { class: 'note' }, `You are signed in as ${session.user.name} (${session.user.role}). Signing in again replaces that session.`)

@@ -1,7 +1,7 @@
 // One version: manifest summary, files, signature check, evaluations, parents and
 // children, where it is deployed, and how to download it.
 import {
-  api, apiRaw, el, table, badge, errorBox, fmtBytes, fmtTime, fmtNum, fmtAgo, shortDigest, setTitle, toast,
+  add, api, apiRaw, el, table, badge, errorBox, fmtBytes, fmtTime, fmtNum, fmtAgo, shortDigest, setTitle, toast,
 } from '../lib.js';
 import { fmtMetric, recipeText, refLink, tensorTypesText, versionHref } from './model.js';
 
@@ -14,7 +14,7 @@ export async function render(root, params) {
   const { name, v } = params;
   const base = `/api/v1/models/${enc(name)}/versions/${enc(v)}`;
   setTitle(`${name}:${v}`);
-  root.append(el('p', { class: 'crumbs' },
+  add(root, el('p', { class: 'crumbs' },
     el('a', { href: '#/models' }, 'Models'), ' / ',
     el('a', { href: `#/models/${enc(name)}` }, name), ' / ', `v${v}`));
 
@@ -24,7 +24,7 @@ export async function render(root, params) {
   } catch (err) {
     if (err.status === 404 || err.status === 400) {
       setTitle('Not found');
-      root.append(el('h1', null, `No version ${v} of “${name}”`), errorBox(err),
+      add(root, el('h1', null, `No version ${v} of “${name}”`), errorBox(err),
         el('p', null, el('a', { href: `#/models/${enc(name)}` }, `See the versions of ${name}`), ' or ',
           el('a', { href: '#/models' }, 'every model'), '.'));
       return;
@@ -35,9 +35,9 @@ export async function render(root, params) {
   const man = ver.manifest || {};
   setTitle(ref);
 
-  root.append(el('div', { class: 'page-head' },
+  add(root, el('div', { class: 'page-head' },
     el('h1', null, ref, ' ', badge(ver.kind, ver.kind === 'model' ? 'info' : 'muted'))),
-  man.note ? el('p', { class: 'lead' }, man.note) : '');
+  man.note ? el('p', { class: 'lead' }, man.note) : null);
 
   // Where it is deployed needs the channels, the nodes and the registry's own served model.
   const settle = (p) => p.then((value) => ({ value }), (error) => ({ error }));
@@ -48,13 +48,13 @@ export async function render(root, params) {
   ]);
 
   const sigBox = el('div', { 'data-testid': 'signature-state', 'aria-live': 'polite' });
-  root.append(el('div', { class: 'grid' },
+  add(root, el('div', { class: 'grid' },
     el('div', { class: 'card' }, el('h2', null, 'Manifest'), manifestList(ver, man)),
     el('div', { class: 'stack' },
       el('div', { class: 'card' }, el('h2', null, 'Signature and integrity'), sigBox, storedSignature(ver.signature)),
       el('div', { class: 'card' }, el('h2', null, 'Deployed'), deployed(ver, chRes, nodesRes, servedRes)))));
 
-  root.append(el('section', { 'aria-labelledby': 'h-files' },
+  add(root, el('section', { 'aria-labelledby': 'h-files' },
     el('h2', { id: 'h-files' }, 'Files'),
     filesTable(ver, base),
     el('p', { class: 'muted small' }, 'To download the whole version, verified and decrypted, with its signature (',
@@ -64,12 +64,12 @@ export async function render(root, params) {
       ' and ', el('code', null, 'MLVAULT_TOKEN'), ' (your token) first.')));
 
   if (ver.kind === 'model') {
-    root.append(el('section', { 'aria-labelledby': 'h-evals' },
+    add(root, el('section', { 'aria-labelledby': 'h-evals' },
       el('h2', { id: 'h-evals' }, 'Evaluations'),
       evalsTable(ver.evaluations || [], ref)));
   }
 
-  root.append(el('section', { 'aria-labelledby': 'h-lineage' },
+  add(root, el('section', { 'aria-labelledby': 'h-lineage' },
     el('h2', { id: 'h-lineage' }, 'Lineage'),
     lineageCard(ver, man)));
 
